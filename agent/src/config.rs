@@ -1,0 +1,802 @@
+//! The agent's configuration: environment and credentials in, a validated
+//! [`Config`] out. Every variable is documented in `docs/configuration.md`.
+//!
+//! Anything invalid is a [`ConfigError`] that names the variable and the fix;
+//! `main` turns it into exit status 78 (`EX_CONFIG`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::host::HostType;
+
+/// Exit status for an invalid configuration (`EX_CONFIG` of sysexits.h).
+pub const EXIT_CONFIG: i32 = 78;
+/// Exit status that asks the service manager for a restart (after a switch or `restart`).
+pub const EXIT_RESTART: i32 = 101;
+
+/// Largest token file the agent reads.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
+/// The agent's secret: prints as a placeholder in `Debug` and `Display`, so it
+/// cannot leak into a log line or an error message by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a token.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Token(secret.into())
+    }
+
+    /// The secret itself, for the `Authorization` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where the configuration repository comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoMode {
+    /// The agent keeps its own clone of `url` in `dir`.
+    Isolated {
+        /// Git URL of the configuration repository.
+        url: String,
+    },
+    /// An existing checkout that `pull` updates with `git pull`.
+    Legacy,
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// The default.
+    Info,
+    /// Detail for debugging.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `tracing` filter directive for this level.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// Which tool `switch` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchTool {
+    /// `nixos-rebuild switch --flake <repo>#<host>`.
+    NixosRebuild,
+    /// `darwin-rebuild switch --flake <repo>#<host>`.
+    DarwinRebuild,
+    /// `home-manager switch --flake <repo>#<user>@<host>`.
+    HomeManager,
+}
+
+impl SwitchTool {
+    /// The program's name.
+    pub fn program(self) -> &'static str {
+        match self {
+            SwitchTool::NixosRebuild => "nixos-rebuild",
+            SwitchTool::DarwinRebuild => "darwin-rebuild",
+            SwitchTool::HomeManager => "home-manager",
+        }
+    }
+}
+
+/// Timing knobs; defaults are the protocol's, tests lower them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// WebSocket ping interval (10 s).
+    pub ping_interval: Duration,
+    /// Silence after which the connection is dead (45 s).
+    pub read_deadline: Duration,
+    /// First reconnect delay (1 s); the cap is 60 times this.
+    pub backoff_base: Duration,
+    /// SIGTERM → SIGKILL grace for `stop` (10 s).
+    pub stop_grace: Duration,
+    /// How long output waits on a dashboard that makes no progress (5 s).
+    pub stall_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            ping_interval: Duration::from_secs(10),
+            read_deadline: Duration::from_secs(45),
+            backoff_base: Duration::from_secs(1),
+            stop_grace: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Dashboard WebSocket URL (`ws://` or `wss://`).
+    pub url: String,
+    /// The agent's token.
+    pub token: Token,
+    /// Isolated (own clone) or legacy (existing checkout).
+    pub repo_mode: RepoMode,
+    /// Local path of the configuration repository.
+    pub repo_dir: PathBuf,
+    /// Branch followed in isolated mode.
+    pub branch: String,
+    /// Heartbeat interval in seconds (≥ 1).
+    pub interval_secs: u64,
+    /// SSH key for git, if any.
+    pub ssh_key: Option<PathBuf>,
+    /// Log verbosity.
+    pub log_level: LogLevel,
+    /// Name reported to the dashboard.
+    pub hostname: String,
+    /// `nixos` or `macos`.
+    pub host_type: HostType,
+    /// `home`, `work` or `cloud`.
+    pub location: String,
+    /// `server`, `desktop`, `laptop` or `gaming`.
+    pub device_type: String,
+    /// `#rrggbb` or empty.
+    pub theme_color: String,
+    /// Configured nixpkgs version (used when it cannot be detected).
+    pub nixpkgs_version: Option<String>,
+    /// Flake reference that `switch` builds.
+    pub flake: String,
+    /// Tool that `switch` runs.
+    pub switch_tool: SwitchTool,
+    /// The agent's state directory.
+    pub state_dir: PathBuf,
+    /// Directory of the per-command log files.
+    pub log_dir: PathBuf,
+    /// Extra CA certificates (PEM) for the dashboard's TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Where StaSysMo's metric files are, if not the default.
+    pub stasysmo_dir: Option<PathBuf>,
+    /// Timing knobs.
+    pub timing: Timing,
+}
+
+/// An invalid configuration: which variable, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The variable at fault.
+    pub var: &'static str,
+    /// What is wrong and how to fix it (never contains the token).
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.var, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Reads one variable; empty counts as unset.
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+}
+
+fn one_of(
+    env: &Env<'_>,
+    var: &'static str,
+    allowed: &[&str],
+    default: &str,
+) -> Result<String, ConfigError> {
+    match env.get(var) {
+        None => Ok(default.to_string()),
+        Some(v) => {
+            let v = v.trim().to_ascii_lowercase();
+            if allowed.contains(&v.as_str()) {
+                Ok(v)
+            } else {
+                Err(err(
+                    var,
+                    format!(
+                        "{v:?} is not one of {}; set one of those",
+                        allowed.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+fn millis(env: &Env<'_>, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    match env.get(var) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if ms >= 1 => Ok(Duration::from_millis(ms)),
+            _ => Err(err(
+                var,
+                format!(
+                    "{v:?} is not a whole number of milliseconds ≥ 1; unset it to use the default"
+                ),
+            )),
+        },
+    }
+}
+
+fn is_hex_color(s: &str) -> bool {
+    s.len() == 7 && s.starts_with('#') && s[1..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Parses the content of a token file: the bare token or `NIXFLEET_TOKEN=<token>`.
+pub fn parse_token_file(content: &str) -> Option<Token> {
+    for line in content.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let value = match line.strip_prefix("NIXFLEET_TOKEN=") {
+            Some(rest) => rest.trim().trim_matches('"').trim_matches('\''),
+            None => line,
+        };
+        if value.is_empty() {
+            return None;
+        }
+        return Some(Token::new(value));
+    }
+    None
+}
+
+fn read_token_file(path: &Path, var: &'static str) -> Result<Token, ConfigError> {
+    use std::io::Read;
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| {
+        err(
+            var,
+            format!("cannot read the token file {shown}: {e}; check the path and that the agent may read it"),
+        )
+    })?;
+    let mut content = String::new();
+    file.take(MAX_TOKEN_FILE)
+        .read_to_string(&mut content)
+        .map_err(|e| {
+            err(
+                var,
+                format!("cannot read the token file {shown}: {e}; it must be a small text file"),
+            )
+        })?;
+    parse_token_file(&content).ok_or_else(|| {
+        err(
+            var,
+            format!("the token file {shown} is empty; write the agent token into it"),
+        )
+    })
+}
+
+fn token(env: &Env<'_>) -> Result<Token, ConfigError> {
+    if let Some(dir) = env.get("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(&dir).join("token");
+        if path.exists() {
+            return read_token_file(&path, "CREDENTIALS_DIRECTORY");
+        }
+    }
+    if let Some(file) = env.get("NIXFLEET_TOKEN_FILE") {
+        return read_token_file(Path::new(file.trim()), "NIXFLEET_TOKEN_FILE");
+    }
+    if let Some(token) = env.get("NIXFLEET_TOKEN") {
+        return Ok(Token::new(token.trim()));
+    }
+    Err(err(
+        "NIXFLEET_TOKEN",
+        "no token; set NIXFLEET_TOKEN_FILE to a file holding the agent token (or NIXFLEET_TOKEN, or a systemd credential named \"token\")",
+    ))
+}
+
+fn url(env: &Env<'_>) -> Result<String, ConfigError> {
+    let Some(url) = env.get("NIXFLEET_URL") else {
+        return Err(err(
+            "NIXFLEET_URL",
+            "not set; set it to the dashboard's WebSocket URL, e.g. wss://fleet.example.com/ws",
+        ));
+    };
+    let url = url.trim().to_string();
+    let rest = url
+        .strip_prefix("wss://")
+        .or_else(|| url.strip_prefix("ws://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') && !rest.contains(' ') => Ok(url),
+        _ => Err(err(
+            "NIXFLEET_URL",
+            format!("{url:?} is not a ws:// or wss:// URL; use e.g. wss://fleet.example.com/ws"),
+        )),
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_process_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup` (a variable's value, if set).
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let env = Env { lookup };
+        let url = url(&env)?;
+        let token = token(&env)?;
+
+        let interval_secs = match env.get("NIXFLEET_INTERVAL") {
+            None => 30,
+            Some(v) => match v.trim().trim_end_matches('s').parse::<u64>() {
+                Ok(n) if (1..=86_400).contains(&n) => n,
+                _ => {
+                    return Err(err(
+                        "NIXFLEET_INTERVAL",
+                        format!("{v:?} is not a whole number of seconds from 1 to 86400; e.g. 30"),
+                    ));
+                }
+            },
+        };
+
+        let log_level = match one_of(
+            &env,
+            "NIXFLEET_LOG_LEVEL",
+            &["error", "warn", "info", "debug", "trace"],
+            "info",
+        )?
+        .as_str()
+        {
+            "error" => LogLevel::Error,
+            "warn" => LogLevel::Warn,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => LogLevel::Info,
+        };
+        let location = one_of(
+            &env,
+            "NIXFLEET_LOCATION",
+            &["home", "work", "cloud"],
+            "home",
+        )?;
+        let device_type = one_of(
+            &env,
+            "NIXFLEET_DEVICE_TYPE",
+            &["server", "desktop", "laptop", "gaming"],
+            "server",
+        )?;
+        let theme_color = env.get("NIXFLEET_THEME_COLOR").unwrap_or_default();
+        let theme_color = theme_color.trim().to_string();
+        if !theme_color.is_empty() && !is_hex_color(&theme_color) {
+            return Err(err(
+                "NIXFLEET_THEME_COLOR",
+                format!(
+                    "{theme_color:?} is not a #rrggbb colour; use e.g. #7aa2f7 or leave it unset"
+                ),
+            ));
+        }
+
+        let host_type = match env.get("NIXFLEET_HOST_TYPE") {
+            None => HostType::detect(),
+            Some(v) => match v.trim() {
+                "nixos" => HostType::NixOs,
+                "macos" => HostType::MacOs,
+                other => {
+                    return Err(err(
+                        "NIXFLEET_HOST_TYPE",
+                        format!(
+                            "{other:?} is not nixos or macos; unset it to detect the host type"
+                        ),
+                    ));
+                }
+            },
+        };
+        let hostname = match env.get("NIXFLEET_HOSTNAME") {
+            Some(h) => {
+                let h = h.trim().to_string();
+                if h.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+                {
+                    return Err(err(
+                        "NIXFLEET_HOSTNAME",
+                        format!("{h:?} is not a host name; use letters, digits, '-' and '.'"),
+                    ));
+                }
+                h
+            }
+            None => crate::host::short_hostname(),
+        };
+
+        let state_dir = env
+            .get("NIXFLEET_STATE_DIR")
+            .or_else(|| {
+                env.get("STATE_DIRECTORY")
+                    .map(|s| s.split(':').next().unwrap_or_default().to_string())
+            })
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/nixfleet-agent"));
+        let log_dir = env
+            .get("NIXFLEET_LOG_DIR")
+            .or_else(|| {
+                env.get("LOGS_DIRECTORY")
+                    .map(|s| s.split(':').next().unwrap_or_default().to_string())
+            })
+            .map(PathBuf::from)
+            .unwrap_or_else(|| state_dir.join("logs"));
+
+        let explicit_dir = env
+            .get("NIXFLEET_REPO_DIR")
+            .or_else(|| env.get("NIXFLEET_NIXCFG"))
+            .map(|d| PathBuf::from(d.trim()));
+        let (repo_mode, repo_dir) = match (env.get("NIXFLEET_REPO_URL"), explicit_dir) {
+            (Some(url), dir) => (
+                RepoMode::Isolated {
+                    url: url.trim().to_string(),
+                },
+                dir.unwrap_or_else(|| state_dir.join("repo")),
+            ),
+            (None, Some(dir)) => (RepoMode::Legacy, dir),
+            (None, None) => {
+                return Err(err(
+                    "NIXFLEET_REPO_URL",
+                    "no configuration repository; set NIXFLEET_REPO_URL (the agent keeps its own clone) or NIXFLEET_REPO_DIR (an existing checkout)",
+                ));
+            }
+        };
+        if !repo_dir.is_absolute() {
+            return Err(err(
+                "NIXFLEET_REPO_DIR",
+                format!(
+                    "{} is not an absolute path; use e.g. /etc/nixos",
+                    repo_dir.display()
+                ),
+            ));
+        }
+        let branch = env
+            .get("NIXFLEET_BRANCH")
+            .map(|b| b.trim().to_string())
+            .unwrap_or_else(|| "main".to_string());
+        if branch.starts_with('-') || branch.contains("..") || branch.contains(char::is_whitespace)
+        {
+            return Err(err(
+                "NIXFLEET_BRANCH",
+                format!("{branch:?} is not a branch name; use e.g. main"),
+            ));
+        }
+
+        let switch_tool = match env.get("NIXFLEET_SWITCH_TOOL") {
+            None => match host_type {
+                HostType::NixOs => SwitchTool::NixosRebuild,
+                HostType::MacOs => SwitchTool::DarwinRebuild,
+            },
+            Some(v) => match v.trim() {
+                "nixos-rebuild" => SwitchTool::NixosRebuild,
+                "darwin-rebuild" => SwitchTool::DarwinRebuild,
+                "home-manager" => SwitchTool::HomeManager,
+                other => {
+                    return Err(err(
+                        "NIXFLEET_SWITCH_TOOL",
+                        format!(
+                            "{other:?} is not nixos-rebuild, darwin-rebuild or home-manager; unset it for the platform's default"
+                        ),
+                    ));
+                }
+            },
+        };
+        let flake = match env.get("NIXFLEET_FLAKE") {
+            Some(f) => f.trim().to_string(),
+            None => {
+                let target = match switch_tool {
+                    SwitchTool::HomeManager => {
+                        let user = env
+                            .get("NIXFLEET_HOME_MANAGER_USER")
+                            .or_else(|| env.get("USER"))
+                            .unwrap_or_else(|| "root".to_string());
+                        format!("{}@{hostname}", user.trim())
+                    }
+                    _ => hostname.clone(),
+                };
+                format!("{}#{target}", repo_dir.display())
+            }
+        };
+        if flake.starts_with('-') {
+            return Err(err(
+                "NIXFLEET_FLAKE",
+                format!("{flake:?} is not a flake reference; use e.g. /etc/nixos#myhost"),
+            ));
+        }
+
+        let ssh_key = env.get("NIXFLEET_SSH_KEY").map(PathBuf::from).or_else(|| {
+            env.get("CREDENTIALS_DIRECTORY")
+                .map(|d| Path::new(&d).join("ssh-key"))
+                .filter(|p| p.exists())
+        });
+        let ca_file = env.get("NIXFLEET_CA_FILE").map(PathBuf::from);
+        if let Some(ca) = &ca_file
+            && let Err(e) = std::fs::metadata(ca)
+        {
+            return Err(err(
+                "NIXFLEET_CA_FILE",
+                format!(
+                    "cannot read {}: {e}; point it at a PEM file or unset it",
+                    ca.display()
+                ),
+            ));
+        }
+
+        let defaults = Timing::default();
+        let timing = Timing {
+            ping_interval: millis(&env, "NIXFLEET_PING_INTERVAL_MS", defaults.ping_interval)?,
+            read_deadline: millis(&env, "NIXFLEET_READ_DEADLINE_MS", defaults.read_deadline)?,
+            backoff_base: millis(&env, "NIXFLEET_BACKOFF_BASE_MS", defaults.backoff_base)?,
+            stop_grace: millis(&env, "NIXFLEET_STOP_GRACE_MS", defaults.stop_grace)?,
+            stall_timeout: millis(&env, "NIXFLEET_STALL_TIMEOUT_MS", defaults.stall_timeout)?,
+        };
+
+        Ok(Config {
+            url,
+            token,
+            repo_mode,
+            repo_dir,
+            branch,
+            interval_secs,
+            ssh_key,
+            log_level,
+            hostname,
+            host_type,
+            location,
+            device_type,
+            theme_color,
+            nixpkgs_version: env
+                .get("NIXFLEET_NIXPKGS_VERSION")
+                .map(|v| v.trim().to_string()),
+            flake,
+            switch_tool,
+            state_dir,
+            log_dir,
+            ca_file,
+            stasysmo_dir: env.get("NIXFLEET_STASYSMO_DIR").map(PathBuf::from),
+            timing,
+        })
+    }
+
+    /// The repository URL in isolated mode, empty in legacy mode.
+    pub fn repo_url(&self) -> &str {
+        match &self.repo_mode {
+            RepoMode::Isolated { url } => url,
+            RepoMode::Legacy => "",
+        }
+    }
+}
+
+/// Reads the log level alone, so logging can start before the rest is validated.
+pub fn log_level_from_env() -> LogLevel {
+    match std::env::var("NIXFLEET_LOG_LEVEL")
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "error" => LogLevel::Error,
+        "warn" => LogLevel::Warn,
+        "debug" => LogLevel::Debug,
+        "trace" => LogLevel::Trace,
+        _ => LogLevel::Info,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(&move |name| map.get(name).cloned())
+    }
+
+    const BASE: [(&str, &str); 4] = [
+        ("NIXFLEET_URL", "wss://fleet.example.com/ws"),
+        ("NIXFLEET_TOKEN", "s3cret-token"),
+        ("NIXFLEET_REPO_DIR", "/etc/nixos"),
+        ("NIXFLEET_HOSTNAME", "hsb0"),
+    ];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let mut vars: Vec<(&str, &str)> = BASE.to_vec();
+        vars.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+        vars.extend_from_slice(extra);
+        vars.retain(|(_, v)| !v.is_empty());
+        parse(&vars)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.url, "wss://fleet.example.com/ws");
+        assert_eq!(c.token.expose(), "s3cret-token");
+        assert_eq!(c.repo_mode, RepoMode::Legacy);
+        assert_eq!(c.repo_dir, PathBuf::from("/etc/nixos"));
+        assert_eq!(c.branch, "main");
+        assert_eq!(c.interval_secs, 30);
+        assert_eq!(c.location, "home");
+        assert_eq!(c.device_type, "server");
+        assert_eq!(c.theme_color, "");
+        assert_eq!(c.flake, "/etc/nixos#hsb0");
+        assert_eq!(c.timing, Timing::default());
+        assert_eq!(c.log_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn isolated_mode_defaults_to_state_dir() {
+        let c = with(&[
+            ("NIXFLEET_REPO_DIR", ""),
+            ("NIXFLEET_REPO_URL", "git@github.com:me/nixcfg.git"),
+            ("NIXFLEET_STATE_DIR", "/var/lib/x"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.repo_mode,
+            RepoMode::Isolated {
+                url: "git@github.com:me/nixcfg.git".into()
+            }
+        );
+        assert_eq!(c.repo_dir, PathBuf::from("/var/lib/x/repo"));
+        assert_eq!(c.log_dir, PathBuf::from("/var/lib/x/logs"));
+        assert_eq!(c.repo_url(), "git@github.com:me/nixcfg.git");
+    }
+
+    #[test]
+    fn legacy_nixcfg_name() {
+        let c = with(&[
+            ("NIXFLEET_REPO_DIR", ""),
+            ("NIXFLEET_NIXCFG", "/home/me/nixcfg"),
+        ])
+        .unwrap();
+        assert_eq!(c.repo_dir, PathBuf::from("/home/me/nixcfg"));
+    }
+
+    #[test]
+    fn home_manager_flake() {
+        let c = with(&[
+            ("NIXFLEET_SWITCH_TOOL", "home-manager"),
+            ("NIXFLEET_HOME_MANAGER_USER", "mba"),
+        ])
+        .unwrap();
+        assert_eq!(c.flake, "/etc/nixos#mba@hsb0");
+        assert_eq!(c.switch_tool.program(), "home-manager");
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_the_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("NIXFLEET_URL", ""),
+            ("NIXFLEET_URL", "https://fleet.example.com/ws"),
+            ("NIXFLEET_URL", "ws://"),
+            ("NIXFLEET_INTERVAL", "0"),
+            ("NIXFLEET_INTERVAL", "1.5"),
+            ("NIXFLEET_INTERVAL", "abc"),
+            ("NIXFLEET_INTERVAL", "-3"),
+            ("NIXFLEET_LOCATION", "moon"),
+            ("NIXFLEET_DEVICE_TYPE", "toaster"),
+            ("NIXFLEET_LOG_LEVEL", "loud"),
+            ("NIXFLEET_THEME_COLOR", "red"),
+            ("NIXFLEET_TOKEN_FILE", "/nonexistent/token"),
+            ("NIXFLEET_BRANCH", "--upload-pack=x"),
+            ("NIXFLEET_PING_INTERVAL_MS", "soon"),
+        ];
+        for (var, value) in cases {
+            let mut extra = vec![(*var, *value)];
+            if *var == "NIXFLEET_TOKEN_FILE" {
+                extra.push(("NIXFLEET_TOKEN", ""));
+            }
+            let e = match with(&extra) {
+                Ok(_) => panic!("{var}={value:?} was accepted"),
+                Err(e) => e,
+            };
+            assert_eq!(e.var, *var, "{var}={value:?} blamed {e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn missing_token_and_repo() {
+        assert_eq!(
+            with(&[("NIXFLEET_TOKEN", "")]).unwrap_err().var,
+            "NIXFLEET_TOKEN"
+        );
+        assert_eq!(
+            with(&[("NIXFLEET_REPO_DIR", "")]).unwrap_err().var,
+            "NIXFLEET_REPO_URL"
+        );
+    }
+
+    #[test]
+    fn token_sources_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::create_dir(&creds).unwrap();
+        std::fs::write(creds.join("token"), "from-credential\n").unwrap();
+        let file = dir.path().join("token-file");
+        std::fs::write(&file, "NIXFLEET_TOKEN=from-file\n").unwrap();
+        let creds_s = creds.to_str().unwrap();
+        let file_s = file.to_str().unwrap();
+
+        let c = parse(&[
+            BASE[0],
+            BASE[2],
+            ("CREDENTIALS_DIRECTORY", creds_s),
+            ("NIXFLEET_TOKEN_FILE", file_s),
+            ("NIXFLEET_TOKEN", "from-env"),
+        ])
+        .unwrap();
+        assert_eq!(c.token.expose(), "from-credential");
+        let c = parse(&[
+            BASE[0],
+            BASE[2],
+            ("NIXFLEET_TOKEN_FILE", file_s),
+            ("NIXFLEET_TOKEN", "from-env"),
+        ])
+        .unwrap();
+        assert_eq!(c.token.expose(), "from-file");
+        let c = parse(&[BASE[0], BASE[2], ("NIXFLEET_TOKEN", "from-env")]).unwrap();
+        assert_eq!(c.token.expose(), "from-env");
+    }
+
+    #[test]
+    fn token_file_formats() {
+        assert_eq!(parse_token_file("abc\n").unwrap().expose(), "abc");
+        assert_eq!(
+            parse_token_file("# comment\nNIXFLEET_TOKEN=\"xyz\"\n")
+                .unwrap()
+                .expose(),
+            "xyz"
+        );
+        assert!(parse_token_file("\n  \n").is_none());
+        assert!(parse_token_file("NIXFLEET_TOKEN=").is_none());
+    }
+
+    #[test]
+    fn token_is_redacted() {
+        let t = Token::new("hunter2");
+        assert_eq!(format!("{t}"), "<redacted>");
+        assert!(!format!("{t:?}").contains("hunter2"));
+        let c = with(&[("NIXFLEET_TOKEN", "hunter2")]).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,561 @@
+//! The connection to the dashboard: the only owner of the socket.
+//!
+//! [`run`] dials with the bearer token, registers on every connect, sends the
+//! heartbeats, answers and sends pings, enforces the read deadline and backs off
+//! on failure. A *session* is one live socket: a reader task takes frames from
+//! the dashboard, and the writer (the session loop itself) serves, in this
+//! order: stop requests, heartbeats, pings, the control lane, the outbox
+//! (`status`, `test_progress`) and, last, the output lane in batches — several
+//! frames per write syscall when several are ready.
+//!
+//! Every write is raced against the read deadline, so a dashboard that stops
+//! reading (a full TCP window) is detected as dead after the deadline instead of
+//! blocking the agent forever.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::outbound::{Outbound, OutboundRx};
+use crate::protocol::{Heartbeat, Incoming, IncomingError, Outgoing, Register, parse_incoming};
+use crate::state::AgentState;
+
+/// Largest frame accepted from the dashboard; larger ones end the session.
+pub const MAX_INCOMING_FRAME: usize = 64 * 1024;
+/// Output lines written per batch before the writer looks at the other lanes again.
+const OUTPUT_BATCH: usize = 256;
+/// How long a shutdown waits for the dashboard's close reply.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long a shutdown spends delivering what is already in the outbox.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why the agent is stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stop {
+    /// The process's exit status.
+    pub code: i32,
+    /// Close reason sent to the dashboard.
+    pub reason: &'static str,
+}
+
+/// The parts of `register` that do not change while the agent runs.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// A register frame whose `generation` and `nixpkgs_version` are filled from
+    /// the latest snapshot at each connect.
+    pub register: Register,
+}
+
+/// What the connection hands incoming commands to.
+pub type CommandSink = Arc<dyn Fn(Incoming) + Send + Sync>;
+
+/// Everything a connection needs.
+pub struct Connection {
+    config: Arc<Config>,
+    state: Arc<AgentState>,
+    out: Arc<Outbound>,
+    rx: OutboundRx,
+    identity: Identity,
+    on_command: CommandSink,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+#[derive(Debug)]
+enum SessionEnd {
+    Stopped(Stop),
+    Lost(String),
+}
+
+enum ReaderEvent {
+    Registered,
+    Closed(Option<CloseFrame>),
+    Failed(String),
+}
+
+impl Connection {
+    /// Prepares a connection; nothing is dialed yet.
+    pub fn new(
+        config: Arc<Config>,
+        state: Arc<AgentState>,
+        out: Arc<Outbound>,
+        rx: OutboundRx,
+        identity: Identity,
+        on_command: CommandSink,
+    ) -> Connection {
+        Connection {
+            config,
+            state,
+            out,
+            rx,
+            identity,
+            on_command,
+            tls: None,
+        }
+    }
+
+    /// Runs until `stop` carries a value: connects, re-connects with backoff,
+    /// and on stop closes cleanly. Returns the stop that ended it.
+    pub async fn run(mut self, mut stop: watch::Receiver<Option<Stop>>) -> Stop {
+        let timing = self.config.timing;
+        let mut backoff = Backoff::new(timing.backoff_base, timing.backoff_base * 60);
+        loop {
+            if let Some(s) = *stop.borrow() {
+                return s;
+            }
+            let dial = tokio::select! {
+                r = self.dial() => r,
+                s = wait_stop(&mut stop) => return s,
+            };
+            match dial {
+                Ok(socket) => {
+                    tracing::info!(url = %self.config.url, "connected");
+                    match self.session(socket, &mut stop, &mut backoff).await {
+                        SessionEnd::Stopped(s) => return s,
+                        SessionEnd::Lost(why) => tracing::warn!("connection lost: {why}"),
+                    }
+                }
+                Err(DialError::Unauthorized) => {
+                    tracing::error!(
+                        "authentication failed: the dashboard rejected the agent token (HTTP 401); retrying"
+                    );
+                }
+                Err(DialError::Other(why)) => {
+                    tracing::warn!("cannot connect to {}: {why}", self.config.url);
+                }
+            }
+            self.out.set_connected(false);
+            let delay = backoff.next_delay();
+            tracing::info!("reconnecting in {} ms", delay.as_millis());
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                s = wait_stop(&mut stop) => return s,
+            }
+        }
+    }
+
+    async fn dial(&mut self) -> Result<Socket, DialError> {
+        let mut request = self
+            .config
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| DialError::Other(format!("bad URL: {e}")))?;
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.config.token.expose()))
+            .map_err(|_| {
+                DialError::Other("the token holds characters not allowed in an HTTP header".into())
+            })?;
+        auth.set_sensitive(true);
+        request.headers_mut().insert(header::AUTHORIZATION, auth);
+
+        let connector = if self.config.url.starts_with("wss://") {
+            if self.tls.is_none() {
+                self.tls = Some(
+                    crate::tls::client_config(self.config.ca_file.as_deref())
+                        .map_err(DialError::Other)?,
+                );
+            }
+            self.tls.clone().map(Connector::Rustls)
+        } else {
+            Some(Connector::Plain)
+        };
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_INCOMING_FRAME))
+            .max_frame_size(Some(MAX_INCOMING_FRAME))
+            .read_buffer_size(8 * 1024)
+            .write_buffer_size(64 * 1024)
+            .max_write_buffer_size(4 * 1024 * 1024);
+        let deadline = self
+            .config
+            .timing
+            .read_deadline
+            .min(Duration::from_secs(30));
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(ws_config),
+            true,
+            connector,
+        );
+        match tokio::time::timeout(deadline, connect).await {
+            Err(_) => Err(DialError::Other("timed out".into())),
+            Ok(Ok((socket, _response))) => Ok(socket),
+            Ok(Err(WsError::Http(response))) if response.status() == StatusCode::UNAUTHORIZED => {
+                Err(DialError::Unauthorized)
+            }
+            Ok(Err(WsError::Http(response))) => Err(DialError::Other(format!(
+                "the dashboard answered HTTP {}",
+                response.status()
+            ))),
+            Ok(Err(e)) => Err(DialError::Other(e.to_string())),
+        }
+    }
+
+    fn register_frame(&self) -> Outgoing {
+        let snap = self.state.snapshot();
+        let mut register = self.identity.register.clone();
+        register.generation = snap.generation;
+        register.nixpkgs_version = snap.nixpkgs_version;
+        Outgoing::Register(register)
+    }
+
+    fn heartbeat_frame(&self) -> Outgoing {
+        let snap = self.state.snapshot();
+        let running = self.state.running();
+        Outgoing::Heartbeat(Heartbeat {
+            generation: snap.generation,
+            nixpkgs_version: snap.nixpkgs_version,
+            pending_command: running.as_ref().map(|r| r.command.clone()),
+            command_pid: running.as_ref().map(|r| r.pid),
+            metrics: snap.metrics,
+            lock_hash: snap.lock_hash,
+        })
+    }
+
+    async fn session(
+        &mut self,
+        socket: Socket,
+        stop: &mut watch::Receiver<Option<Stop>>,
+        backoff: &mut Backoff,
+    ) -> SessionEnd {
+        let timing = self.config.timing;
+        let (mut sink, stream) = socket.split();
+        let started = Instant::now();
+        let heard = Arc::new(AtomicU64::new(0));
+        let (events_tx, mut events) = mpsc::channel::<ReaderEvent>(4);
+        let reader = tokio::spawn(read_loop(
+            stream,
+            started,
+            heard.clone(),
+            events_tx,
+            self.on_command.clone(),
+        ));
+        let _abort_reader = AbortOnDrop(reader);
+        let deadline = Deadline {
+            started,
+            heard,
+            limit: timing.read_deadline,
+        };
+
+        // register, then wait for `registered`
+        let register = self.register_frame();
+        if let Err(end) = guarded(sink.send(text(&register)), &deadline, &mut events).await {
+            return end;
+        }
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ReaderEvent::Registered) => {}
+                other => return lost(other),
+            },
+            _ = deadline.expired() => return SessionEnd::Lost("no `registered` reply".into()),
+            s = wait_stop(stop) => {
+                close(&mut sink, &mut events, s.reason).await;
+                return SessionEnd::Stopped(s);
+            }
+        }
+        tracing::info!(host = %self.identity.register.hostname, "registered");
+        backoff.reset();
+        self.out.set_connected(true);
+
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(self.config.interval_secs));
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut batch: Vec<crate::outbound::Line> = Vec::with_capacity(OUTPUT_BATCH);
+
+        loop {
+            let ready = self.out.outbox_ready();
+            let waiting = ready.is_none() && self.out.outbox_waiting();
+            let result = tokio::select! {
+                biased;
+                s = wait_stop(stop) => {
+                    self.drain(&mut sink, &mut events, &deadline).await;
+                    close(&mut sink, &mut events, s.reason).await;
+                    self.out.set_connected(false);
+                    return SessionEnd::Stopped(s);
+                }
+                ev = events.recv() => {
+                    self.out.set_connected(false);
+                    return lost(ev);
+                }
+                _ = deadline.expired() => {
+                    self.out.set_connected(false);
+                    return SessionEnd::Lost(format!(
+                        "no frame from the dashboard for {} s",
+                        timing.read_deadline.as_secs_f32()
+                    ));
+                }
+                _ = heartbeat.tick() => {
+                    let frame = self.heartbeat_frame();
+                    guarded(sink.send(text(&frame)), &deadline, &mut events).await
+                }
+                _ = ping.tick() => {
+                    guarded(sink.send(Message::Ping(Default::default())), &deadline, &mut events).await
+                }
+                Some(frame) = self.rx.control.recv() => {
+                    guarded(sink.send(text(&frame)), &deadline, &mut events).await
+                }
+                _ = std::future::ready(()), if ready.is_some() => {
+                    let mut r = Ok(());
+                    if let Some(marker) = self.out.take_drop_marker() {
+                        r = guarded(sink.feed(text(&marker)), &deadline, &mut events).await;
+                    }
+                    if r.is_ok()
+                        && let Some(frame) = &ready
+                    {
+                        r = guarded(sink.send(text(frame)), &deadline, &mut events).await;
+                    }
+                    if r.is_ok() {
+                        self.out.outbox_done();
+                    }
+                    r
+                }
+                n = self.rx.output.recv_many(&mut batch, OUTPUT_BATCH) => {
+                    if n == 0 {
+                        // every producer is gone; nothing more will come
+                        std::future::pending::<()>().await;
+                    }
+                    self.out.note_consumed(n as u64);
+                    let frames: Vec<Message> = batch.drain(..).map(|l| text(&l.into_frame())).collect();
+                    let mut r = write_all(&mut sink, frames, &deadline, &mut events).await;
+                    if r.is_ok()
+                        && self.rx.output.is_empty()
+                        && let Some(marker) = self.out.take_drop_marker()
+                    {
+                        r = guarded(sink.send(text(&marker)), &deadline, &mut events).await;
+                    }
+                    r
+                }
+                _ = self.out.outbox_changed(), if !waiting => Ok(()),
+            };
+            if let Err(end) = result {
+                self.out.set_connected(false);
+                return end;
+            }
+        }
+    }
+
+    /// Delivers what the outbox holds (and the output queued before it) before
+    /// a clean close, within [`DRAIN_WAIT`].
+    async fn drain(
+        &mut self,
+        sink: &mut futures_util::stream::SplitSink<Socket, Message>,
+        events: &mut mpsc::Receiver<ReaderEvent>,
+        deadline: &Deadline,
+    ) {
+        let until = Instant::now() + DRAIN_WAIT;
+        let work = async {
+            loop {
+                if let Some(frame) = self.out.outbox_ready() {
+                    guarded(sink.send(text(&frame)), deadline, events).await?;
+                    self.out.outbox_done();
+                } else if self.out.outbox_waiting() {
+                    let mut batch = Vec::new();
+                    let n = self.rx.output.recv_many(&mut batch, OUTPUT_BATCH).await;
+                    if n == 0 {
+                        break;
+                    }
+                    self.out.note_consumed(n as u64);
+                    let frames = batch.into_iter().map(|l| text(&l.into_frame())).collect();
+                    write_all(sink, frames, deadline, events).await?;
+                } else {
+                    break;
+                }
+            }
+            Ok::<(), SessionEnd>(())
+        };
+        let _ = tokio::time::timeout_at(until, work).await;
+    }
+}
+
+#[derive(Debug)]
+enum DialError {
+    Unauthorized,
+    Other(String),
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The read deadline: `limit` after the last frame heard.
+struct Deadline {
+    started: Instant,
+    heard: Arc<AtomicU64>,
+    limit: Duration,
+}
+
+impl Deadline {
+    fn at(&self) -> Instant {
+        self.started + Duration::from_millis(self.heard.load(Ordering::Relaxed)) + self.limit
+    }
+
+    /// Resolves once nothing was heard for `limit`.
+    async fn expired(&self) {
+        loop {
+            let at = self.at();
+            if Instant::now() >= at {
+                return;
+            }
+            tokio::time::sleep_until(at).await;
+        }
+    }
+}
+
+fn text(frame: &Outgoing) -> Message {
+    Message::text(frame.to_json())
+}
+
+fn lost(ev: Option<ReaderEvent>) -> SessionEnd {
+    match ev {
+        Some(ReaderEvent::Closed(Some(frame))) => SessionEnd::Lost(format!(
+            "the dashboard closed the connection ({} {})",
+            u16::from(frame.code),
+            frame.reason
+        )),
+        Some(ReaderEvent::Closed(None)) => {
+            SessionEnd::Lost("the dashboard closed the connection".into())
+        }
+        Some(ReaderEvent::Failed(why)) => SessionEnd::Lost(why),
+        Some(ReaderEvent::Registered) => SessionEnd::Lost("unexpected `registered`".into()),
+        None => SessionEnd::Lost("the connection ended".into()),
+    }
+}
+
+async fn wait_stop(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
+    loop {
+        if let Some(s) = *stop.borrow_and_update() {
+            return s;
+        }
+        if stop.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Runs a write, giving up when the read deadline passes or the reader fails.
+async fn guarded<F>(
+    write: F,
+    deadline: &Deadline,
+    events: &mut mpsc::Receiver<ReaderEvent>,
+) -> Result<(), SessionEnd>
+where
+    F: Future<Output = Result<(), WsError>>,
+{
+    tokio::select! {
+        r = write => r.map_err(|e| SessionEnd::Lost(format!("write failed: {e}"))),
+        ev = events.recv() => Err(lost(ev)),
+        _ = deadline.expired() => Err(SessionEnd::Lost("the dashboard stopped reading".into())),
+    }
+}
+
+async fn write_all(
+    sink: &mut futures_util::stream::SplitSink<Socket, Message>,
+    frames: Vec<Message>,
+    deadline: &Deadline,
+    events: &mut mpsc::Receiver<ReaderEvent>,
+) -> Result<(), SessionEnd> {
+    let work = async {
+        for frame in frames {
+            sink.feed(frame).await?;
+        }
+        sink.flush().await
+    };
+    guarded(work, deadline, events).await
+}
+
+async fn close(
+    sink: &mut futures_util::stream::SplitSink<Socket, Message>,
+    events: &mut mpsc::Receiver<ReaderEvent>,
+    reason: &'static str,
+) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: reason.into(),
+    };
+    let wait = async {
+        if sink.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        // wait for the dashboard's close reply (or the socket's end)
+        while let Some(ev) = events.recv().await {
+            if matches!(ev, ReaderEvent::Closed(_) | ReaderEvent::Failed(_)) {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(CLOSE_WAIT, wait).await.is_err() {
+        tracing::warn!("the dashboard did not answer the close within 5 s");
+    }
+}
+
+async fn read_loop(
+    mut stream: futures_util::stream::SplitStream<Socket>,
+    started: Instant,
+    heard: Arc<AtomicU64>,
+    events: mpsc::Sender<ReaderEvent>,
+    on_command: CommandSink,
+) {
+    loop {
+        let msg = match stream.next().await {
+            Some(Ok(msg)) => msg,
+            Some(Err(WsError::Capacity(e))) => {
+                let _ = events
+                    .send(ReaderEvent::Failed(format!(
+                        "oversized frame from the dashboard: {e}"
+                    )))
+                    .await;
+                return;
+            }
+            Some(Err(e)) => {
+                let _ = events
+                    .send(ReaderEvent::Failed(format!("read failed: {e}")))
+                    .await;
+                return;
+            }
+            None => {
+                let _ = events
+                    .send(ReaderEvent::Failed("the connection ended".into()))
+                    .await;
+                return;
+            }
+        };
+        heard.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        match msg {
+            Message::Text(text) => match parse_incoming(&text) {
+                Ok(Incoming::Registered { .. }) => {
+                    let _ = events.send(ReaderEvent::Registered).await;
+                }
+                Ok(other) => on_command(other),
+                Err(IncomingError::UnknownType(kind)) => {
+                    tracing::warn!("ignoring a frame of unknown type {kind:?}");
+                }
+                Err(e) => tracing::warn!("ignoring a {e}"),
+            },
+            Message::Binary(_) => tracing::warn!("ignoring a binary frame"),
+            Message::Close(frame) => {
+                let _ = events.send(ReaderEvent::Closed(frame)).await;
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+}

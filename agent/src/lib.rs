@@ -1,0 +1,119 @@
+//! The NixFleet agent: keeps one WebSocket open to the NixFleet dashboard,
+//! reports the host in heartbeats and runs the fleet operations the dashboard
+//! asks for, streaming their output live.
+//!
+//! The binary (`main.rs`) only parses the command line, sets up logging and
+//! signals, and calls [`run`]. The wire contract is in [`protocol`]; the
+//! configuration in [`config`] (documented in `docs/configuration.md`).
+
+pub mod backoff;
+#[path = "commands_stub.rs"]
+pub mod commands;
+pub mod config;
+pub mod connection;
+pub mod heartbeat;
+pub mod host;
+pub mod outbound;
+pub mod protocol;
+pub mod state;
+pub mod tls;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::connection::{Connection, Identity, Stop};
+use crate::protocol::Register;
+use crate::state::AgentState;
+
+/// The agent's version (from Cargo.toml).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The static part of `register`: everything but generation and nixpkgs version.
+pub fn identity(config: &Config, freshness: host::Freshness) -> Identity {
+    Identity {
+        register: Register {
+            hostname: config.hostname.clone(),
+            host_type: config.host_type.as_str().to_string(),
+            agent_version: VERSION.to_string(),
+            os_version: host::os_version(config.host_type),
+            nixpkgs_version: String::new(),
+            generation: String::new(),
+            theme_color: config.theme_color.clone(),
+            heartbeat_interval: config.interval_secs,
+            location: config.location.clone(),
+            device_type: config.device_type.clone(),
+            repo_url: config.repo_url().to_string(),
+            repo_dir: config.repo_dir.display().to_string(),
+            source_commit: freshness.source_commit,
+            store_path: freshness.store_path,
+            binary_hash: freshness.binary_hash,
+        },
+    }
+}
+
+/// Runs the agent until a signal or an exit request; returns the exit status.
+///
+/// `signal` resolves when SIGTERM/SIGINT arrives.
+pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) -> i32 {
+    let config = Arc::new(config);
+    let state = Arc::new(AgentState::default());
+    let (out, rx) = outbound::lanes(config.timing.stall_timeout);
+
+    // Facts that cost a disk read: the first snapshot before the first register,
+    // the binary's hash once, both off the runtime thread.
+    let mut metrics = host::MetricsReader::new(config.stasysmo_dir.clone());
+    let cfg = config.clone();
+    let first = tokio::task::spawn_blocking(move || {
+        let snapshot = heartbeat::read_snapshot(&cfg, &mut metrics);
+        let identity = identity(&cfg, host::binary_freshness());
+        (snapshot, identity, metrics)
+    });
+    let (snapshot, identity, metrics) = match first.await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("reading host facts failed: {e}");
+            return 1;
+        }
+    };
+    state.publish(snapshot);
+    tokio::spawn(heartbeat::refresher(config.clone(), state.clone(), metrics));
+
+    let commands = commands::Commands::new(config.clone(), state.clone(), out.clone());
+    {
+        let commands = commands.clone();
+        tokio::spawn(async move { commands.startup().await });
+    }
+    let sink: connection::CommandSink = {
+        let commands = commands.clone();
+        Arc::new(move |msg| commands.handle(msg))
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let conn = Connection::new(
+        config.clone(),
+        state.clone(),
+        out.clone(),
+        rx,
+        identity,
+        sink,
+    );
+    let connection = tokio::spawn(conn.run(stop_rx));
+
+    let stop = tokio::select! {
+        _ = signal => Stop { code: 0, reason: "shutdown" },
+        code = state.exit_requested() => Stop { code, reason: "restart" },
+    };
+    tracing::info!("stopping ({})", stop.reason);
+    let _ = stop_tx.send(Some(stop));
+    let stop = match connection.await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("connection task failed: {e}");
+            stop
+        }
+    };
+    commands.shutdown().await;
+    stop.code
+}

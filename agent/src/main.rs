@@ -1,0 +1,191 @@
+//! `nixfleet-agent`: command line, logging and signals; the rest is in the library.
+
+use std::process::ExitCode;
+
+use nixfleet_agent::config::{self, Config, EXIT_CONFIG, LogLevel};
+use nixfleet_agent::{VERSION, host};
+
+const HELP: &str = "\
+nixfleet-agent — keeps this host connected to the NixFleet dashboard
+
+Usage:
+  nixfleet-agent            run; configuration comes from the environment
+  nixfleet-agent --check    validate the configuration, print what was detected, exit
+  nixfleet-agent --version  print the version
+  nixfleet-agent --help     print this help
+
+Required: NIXFLEET_URL (ws:// or wss://), a token ($CREDENTIALS_DIRECTORY/token,
+NIXFLEET_TOKEN_FILE or NIXFLEET_TOKEN), and NIXFLEET_REPO_URL or NIXFLEET_REPO_DIR.
+Every variable: docs/configuration.md.
+
+Exit status: 0 stopped by a signal, 78 invalid configuration,
+101 restart requested (after a switch, or the `restart` command).
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut check = false;
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("--version" | "-V") => {
+            println!("nixfleet-agent {VERSION}");
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Some("--check") => check = true,
+        Some(flag) if flag == nixfleet_agent::commands::SUPERVISE_FLAG => {
+            return exit(nixfleet_agent::commands::supervise_main(&args[1..]));
+        }
+        Some(other) => {
+            eprintln!("nixfleet-agent: unknown argument {other:?}; see --help");
+            return exit(2);
+        }
+    }
+    if args.len() > 1 {
+        eprintln!("nixfleet-agent: unexpected extra arguments; see --help");
+        return exit(2);
+    }
+
+    let config = match Config::from_process_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nixfleet-agent: invalid configuration: {e}");
+            return exit(EXIT_CONFIG);
+        }
+    };
+    if check {
+        return exit(print_check(&config));
+    }
+    init_logging(config.log_level);
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nixfleet-agent: cannot start the runtime: {e}");
+            return exit(1);
+        }
+    };
+    let code = runtime.block_on(async {
+        tracing::info!(version = VERSION, host = %config.hostname, "nixfleet-agent starting");
+        nixfleet_agent::run(config, shutdown_signal()).await
+    });
+    // Don't wait for blocking reads (e.g. a hung disk) on the way out.
+    runtime.shutdown_background();
+    exit(code)
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; only a kill stops the agent");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn init_logging(level: LogLevel) {
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::prelude::*;
+    let filter = match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    };
+    // Quiet the libraries: our own events at `level`, theirs at warn at most.
+    let targets = tracing_subscriber::filter::Targets::new()
+        .with_default(filter.min(LevelFilter::WARN))
+        .with_target("nixfleet_agent", filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry()
+            .with(journald.with_syslog_identifier("nixfleet-agent".into()))
+            .with(targets)
+            .init();
+        return;
+    }
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_target(false),
+        )
+        .with(targets)
+        .init();
+}
+
+fn print_check(config: &Config) -> i32 {
+    let mut metrics = host::MetricsReader::new(config.stasysmo_dir.clone());
+    let (sample, source) = metrics.sample();
+    let generation = host::git_head_commit(&config.repo_dir);
+    let mode = match &config.repo_mode {
+        config::RepoMode::Isolated { url } => format!("isolated (own clone of {url})"),
+        config::RepoMode::Legacy => "legacy (existing checkout)".to_string(),
+    };
+    println!("configuration OK");
+    println!("  dashboard:        {}", config.url);
+    println!(
+        "  token:            {} (from the configured source)",
+        config.token
+    );
+    println!("  hostname:         {}", config.hostname);
+    println!("  host type:        {}", config.host_type.as_str());
+    println!(
+        "  OS version:       {}",
+        or_unknown(&host::os_version(config.host_type))
+    );
+    println!(
+        "  nixpkgs version:  {}",
+        or_unknown(&host::nixpkgs_version(config.nixpkgs_version.as_deref()))
+    );
+    println!("  repository:       {} — {mode}", config.repo_dir.display());
+    println!(
+        "  generation:       {}",
+        generation
+            .as_deref()
+            .unwrap_or("unknown (no git checkout yet)")
+    );
+    println!(
+        "  switch:           {} switch --flake {}",
+        config.switch_tool.program(),
+        config.flake
+    );
+    println!("  heartbeat:        every {} s", config.interval_secs);
+    println!("  metrics source:   {}", source.as_str());
+    if let Some(m) = sample {
+        println!(
+            "  metrics now:      cpu {:.1} %, ram {:.1} %, swap {:.1} %, load {:.2}",
+            m.cpu, m.ram, m.swap, m.load
+        );
+    }
+    println!("  state directory:  {}", config.state_dir.display());
+    0
+}
+
+fn or_unknown(s: &str) -> &str {
+    if s.is_empty() { "unknown" } else { s }
+}

@@ -1,0 +1,355 @@
+//! The lanes of frames from the agent's tasks to the connection's writer.
+//!
+//! - **control**: `command_rejected` and other small, urgent frames. Served
+//!   first. Bounded; a frame that does not fit is dropped with a warning (it can
+//!   only fill while the dashboard is stuck, and then nobody reads it anyway).
+//! - **output**: one item per line of command output. Bounded. While the
+//!   writer makes progress a full lane makes the producer wait (the child feels
+//!   ordinary pipe backpressure); once the writer has made no progress for the
+//!   stall timeout, lines are dropped and counted, and the writer later sends a
+//!   marker line with the count. A stuck dashboard never stalls a build.
+//! - **outbox**: `status` and `test_progress`. Never dropped (bounded by the
+//!   number of commands, with a cap), delivered in order after every output line
+//!   that was queued before them, and kept across reconnects: a command that
+//!   ends while the dashboard is unreachable is reported after re-registering.
+//!
+//! Heartbeats do not pass through here: the writer builds them itself on its
+//! own ticker, ahead of everything else.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::protocol::{Outgoing, Output, Stream};
+
+/// Capacity of the control lane.
+pub const CONTROL_CAPACITY: usize = 64;
+/// Capacity of the output lane, in lines.
+pub const OUTPUT_CAPACITY: usize = 8192;
+/// Most frames kept in the outbox; the oldest is dropped past this.
+pub const OUTBOX_CAPACITY: usize = 256;
+
+/// One line of output on its way to the writer.
+#[derive(Debug)]
+pub struct Line {
+    /// The command's name.
+    pub command: String,
+    /// Which stream.
+    pub stream: Stream,
+    /// The text (already valid UTF-8 and bounded in length).
+    pub text: String,
+}
+
+impl Line {
+    /// The `output` frame for this line.
+    pub fn into_frame(self) -> Outgoing {
+        Outgoing::Output(Output {
+            is_error: self.stream == Stream::Stderr,
+            line: self.text,
+            stream: self.stream,
+            command: self.command,
+        })
+    }
+}
+
+/// The producers' side, shared by every task that sends frames.
+#[derive(Debug)]
+pub struct Outbound {
+    control: mpsc::Sender<Outgoing>,
+    output: mpsc::Sender<Line>,
+    outbox: Mutex<VecDeque<(u64, Outgoing)>>,
+    outbox_changed: Notify,
+    stall_timeout: Duration,
+    connected: AtomicBool,
+    enqueued: AtomicU64,
+    consumed: AtomicU64,
+    dropped: AtomicU64,
+    stalled: AtomicBool,
+    stall_mark: AtomicU64,
+    last_command: Mutex<String>,
+}
+
+/// The consumers' side, owned by the connection manager.
+#[derive(Debug)]
+pub struct OutboundRx {
+    /// Control frames.
+    pub control: mpsc::Receiver<Outgoing>,
+    /// Output lines.
+    pub output: mpsc::Receiver<Line>,
+}
+
+/// Makes the lanes.
+pub fn lanes(stall_timeout: Duration) -> (std::sync::Arc<Outbound>, OutboundRx) {
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+    let (output_tx, output_rx) = mpsc::channel(OUTPUT_CAPACITY);
+    let outbound = Outbound {
+        control: control_tx,
+        output: output_tx,
+        outbox: Mutex::new(VecDeque::new()),
+        outbox_changed: Notify::new(),
+        stall_timeout,
+        connected: AtomicBool::new(false),
+        enqueued: AtomicU64::new(0),
+        consumed: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        stalled: AtomicBool::new(false),
+        stall_mark: AtomicU64::new(0),
+        last_command: Mutex::new(String::new()),
+    };
+    (
+        std::sync::Arc::new(outbound),
+        OutboundRx {
+            control: control_rx,
+            output: output_rx,
+        },
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Outbound {
+    /// Queues a control frame; drops it with a warning if the lane is full.
+    pub fn control(&self, frame: Outgoing) {
+        if let Err(e) = self.control.try_send(frame) {
+            tracing::warn!("control lane full, dropping a {} frame", kind_of(&e));
+        }
+    }
+
+    /// Queues a frame that must not be lost (`status`, `test_progress`): it is
+    /// written after every output line queued before it, on this connection or
+    /// the next.
+    pub fn reliable(&self, frame: Outgoing) {
+        let after = self.enqueued.load(Ordering::SeqCst);
+        {
+            let mut outbox = lock(&self.outbox);
+            if outbox.len() >= OUTBOX_CAPACITY
+                && let Some((_, old)) = outbox.pop_front()
+            {
+                tracing::warn!("outbox full, dropping the oldest {} frame", old.kind());
+            }
+            outbox.push_back((after, frame));
+        }
+        self.outbox_changed.notify_one();
+    }
+
+    /// Sends one line of output, waiting while the writer makes progress and
+    /// dropping (counted) when it does not. Never waits longer than the stall
+    /// timeout for one line, and not at all while disconnected or stalled.
+    pub async fn line(&self, line: Line) {
+        let line = match self.output.try_send(line) {
+            Ok(()) => {
+                self.enqueued.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(line)) => line,
+        };
+        if !self.connected.load(Ordering::Relaxed) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Already found stalled, and still no progress since: drop at once.
+        if self.stalled.load(Ordering::Relaxed)
+            && self.consumed.load(Ordering::Relaxed) == self.stall_mark.load(Ordering::Relaxed)
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.stalled.store(false, Ordering::Relaxed);
+        // Wait for room while the writer keeps consuming; give up after a
+        // whole stall timeout without any progress.
+        let mut seen = self.consumed.load(Ordering::Relaxed);
+        loop {
+            match tokio::time::timeout(self.stall_timeout, self.output.reserve()).await {
+                Ok(Ok(permit)) => {
+                    permit.send(line);
+                    self.enqueued.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Ok(Err(_closed)) => break,
+                Err(_elapsed) => {
+                    let now = self.consumed.load(Ordering::Relaxed);
+                    if now == seen || !self.connected.load(Ordering::Relaxed) {
+                        self.stall_mark.store(now, Ordering::Relaxed);
+                        self.stalled.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    seen = now;
+                }
+            }
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Remembers the running command's name (for the dropped-lines marker).
+    pub fn set_command(&self, name: &str) {
+        let mut last = lock(&self.last_command);
+        last.clear();
+        last.push_str(name);
+    }
+
+    /// Lines dropped and not yet reported.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    // ---- the writer's side ----
+
+    /// Marks the connection up or down (down makes full lanes drop at once).
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+    }
+
+    /// Called by the writer for every output line it took from the lane.
+    pub fn note_consumed(&self, n: u64) {
+        self.consumed.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Resolves when the outbox may have become non-empty.
+    pub async fn outbox_changed(&self) {
+        self.outbox_changed.notified().await;
+    }
+
+    /// The next outbox frame if every output line queued before it has been
+    /// consumed; a clone, so that it is only removed by [`Outbound::outbox_done`]
+    /// after it was written.
+    pub fn outbox_ready(&self) -> Option<Outgoing> {
+        let consumed = self.consumed.load(Ordering::SeqCst);
+        let outbox = lock(&self.outbox);
+        match outbox.front() {
+            Some((after, frame)) if *after <= consumed => Some(frame.clone()),
+            _ => None,
+        }
+    }
+
+    /// True if the outbox holds a frame still waiting for earlier output.
+    pub fn outbox_waiting(&self) -> bool {
+        !lock(&self.outbox).is_empty()
+    }
+
+    /// Removes the frame [`Outbound::outbox_ready`] returned, after writing it.
+    pub fn outbox_done(&self) {
+        lock(&self.outbox).pop_front();
+    }
+
+    /// Takes the dropped count and returns the marker line for it, if any.
+    pub fn take_drop_marker(&self) -> Option<Outgoing> {
+        let n = self.dropped.swap(0, Ordering::Relaxed);
+        if n == 0 {
+            return None;
+        }
+        tracing::warn!("{n} output lines were dropped: the dashboard was not keeping up");
+        let command = lock(&self.last_command).clone();
+        Some(
+            Line {
+                command,
+                stream: Stream::Stderr,
+                text: format!(
+                    "[nixfleet-agent] {n} output line(s) dropped: the dashboard was not keeping up (the full output is in the agent's log)"
+                ),
+            }
+            .into_frame(),
+        )
+    }
+}
+
+fn kind_of(e: &mpsc::error::TrySendError<Outgoing>) -> &'static str {
+    match e {
+        mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f) => f.kind(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Outcome, Status};
+
+    fn status(n: i32) -> Outgoing {
+        Outgoing::Status(Status {
+            status: Outcome::Ok,
+            command: "pull".into(),
+            exit_code: n,
+            message: String::new(),
+            generation: String::new(),
+        })
+    }
+
+    fn line(text: &str) -> Line {
+        Line {
+            command: "test".into(),
+            stream: Stream::Stdout,
+            text: text.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn status_waits_for_earlier_output() {
+        let (out, mut rx) = lanes(Duration::from_secs(5));
+        out.set_connected(true);
+        out.line(line("a")).await;
+        out.line(line("b")).await;
+        out.reliable(status(0));
+        assert!(out.outbox_ready().is_none(), "status overtook output");
+        assert!(rx.output.recv().await.is_some());
+        out.note_consumed(1);
+        assert!(out.outbox_ready().is_none());
+        assert!(rx.output.recv().await.is_some());
+        out.note_consumed(1);
+        assert_eq!(out.outbox_ready(), Some(status(0)));
+        // not removed until written
+        assert_eq!(out.outbox_ready(), Some(status(0)));
+        out.outbox_done();
+        assert!(out.outbox_ready().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_writer_drops_and_counts() {
+        let (out, _rx) = lanes(Duration::from_millis(100));
+        out.set_connected(true);
+        for i in 0..OUTPUT_CAPACITY {
+            out.line(line(&i.to_string())).await;
+        }
+        assert_eq!(out.dropped(), 0);
+        // Lane full, nobody consumes: the next line waits one stall timeout, then drops.
+        out.line(line("x")).await;
+        assert_eq!(out.dropped(), 1);
+        // Still stalled: further lines drop without waiting again.
+        let before = tokio::time::Instant::now();
+        out.line(line("y")).await;
+        assert_eq!(tokio::time::Instant::now(), before);
+        assert_eq!(out.dropped(), 2);
+        let marker = out.take_drop_marker().expect("marker");
+        match marker {
+            Outgoing::Output(o) => assert!(o.line.contains("2 output line(s) dropped")),
+            other => panic!("{other:?}"),
+        }
+        assert!(out.take_drop_marker().is_none());
+    }
+
+    #[tokio::test]
+    async fn disconnected_full_lane_drops_at_once() {
+        let (out, _rx) = lanes(Duration::from_secs(3600));
+        for i in 0..OUTPUT_CAPACITY {
+            out.line(line(&i.to_string())).await;
+        }
+        out.line(line("x")).await;
+        assert_eq!(out.dropped(), 1);
+    }
+
+    #[test]
+    fn outbox_is_bounded() {
+        let (out, _rx) = lanes(Duration::from_secs(1));
+        for i in 0..(OUTBOX_CAPACITY as i32 + 5) {
+            out.reliable(status(i));
+        }
+        assert_eq!(out.outbox_ready(), Some(status(5)));
+    }
+}

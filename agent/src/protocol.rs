@@ -1,0 +1,390 @@
+//! Wire types of the dashboard protocol (v2), see `protocol.md`.
+//!
+//! Every frame is a JSON text message `{"type": "<kind>", "payload": {...}}`.
+//! Outgoing frames are built from [`Outgoing`]; incoming text is parsed with
+//! [`parse_incoming`], which tells malformed JSON apart from an unknown type so
+//! that both can be logged and ignored.
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::Metrics;
+
+/// The `register` payload: the first frame on every connection.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Register {
+    /// Host name without domain.
+    pub hostname: String,
+    /// `"nixos"` or `"macos"`.
+    pub host_type: String,
+    /// The agent's version.
+    pub agent_version: String,
+    /// OS version, e.g. `"24.11"` or `"15.2"`.
+    pub os_version: String,
+    /// Full nixpkgs version with revision.
+    pub nixpkgs_version: String,
+    /// Commit of the deployed configuration repository.
+    pub generation: String,
+    /// `#rrggbb` or empty.
+    pub theme_color: String,
+    /// Heartbeat interval in seconds.
+    pub heartbeat_interval: u64,
+    /// `home`, `work` or `cloud`.
+    pub location: String,
+    /// `server`, `desktop`, `laptop` or `gaming`.
+    pub device_type: String,
+    /// Git URL of the configuration repository (isolated mode), may be empty.
+    pub repo_url: String,
+    /// Local path of the configuration repository.
+    pub repo_dir: String,
+    /// Commit the running binary was built from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_commit: Option<String>,
+    /// Nix store path of the running binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_path: Option<String>,
+    /// SHA-256 of the running binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binary_hash: Option<String>,
+}
+
+/// The `heartbeat` payload.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Heartbeat {
+    /// Commit of the configuration repository, re-read each time.
+    pub generation: String,
+    /// As in [`Register::nixpkgs_version`].
+    pub nixpkgs_version: String,
+    /// The running command's name, `None` (null) when idle.
+    pub pending_command: Option<String>,
+    /// The running command's PID, `None` (null) when idle.
+    pub command_pid: Option<u32>,
+    /// Host metrics, null when they cannot be had.
+    pub metrics: Option<Metrics>,
+    /// SHA-256 hex of the repository's `flake.lock`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_hash: Option<String>,
+}
+
+/// Which stream an output line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    /// The wire name, `"stdout"` or `"stderr"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// The `output` payload: one line of a running command.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Output {
+    /// The line, without its line ending.
+    pub line: String,
+    /// Where it came from.
+    pub stream: Stream,
+    /// The command's name.
+    pub command: String,
+    /// True for stderr.
+    pub is_error: bool,
+}
+
+/// Outcome of a command, as in `status.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Succeeded.
+    Ok,
+    /// Failed, or was refused.
+    Error,
+    /// Stopped by `stop` or `kill_command`.
+    Stopped,
+}
+
+/// The `status` payload: a command ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// `ok`, `error` or `stopped`.
+    pub status: Outcome,
+    /// The command's name.
+    pub command: String,
+    /// Exit code of the command (or of its failing step).
+    pub exit_code: i32,
+    /// A human summary; on failure the last stderr lines.
+    pub message: String,
+    /// The configuration repository's commit after the command.
+    pub generation: String,
+}
+
+/// The `command_rejected` payload.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CommandRejected {
+    /// Why: `"command already running"`.
+    pub reason: String,
+    /// The running command's name.
+    pub current_command: String,
+    /// The running command's PID.
+    pub current_pid: u32,
+}
+
+/// The `test_progress` payload.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TestProgress {
+    /// Test scripts finished so far.
+    pub current: u32,
+    /// Test scripts in all.
+    pub total: u32,
+    /// Test scripts passed so far.
+    pub passed: u32,
+    /// False on the last message.
+    pub running: bool,
+    /// Summary, e.g. `"4/5 passed"`, empty while running.
+    pub result: String,
+}
+
+/// A frame the agent sends.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+pub enum Outgoing {
+    /// See [`Register`].
+    Register(Register),
+    /// See [`Heartbeat`].
+    Heartbeat(Heartbeat),
+    /// See [`Output`].
+    Output(Output),
+    /// See [`Status`].
+    Status(Status),
+    /// See [`CommandRejected`].
+    CommandRejected(CommandRejected),
+    /// See [`TestProgress`].
+    TestProgress(TestProgress),
+}
+
+impl Outgoing {
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain structs cannot fail (no maps with non-string
+        // keys, no failing Serialize impls); fall back to an empty object anyway.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// The frame's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outgoing::Register(_) => "register",
+            Outgoing::Heartbeat(_) => "heartbeat",
+            Outgoing::Output(_) => "output",
+            Outgoing::Status(_) => "status",
+            Outgoing::CommandRejected(_) => "command_rejected",
+            Outgoing::TestProgress(_) => "test_progress",
+        }
+    }
+}
+
+/// A frame the dashboard sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// Registration accepted.
+    Registered {
+        /// The id the dashboard gave the host.
+        host_id: String,
+    },
+    /// Run a command. The name is only ever matched against a closed set.
+    Command {
+        /// The command's name as sent.
+        command: String,
+    },
+    /// Signal the running command.
+    KillCommand {
+        /// `"SIGTERM"` or `"SIGKILL"` (anything else is refused).
+        signal: String,
+        /// Target PID, 0 for the current command.
+        pid: i64,
+    },
+}
+
+/// Why an incoming frame was not understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncomingError {
+    /// Not JSON, or not the `{"type", "payload"}` envelope, or a payload of the wrong shape.
+    Malformed(String),
+    /// A well-formed frame of a type this agent does not know.
+    UnknownType(String),
+}
+
+impl std::fmt::Display for IncomingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IncomingError::Malformed(why) => write!(f, "malformed frame: {why}"),
+            IncomingError::UnknownType(kind) => write!(f, "unknown frame type {kind:?}"),
+        }
+    }
+}
+
+impl std::error::Error for IncomingError {}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    payload: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct RegisteredPayload {
+    #[serde(default)]
+    host_id: String,
+}
+
+#[derive(Deserialize)]
+struct CommandPayload {
+    command: String,
+}
+
+#[derive(Deserialize)]
+struct KillPayload {
+    #[serde(default = "default_signal")]
+    signal: String,
+    #[serde(default)]
+    pid: i64,
+}
+
+fn default_signal() -> String {
+    String::from("SIGTERM")
+}
+
+/// Longest kind name echoed back into a log line.
+const MAX_ECHO: usize = 64;
+
+fn clip(text: &str) -> String {
+    let mut end = text.len().min(MAX_ECHO);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// Parses one text frame from the dashboard.
+pub fn parse_incoming(text: &str) -> Result<Incoming, IncomingError> {
+    let envelope: Envelope =
+        serde_json::from_str(text).map_err(|e| IncomingError::Malformed(e.to_string()))?;
+    let payload = |e: serde_json::Error| {
+        IncomingError::Malformed(format!("bad {} payload: {e}", envelope.kind))
+    };
+    match envelope.kind.as_str() {
+        "registered" => {
+            let p: RegisteredPayload = if envelope.payload.is_null() {
+                RegisteredPayload {
+                    host_id: String::new(),
+                }
+            } else {
+                serde_json::from_value(envelope.payload.clone()).map_err(payload)?
+            };
+            Ok(Incoming::Registered { host_id: p.host_id })
+        }
+        "command" => {
+            let p: CommandPayload =
+                serde_json::from_value(envelope.payload.clone()).map_err(payload)?;
+            Ok(Incoming::Command { command: p.command })
+        }
+        "kill_command" => {
+            let p: KillPayload =
+                serde_json::from_value(envelope.payload.clone()).map_err(payload)?;
+            Ok(Incoming::KillCommand {
+                signal: p.signal,
+                pid: p.pid,
+            })
+        }
+        other => Err(IncomingError::UnknownType(clip(other))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_frame_shape() {
+        let frame = Outgoing::Output(Output {
+            line: "hello \"x\"".into(),
+            stream: Stream::Stderr,
+            command: "pull".into(),
+            is_error: true,
+        });
+        let v: serde_json::Value = serde_json::from_str(&frame.to_json()).unwrap();
+        assert_eq!(v["type"], "output");
+        assert_eq!(v["payload"]["line"], "hello \"x\"");
+        assert_eq!(v["payload"]["stream"], "stderr");
+        assert_eq!(v["payload"]["is_error"], true);
+    }
+
+    #[test]
+    fn idle_heartbeat_has_nulls() {
+        let frame = Outgoing::Heartbeat(Heartbeat {
+            generation: "abc1234".into(),
+            nixpkgs_version: String::new(),
+            pending_command: None,
+            command_pid: None,
+            metrics: None,
+            lock_hash: None,
+        });
+        let v: serde_json::Value = serde_json::from_str(&frame.to_json()).unwrap();
+        assert!(v["payload"]["pending_command"].is_null());
+        assert!(v["payload"]["command_pid"].is_null());
+        assert!(v["payload"]["metrics"].is_null());
+        assert!(v["payload"].get("lock_hash").is_none());
+    }
+
+    #[test]
+    fn parses_known_frames() {
+        assert_eq!(
+            parse_incoming(r#"{"type":"registered","payload":{"host_id":"h"}}"#),
+            Ok(Incoming::Registered {
+                host_id: "h".into()
+            })
+        );
+        assert_eq!(
+            parse_incoming(r#"{"type":"command","payload":{"command":"pull"}}"#),
+            Ok(Incoming::Command {
+                command: "pull".into()
+            })
+        );
+        assert_eq!(
+            parse_incoming(r#"{"type":"kill_command","payload":{"signal":"SIGKILL","pid":0}}"#),
+            Ok(Incoming::KillCommand {
+                signal: "SIGKILL".into(),
+                pid: 0
+            })
+        );
+    }
+
+    #[test]
+    fn tells_malformed_from_unknown() {
+        assert!(matches!(
+            parse_incoming("{not json"),
+            Err(IncomingError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_incoming(r#"{"payload":{}}"#),
+            Err(IncomingError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_incoming(r#"{"type":"command","payload":{"command":5}}"#),
+            Err(IncomingError::Malformed(_))
+        ));
+        assert_eq!(
+            parse_incoming(r#"{"type":"party","payload":{}}"#),
+            Err(IncomingError::UnknownType("party".into()))
+        );
+    }
+}

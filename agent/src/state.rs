@@ -1,0 +1,129 @@
+//! State shared between the agent's tasks, read without waiting.
+//!
+//! The heartbeat reads [`AgentState::running`] and the latest [`HostSnapshot`]:
+//! both are plain values behind short locks, never awaited, so a heartbeat
+//! never waits for a command, a slow dashboard or a slow disk. The snapshot is
+//! refreshed by a blocking task (`host` reads files) on its own schedule.
+
+use std::sync::Mutex;
+
+use tokio::sync::{Notify, watch};
+
+use crate::host::Metrics;
+
+/// The command that is running now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    /// Its name.
+    pub command: String,
+    /// PID of its current process (the process-group leader); 0 until spawned.
+    pub pid: u32,
+}
+
+/// Facts about the host that cost a disk read, refreshed in the background.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostSnapshot {
+    /// Commit of the configuration repository, empty if unknown.
+    pub generation: String,
+    /// nixpkgs version, empty if unknown.
+    pub nixpkgs_version: String,
+    /// SHA-256 of `flake.lock`.
+    pub lock_hash: Option<String>,
+    /// Latest metrics.
+    pub metrics: Option<Metrics>,
+}
+
+/// Shared state of one agent process.
+#[derive(Debug)]
+pub struct AgentState {
+    running: Mutex<Option<Running>>,
+    snapshot: watch::Sender<HostSnapshot>,
+    refresh: Notify,
+    exit: watch::Sender<Option<i32>>,
+}
+
+impl Default for AgentState {
+    fn default() -> Self {
+        AgentState {
+            running: Mutex::new(None),
+            snapshot: watch::Sender::new(HostSnapshot::default()),
+            refresh: Notify::new(),
+            exit: watch::Sender::new(None),
+        }
+    }
+}
+
+impl AgentState {
+    /// The running command, if any.
+    pub fn running(&self) -> Option<Running> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sets or clears the running command.
+    pub fn set_running(&self, running: Option<Running>) {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = running;
+    }
+
+    /// Updates the running command's PID (a command with several steps has several).
+    pub fn set_pid(&self, pid: u32) {
+        if let Some(r) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            r.pid = pid;
+        }
+    }
+
+    /// The latest host snapshot.
+    pub fn snapshot(&self) -> HostSnapshot {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Publishes a new host snapshot.
+    pub fn publish(&self, snapshot: HostSnapshot) {
+        self.snapshot.send_replace(snapshot);
+    }
+
+    /// Updates the generation at once (after a pull), without waiting for the refresher.
+    pub fn set_generation(&self, generation: &str) {
+        self.snapshot.send_modify(|s| {
+            if s.generation != generation {
+                s.generation = generation.to_string();
+            }
+        });
+    }
+
+    /// Asks the refresher to re-read the host's facts now.
+    pub fn request_refresh(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// Resolves when a refresh was requested.
+    pub async fn refresh_requested(&self) {
+        self.refresh.notified().await;
+    }
+
+    /// Asks the agent to close the connection cleanly (after delivering what is
+    /// in the outbox) and exit with `code` (e.g. [`crate::config::EXIT_RESTART`]).
+    pub fn request_exit(&self, code: i32) {
+        self.exit.send_replace(Some(code));
+    }
+
+    /// Resolves with the exit code once an exit was requested.
+    pub async fn exit_requested(&self) -> i32 {
+        let mut rx = self.exit.subscribe();
+        loop {
+            if let Some(code) = *rx.borrow_and_update() {
+                return code;
+            }
+            if rx.changed().await.is_err() {
+                return 1;
+            }
+        }
+    }
+}
