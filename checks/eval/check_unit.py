@@ -1,0 +1,170 @@
+"""Asserts on the systemd unit the NixOS module renders (see nixos.nix).
+
+Usage: check_unit.py UNIT_FILE FACTS_JSON
+"""
+
+import json
+import sys
+
+
+def parse_unit(text):
+    """Returns {section: [(key, value), ...]} of a systemd unit file."""
+    sections = {}
+    current = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], [])
+            continue
+        key, _, value = line.partition("=")
+        current.append((key, value))
+    return sections
+
+
+def values(section, key):
+    return [v for k, v in section if k == key]
+
+
+def environment(service):
+    env = {}
+    for value in values(service, "Environment"):
+        # NixOS writes Environment="NAME=value", JSON-quoted.
+        name, _, val = json.loads(value).partition("=")
+        env[name] = val
+    return env
+
+
+failures = []
+
+
+def check(condition, what):
+    if not condition:
+        failures.append(what)
+
+
+def main():
+    text = open(sys.argv[1]).read()
+    facts = json.load(open(sys.argv[2]))
+    unit = parse_unit(text)
+    u = unit.get("Unit", [])
+    s = unit.get("Service", [])
+    install = unit.get("Install", [])
+
+    check("network-online.target" in " ".join(values(u, "After")), "After=network-online.target")
+    check("network-online.target" in " ".join(values(u, "Wants")), "Wants=network-online.target")
+    check(values(u, "X-StopOnRemoval") == ["false"], "X-StopOnRemoval=false")
+    check("multi-user.target" in facts["wantedBy"], "wantedBy multi-user.target")
+    check("multi-user.target" in " ".join(values(install, "WantedBy")), "WantedBy=multi-user.target")
+
+    check(facts["restartIfChanged"] is False, "restartIfChanged = false")
+    check(facts["stopIfChanged"] is False, "stopIfChanged = false")
+    check(values(s, "X-RestartIfChanged") == ["false"], "X-RestartIfChanged=false")
+    check(values(s, "X-StopIfChanged") == ["false"], "X-StopIfChanged=false")
+
+    exec_start = values(s, "ExecStart")
+    check(
+        len(exec_start) == 1 and exec_start[0].endswith("/bin/nixfleet-agent"),
+        f"ExecStart runs the agent binary directly: {exec_start}",
+    )
+    check(values(s, "Restart") == ["always"], "Restart=always")
+    check(len(values(s, "RestartSec")) == 1, "RestartSec set")
+    check(values(s, "RestartForceExitStatus") == ["101"], "RestartForceExitStatus=101")
+    check(values(s, "RestartPreventExitStatus") == ["78"], "RestartPreventExitStatus=78")
+    check(values(s, "KillMode") == ["process"], "KillMode=process")
+
+    credentials = values(s, "LoadCredential")
+    check(
+        sorted(credentials)
+        == sorted(
+            [
+                "token:/run/agenix/nixfleet-token",
+                "ssh-key:/run/agenix/nixfleet-deploy-key",
+            ]
+        ),
+        f"LoadCredential for token and ssh-key: {credentials}",
+    )
+    check(values(s, "StateDirectory") == ["nixfleet-agent"], "StateDirectory=nixfleet-agent")
+    check(values(s, "StateDirectoryMode") == ["0700"], "StateDirectoryMode=0700")
+    check(values(s, "LogsDirectory") == ["nixfleet-agent"], "LogsDirectory=nixfleet-agent")
+    check(values(s, "LogsDirectoryMode") == ["0700"], "LogsDirectoryMode=0700")
+    check(values(s, "NoNewPrivileges") == ["true"], "NoNewPrivileges=true")
+    check(values(s, "ProtectSystem") == ["full"], "ProtectSystem=full")
+    for absent in ("PrivateTmp", "ProtectHome", "ProtectKernelTunables", "SystemCallFilter", "User"):
+        check(not values(s, absent), f"{absent} is not set (it would break a switch)")
+
+    # Nothing secret in the unit: no EnvironmentFile, no token variable.
+    check(not values(s, "EnvironmentFile"), "no EnvironmentFile=")
+    env = environment(s)
+    check("NIXFLEET_TOKEN" not in env, "no NIXFLEET_TOKEN in Environment=")
+    check("NIXFLEET_TOKEN_FILE" not in env, "no NIXFLEET_TOKEN_FILE (LoadCredential instead)")
+    check("NIXFLEET_SSH_KEY" not in env, "no NIXFLEET_SSH_KEY (LoadCredential instead)")
+
+    expected = {
+        "NIXFLEET_URL": "wss://fleet.example.com/ws",
+        "NIXFLEET_REPO_URL": "git@github.com:example/nixcfg.git",
+        "NIXFLEET_BRANCH": "main",
+        "NIXFLEET_INTERVAL": "30",
+        "NIXFLEET_HOSTNAME": "web-1",
+        "NIXFLEET_LOCATION": "home",
+        "NIXFLEET_DEVICE_TYPE": "server",
+        "NIXFLEET_THEME_COLOR": "#3366cc",
+        "NIXFLEET_LOG_LEVEL": "info",
+        "NIXFLEET_FLAKE": "/var/lib/nixfleet-agent/repo#web-1",
+        "NIXFLEET_NIXPKGS_VERSION": facts["nixpkgsVersion"],
+        "NIXFLEET_CA_FILE": "/etc/ssl/certs/fleet-ca.pem",
+        "HOME": "/root",
+    }
+    for name, value in expected.items():
+        check(env.get(name) == value, f"Environment {name}={value!r}, got {env.get(name)!r}")
+    check("NIXFLEET_REPO_DIR" not in env, "no NIXFLEET_REPO_DIR in isolated mode")
+    path = env.get("PATH", "").split(":")
+    for tool in ("git", "openssh", "nix", "nixos-rebuild"):
+        check(
+            any(f"-{tool}-" in p or p.endswith(f"-{tool}/bin") for p in path),
+            f"PATH has {tool}: {path}",
+        )
+
+    legacy = facts["legacyEnvironment"]
+    check(legacy.get("NIXFLEET_REPO_DIR") == "/home/alice/nixcfg", "legacy: NIXFLEET_REPO_DIR")
+    check(legacy.get("NIXFLEET_FLAKE") == "/home/alice/nixcfg#web-1", "legacy: NIXFLEET_FLAKE")
+    check("NIXFLEET_REPO_URL" not in legacy, "legacy: no NIXFLEET_REPO_URL")
+
+    check(facts["valid"]["failedAssertions"] == [], f"valid settings pass: {facts['valid']}")
+    check(facts["valid"]["warnings"] == [], f"wss:// gives no warning: {facts['valid']}")
+    failed = "\n".join(facts["invalid"]["failedAssertions"])
+    for fragment in (
+        "url must be a WebSocket URL",
+        "both are set",
+        "tokenFile must be an absolute path",
+        "sshKeyFile must be an absolute path",
+        "themeColor must be a colour",
+        "hostname must be a short host name",
+    ):
+        check(fragment in failed, f"invalid settings report {fragment!r}:\n{failed}")
+    check(
+        len(facts["invalid"]["failedAssertions"]) == 6,
+        f"exactly six failed assertions: {facts['invalid']['failedAssertions']}",
+    )
+    check(
+        any("neither is set" in m for m in facts["neitherRepo"]),
+        f"no repository reported: {facts['neitherRepo']}",
+    )
+    check(
+        len(facts["plainWsRemote"]) == 1 and "dashboard.lan" in facts["plainWsRemote"][0],
+        f"ws:// to another host warns: {facts['plainWsRemote']}",
+    )
+    check(facts["plainWsLoopback"] == [], f"ws:// to loopback does not warn: {facts['plainWsLoopback']}")
+    check(facts["disabledHasService"] is False, "no service when disabled")
+
+    if failures:
+        print("NixOS module check failed:", file=sys.stderr)
+        for f in failures:
+            print(f"  - {f}", file=sys.stderr)
+        print("\nrendered unit:\n" + text, file=sys.stderr)
+        sys.exit(1)
+    print("NixOS module: all checks passed")
+
+
+main()

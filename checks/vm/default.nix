@@ -1,0 +1,27 @@
+# NixOS VM tests, one scenario a file. Each boots two machines
+# (./common.nix): `dashboard` with the mock dashboard and `agent` with the
+# NixOS module. Every scenario has a twin among the cargo end-to-end tests
+# (agent/tests), because VM tests need KVM and a binary cache.
+{
+  pkgs,
+  nixosModule,
+  mockDashboard,
+  version,
+}:
+
+let
+  mkTest = import ./common.nix {
+    inherit pkgs nixosModule mockDashboard version;
+  };
+  scenario = file: import file { inherit mkTest; };
+in
+{
+  vm-register = scenario ./register.nix;
+  vm-host-tests = scenario ./host-tests.nix;
+  vm-pull = scenario ./pull.nix;
+  vm-stop = scenario ./stop.nix;
+  vm-restart = scenario ./restart.nix;
+  vm-config-error = scenario ./config-error.nix;
+  vm-dashboard-restart = scenario ./dashboard-restart.nix;
+  vm-token-secrecy = scenario ./token-secrecy.nix;
+}

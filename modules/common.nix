@@ -1,0 +1,356 @@
+# Options of `services.nixfleet-agent`, shared by the NixOS module
+# (./nixos) and the nix-darwin module (./darwin), together with the
+# assertions and warnings that hold on both platforms and the part of the
+# agent's environment that does not depend on the platform.
+#
+# The agent is configured entirely through environment variables; the
+# contract is docs/configuration.md. Nothing secret is ever put into the
+# environment: the token and the ssh key are passed as files (systemd
+# credentials on NixOS, file paths on nix-darwin).
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  inherit (lib) mkOption types;
+
+  cfg = config.services.nixfleet-agent;
+
+  # Where the agent keeps its own clone in isolated mode (`$STATE/repo`).
+  # The NixOS module's StateDirectory and the nix-darwin module's
+  # NIXFLEET_STATE_DIR both resolve to this directory.
+  stateDir = "/var/lib/nixfleet-agent";
+
+  repoDirEffective = if cfg.repoDir != null then cfg.repoDir else "${stateDir}/repo";
+
+  repoModeProblem = if cfg.repoUrl == null then "neither is set" else "both are set";
+
+  systemHostName =
+    let
+      name = config.networking.hostName or null;
+    in
+    if name == null || name == "" then null else name;
+
+  isAbsolute = path: lib.hasPrefix "/" path;
+
+  isInStore = path: path == builtins.storeDir || lib.hasPrefix "${builtins.storeDir}/" path;
+
+  isColour = colour: builtins.match "#[0-9a-fA-F]{6}" colour != null;
+
+  isShortHostName = name: builtins.match "[A-Za-z0-9][A-Za-z0-9_-]*" name != null;
+
+  # "ws://host:port/path" -> "host" (brackets kept for IPv6 literals; a
+  # literal "]" is written unescaped, POSIX regular expressions have no "\]").
+  wsHost =
+    url:
+    let
+      m = builtins.match "ws://(\\[[0-9A-Fa-f:.]*]|[^/:?#]*).*" url;
+    in
+    if m == null then "" else builtins.head m;
+
+  isLoopbackHost =
+    host:
+    builtins.elem host [
+      "localhost"
+      "[::1]"
+    ]
+    || builtins.match "127(\\.[0-9]+){3}" host != null
+    || lib.hasSuffix ".localhost" host;
+
+  secretPathAssertion =
+    option: secret: value:
+    {
+      assertion = value == null || (isAbsolute value && !isInStore value);
+      message = ''
+        services.nixfleet-agent.${option} must be an absolute path to a file outside
+        the Nix store, e.g. config.age.secrets.${secret}.path (agenix) or
+        config.sops.secrets."nixfleet/${secret}".path (sops-nix); got "${toString value}".
+        Everything in ${builtins.storeDir} is world-readable, so a secret must never
+        be put there (write the path as a string, not as a Nix path literal).
+      '';
+    };
+in
+{
+  options.services.nixfleet-agent = {
+    enable = lib.mkEnableOption "the NixFleet agent, the host side of a NixFleet dashboard";
+
+    package = mkOption {
+      type = types.package;
+      default =
+        pkgs.nixfleet-agent or (throw ''
+          services.nixfleet-agent.package is not set and pkgs has no nixfleet-agent.
+          Import the module from the flake (nixosModules.default /
+          darwinModules.default), apply its overlays.default, or set the option.
+        '');
+      defaultText = lib.literalMD ''
+        `packages.''${system}.nixfleet-agent` of the NixFleet flake when the module is
+        imported from the flake, else `pkgs.nixfleet-agent` (from `overlays.default`)
+      '';
+      example = lib.literalExpression "inputs.nixfleet.packages.\${system}.nixfleet-agent";
+      description = "The `nixfleet-agent` package to run.";
+    };
+
+    url = mkOption {
+      type = types.str;
+      example = "wss://fleet.example.com/ws";
+      description = ''
+        WebSocket URL of the NixFleet dashboard (`NIXFLEET_URL`). Use `wss://`;
+        plain `ws://` sends the token unencrypted and is meant for loopback and
+        tests only.
+      '';
+    };
+
+    tokenFile = mkOption {
+      type = types.str;
+      example = lib.literalExpression "config.age.secrets.nixfleet-token.path";
+      description = ''
+        Absolute path (a string, not a Nix path literal) of a file outside the
+        Nix store that holds the agent token, either bare or as a line
+        `NIXFLEET_TOKEN=<token>`. It is typically provided by agenix or sops-nix.
+        On NixOS it is handed to the service as the systemd credential `token`
+        (`LoadCredential`), on nix-darwin the agent reads the file itself
+        (`NIXFLEET_TOKEN_FILE`). The token never appears in the unit, the plist,
+        the process environment, the command line or the Nix store.
+      '';
+    };
+
+    repoUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "git@github.com:example/nixcfg.git";
+      description = ''
+        Git URL of the configuration repository (`NIXFLEET_REPO_URL`): *isolated
+        mode*. The agent keeps its own clone in
+        {file}`/var/lib/nixfleet-agent/repo` and `pull` resets it to
+        `origin/<branch>`. Exactly one of `repoUrl` and `repoDir` must be set.
+      '';
+    };
+
+    repoDir = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/home/alice/nixcfg";
+      description = ''
+        Path of an existing checkout of the configuration repository
+        (`NIXFLEET_REPO_DIR`): *legacy mode*, `pull` runs `git pull` in it.
+        Exactly one of `repoUrl` and `repoDir` must be set. If the checkout is
+        not owned by root, mark it safe for root's git and Nix, e.g.
+        `programs.git.config.safe.directory = [ "/home/alice/nixcfg" ];` on NixOS.
+      '';
+    };
+
+    branch = mkOption {
+      type = types.str;
+      default = "main";
+      example = "production";
+      description = "Branch followed in isolated mode (`NIXFLEET_BRANCH`).";
+    };
+
+    interval = mkOption {
+      type = types.ints.positive;
+      default = 30;
+      example = 10;
+      description = ''
+        Heartbeat interval in seconds (`NIXFLEET_INTERVAL`). The dashboard marks
+        the host offline after three intervals without a frame.
+      '';
+    };
+
+    sshKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = lib.literalExpression "config.age.secrets.nixfleet-deploy-key.path";
+      description = ''
+        Absolute path of a private ssh key outside the Nix store, used for
+        `ssh://` and scp-style `repoUrl`s. On NixOS it is handed to the service as
+        the systemd credential `ssh-key`, on nix-darwin as `NIXFLEET_SSH_KEY`.
+        The server's host key must be known, e.g. through
+        `programs.ssh.knownHosts`.
+      '';
+    };
+
+    hostname = mkOption {
+      type = types.nullOr types.str;
+      default = systemHostName;
+      defaultText = lib.literalExpression "config.networking.hostName";
+      example = "web-1";
+      description = ''
+        Name reported to the dashboard (`NIXFLEET_HOSTNAME`) and, by default, the
+        attribute of `nixosConfigurations`/`darwinConfigurations` that `switch`
+        builds. `null` lets the agent detect it (the short host name; on macOS
+        the LocalHostName).
+      '';
+    };
+
+    location = mkOption {
+      type = types.enum [
+        "home"
+        "work"
+        "cloud"
+      ];
+      default = "home";
+      example = "cloud";
+      description = "Where the host lives, as shown by the dashboard (`NIXFLEET_LOCATION`).";
+    };
+
+    deviceType = mkOption {
+      type = types.enum [
+        "server"
+        "desktop"
+        "laptop"
+        "gaming"
+      ];
+      default = "server";
+      example = "laptop";
+      description = "Kind of machine, as shown by the dashboard (`NIXFLEET_DEVICE_TYPE`).";
+    };
+
+    themeColor = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "#e5a50a";
+      description = "Colour of the host in the dashboard, `#rrggbb` (`NIXFLEET_THEME_COLOR`).";
+    };
+
+    nixpkgsVersion = mkOption {
+      type = types.nullOr types.str;
+      default = lib.version;
+      defaultText = lib.literalExpression "lib.version";
+      example = "26.05.20260708.74cc63f";
+      description = ''
+        nixpkgs version reported to the dashboard when the agent cannot read it
+        from {file}`/run/current-system` (`NIXFLEET_NIXPKGS_VERSION`). The
+        default is the version of the nixpkgs the system is built from; `null`
+        leaves the variable unset.
+      '';
+    };
+
+    logLevel = mkOption {
+      type = types.enum [
+        "error"
+        "warn"
+        "info"
+        "debug"
+        "trace"
+      ];
+      default = "info";
+      example = "debug";
+      description = "Verbosity of the agent's own log (`NIXFLEET_LOG_LEVEL`).";
+    };
+
+    flake = mkOption {
+      type = types.nullOr types.str;
+      default = if cfg.hostname == null then null else "${repoDirEffective}#${cfg.hostname}";
+      defaultText = lib.literalMD ''
+        `"<repoDir>#<hostname>"`, where `<repoDir>` is `repoDir` or, in isolated
+        mode, the agent's clone {file}`/var/lib/nixfleet-agent/repo`; `null`
+        (the agent's own default) when `hostname` is `null`
+      '';
+      example = "/var/lib/nixfleet-agent/repo#web-1";
+      description = ''
+        Flake reference that `switch` builds and activates (`NIXFLEET_FLAKE`),
+        e.g. for a host whose configuration attribute is not its host name.
+      '';
+    };
+
+    environment = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        NIXFLEET_CA_FILE = "/etc/ssl/certs/fleet-ca.pem";
+      };
+      description = ''
+        Extra environment variables for the agent; they override the ones the
+        module sets. They end up in the world-readable unit file or plist and in
+        the Nix store, so never put a secret here.
+      '';
+    };
+
+    agentEnvironment = mkOption {
+      type = types.attrsOf types.str;
+      internal = true;
+      readOnly = true;
+      description = ''
+        The platform-independent part of the agent's environment, derived from
+        the options above. The platform modules add their own variables and
+        then `environment`.
+      '';
+    };
+  };
+
+  config = lib.mkMerge [
+    {
+      # Unset options (null) leave their variable out: the agent's default.
+      services.nixfleet-agent.agentEnvironment = lib.filterAttrs (_: value: value != null) {
+        NIXFLEET_URL = cfg.url;
+        NIXFLEET_REPO_URL = cfg.repoUrl;
+        NIXFLEET_REPO_DIR = cfg.repoDir;
+        NIXFLEET_BRANCH = if cfg.repoUrl != null then cfg.branch else null;
+        NIXFLEET_INTERVAL = toString cfg.interval;
+        NIXFLEET_HOSTNAME = cfg.hostname;
+        NIXFLEET_LOCATION = cfg.location;
+        NIXFLEET_DEVICE_TYPE = cfg.deviceType;
+        NIXFLEET_THEME_COLOR = cfg.themeColor;
+        NIXFLEET_NIXPKGS_VERSION = cfg.nixpkgsVersion;
+        NIXFLEET_LOG_LEVEL = cfg.logLevel;
+        NIXFLEET_FLAKE = cfg.flake;
+      };
+    }
+
+    (lib.mkIf cfg.enable {
+      assertions = [
+        {
+          assertion = builtins.match "wss?://[^/?#]+.*" cfg.url != null;
+          message = ''
+            services.nixfleet-agent.url must be a WebSocket URL starting with
+            wss:// (or ws:// for loopback and tests), e.g.
+            "wss://fleet.example.com/ws"; got "${cfg.url}".
+          '';
+        }
+        {
+          assertion = (cfg.repoUrl == null) != (cfg.repoDir == null);
+          message = ''
+            Set exactly one of services.nixfleet-agent.repoUrl (isolated mode: the
+            agent keeps its own clone) and services.nixfleet-agent.repoDir (legacy
+            mode: an existing checkout); ${repoModeProblem}.
+          '';
+        }
+        {
+          assertion = cfg.repoDir == null || isAbsolute cfg.repoDir;
+          message = ''
+            services.nixfleet-agent.repoDir must be an absolute path;
+            got "${toString cfg.repoDir}".
+          '';
+        }
+        (secretPathAssertion "tokenFile" "nixfleet-token" cfg.tokenFile)
+        (secretPathAssertion "sshKeyFile" "nixfleet-deploy-key" cfg.sshKeyFile)
+        {
+          assertion = cfg.themeColor == null || isColour cfg.themeColor;
+          message = ''
+            services.nixfleet-agent.themeColor must be a colour written #rrggbb,
+            e.g. "#e5a50a"; got "${toString cfg.themeColor}".
+          '';
+        }
+        {
+          assertion = cfg.hostname == null || isShortHostName cfg.hostname;
+          message = ''
+            services.nixfleet-agent.hostname must be a short host name (letters,
+            digits, '-' and '_', no domain); got "${toString cfg.hostname}".
+          '';
+        }
+      ];
+
+      warnings =
+        let
+          host = wsHost cfg.url;
+        in
+        lib.optional (lib.hasPrefix "ws://" cfg.url && !isLoopbackHost host) ''
+          services.nixfleet-agent.url uses unencrypted ws:// to ${host}: the agent
+          token and all command output cross the network in clear text. Use wss://.
+        '';
+    })
+  ];
+}

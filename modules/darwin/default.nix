@@ -1,0 +1,117 @@
+# nix-darwin: `services.nixfleet-agent` as a launchd daemon.
+#
+# The agent runs as root because `darwin-rebuild switch` must. launchd
+# cannot hand secrets to a daemon the way systemd credentials do, so the
+# plist holds only the *path* of the token file and the agent reads it.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  cfg = config.services.nixfleet-agent;
+
+  stateDir = "/var/lib/nixfleet-agent";
+  commandLogDir = "/var/log/nixfleet-agent";
+  logFile = "/var/log/nixfleet-agent.log";
+
+  # launchd gives a daemon no useful PATH. Explicit packages first, then the
+  # system profile (darwin-rebuild, and whatever the host's tests use), the
+  # default profile (a Nix installed outside nix-darwin) and macOS itself.
+  searchPath = lib.concatStringsSep ":" (
+    map (p: "${p}/bin") (
+      [ pkgs.git ]
+      ++ lib.optional config.nix.enable config.nix.package
+      ++ [ config.system.build.darwin-rebuild ]
+    )
+    ++ [
+      "/run/current-system/sw/bin"
+      "/nix/var/nix/profiles/default/bin"
+      "/usr/local/bin"
+      "/usr/bin"
+      "/bin"
+      "/usr/sbin"
+      "/sbin"
+    ]
+  );
+
+  # Only paths and settings: the agent reads the token from its file.
+  platformEnvironment = lib.filterAttrs (_: value: value != null) {
+    HOME = "/var/root";
+    PATH = searchPath;
+    NIX_SSL_CERT_FILE = "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt";
+    NIXFLEET_TOKEN_FILE = cfg.tokenFile;
+    NIXFLEET_SSH_KEY = cfg.sshKeyFile;
+    NIXFLEET_STATE_DIR = stateDir;
+    NIXFLEET_LOG_DIR = commandLogDir;
+  };
+in
+{
+  imports = [ ../common.nix ];
+
+  config = lib.mkIf cfg.enable {
+    launchd.daemons.nixfleet-agent = {
+      # Neither `script` nor `command`: nix-darwin wraps those in `/bin/sh -c`
+      # (with `/bin/wait4path /nix/store`). The agent is started directly.
+      serviceConfig = {
+        ProgramArguments = [ (lib.getExe cfg.package) ];
+
+        EnvironmentVariables = lib.mergeAttrsList [
+          platformEnvironment
+          cfg.agentEnvironment
+          cfg.environment
+        ];
+
+        RunAtLoad = true;
+        # Restart whenever the agent exits (after exit 101, "switched, restart
+        # me" or the `restart` command, and after failures) as long as the Nix
+        # store exists. At boot the store's volume may be mounted only after
+        # launchd loads its jobs; the first spawn then fails, and launchd
+        # starts the agent as soon as /nix/store appears, which is what
+        # nix-darwin's wait4path wrapper would otherwise wait for.
+        # launchd has no equivalent of systemd's RestartPreventExitStatus, so
+        # a configuration error (exit 78) is retried every ThrottleInterval
+        # seconds; the log says why.
+        KeepAlive.PathState."/nix/store" = true;
+        ThrottleInterval = 10;
+        # When the daemon stops or is reloaded (darwin-rebuild reloads it when
+        # its plist changes), launchd would kill its whole process group. A
+        # running `darwin-rebuild switch` must survive that, so leave the
+        # group alone; the agent terminates its other children itself.
+        AbandonProcessGroup = true;
+        # Like nix-darwin's nix-daemon: builds started here must not be
+        # throttled as background work.
+        ProcessType = "Interactive";
+
+        StandardOutPath = logFile;
+        StandardErrorPath = logFile;
+      };
+    };
+
+    # Created before launchd (re)loads the daemon: nix-darwin runs
+    # `extraActivation` ahead of its `launchd` activation step.
+    system.activationScripts.extraActivation.text = ''
+      # nixfleet-agent: state and per-command logs, readable by root only.
+      mkdir -p ${stateDir} ${commandLogDir}
+      chown root:wheel ${stateDir} ${commandLogDir}
+      chmod 0700 ${stateDir} ${commandLogDir}
+      if [ ! -e ${logFile} ]; then
+        touch ${logFile}
+      fi
+      chown root:wheel ${logFile}
+      chmod 0640 ${logFile}
+    '';
+
+    # Rotate the daemon's log. launchd keeps the file open, so after a
+    # rotation the agent goes on writing into the rotated file until its next
+    # restart (every switch, `restart` or reboot) opens a fresh one. Hence
+    # no compression (which would unlink a file still being written) and no
+    # signal (N): the agent keeps no pid file and needs none.
+    environment.etc."newsyslog.d/nixfleet-agent.conf".text = ''
+      # logfilename                 [owner:group]  mode  count  size(KB)  when  flags
+      ${logFile}   root:wheel     640   5      10240     *     N
+    '';
+  };
+}
