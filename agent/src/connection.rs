@@ -1,6 +1,6 @@
 //! The connection to the dashboard: the only owner of the socket.
 //!
-//! [`run`] dials with the bearer token, registers on every connect, sends the
+//! [`Connection::run`] dials with the bearer token, registers on every connect, sends the
 //! heartbeats, answers and sends pings, enforces the read deadline and backs off
 //! on failure. A *session* is one live socket: a reader task takes frames from
 //! the dashboard, and the writer (the session loop itself) serves, in this
@@ -220,7 +220,8 @@ impl Connection {
             generation: snap.generation,
             nixpkgs_version: snap.nixpkgs_version,
             pending_command: running.as_ref().map(|r| r.command.clone()),
-            command_pid: running.as_ref().map(|r| r.pid),
+            // a command between two processes (or not yet spawned) has no PID
+            command_pid: running.as_ref().map(|r| r.pid).filter(|&pid| pid != 0),
             metrics: snap.metrics,
             lock_hash: snap.lock_hash,
         })

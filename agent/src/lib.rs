@@ -7,7 +7,6 @@
 //! configuration in [`config`] (documented in `docs/configuration.md`).
 
 pub mod backoff;
-#[path = "commands_stub.rs"]
 pub mod commands;
 pub mod config;
 pub mod connection;
@@ -29,6 +28,9 @@ use crate::state::AgentState;
 
 /// The agent's version (from Cargo.toml).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long the first connection waits for start-up work (the initial clone).
+const STARTUP_HEAD_START: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The static part of `register`: everything but generation and nixpkgs version.
 pub fn identity(config: &Config, freshness: host::Freshness) -> Identity {
@@ -58,6 +60,18 @@ pub fn identity(config: &Config, freshness: host::Freshness) -> Identity {
 /// `signal` resolves when SIGTERM/SIGINT arrives.
 pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) -> i32 {
     let config = Arc::new(config);
+    // Private state: the clone, switch records and command logs live here.
+    // (systemd's StateDirectory and the darwin activation create it 0700 too.)
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir)
+        {
+            tracing::warn!("cannot create {}: {e}", config.state_dir.display());
+        }
+    }
     let state = Arc::new(AgentState::default());
     let (out, rx) = outbound::lanes(config.timing.stall_timeout);
 
@@ -81,9 +95,24 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
     tokio::spawn(heartbeat::refresher(config.clone(), state.clone(), metrics));
 
     let commands = commands::Commands::new(config.clone(), state.clone(), out.clone());
-    {
+    // On a first start in isolated mode this clones the repository. Give it a
+    // head start so that the first `register` already carries the generation;
+    // a clone slower than that goes on in the background while the agent
+    // connects (heartbeats then bring the generation).
+    let mut startup = {
         let commands = commands.clone();
-        tokio::spawn(async move { commands.startup().await });
+        tokio::spawn(async move { commands.startup().await })
+    };
+    tokio::pin!(signal);
+    tokio::select! {
+        _ = &mut startup => {}
+        _ = tokio::time::sleep(STARTUP_HEAD_START) => {
+            tracing::info!("the initial clone is still running; connecting meanwhile");
+        }
+        _ = &mut signal => {
+            commands.shutdown().await;
+            return 0;
+        }
     }
     let sink: connection::CommandSink = {
         let commands = commands.clone();

@@ -24,10 +24,16 @@ async fn version_and_help() {
     let b = AgentBuilder::new("ws://127.0.0.1:9/ws", "cli", &fx);
     let (code, out, _) = run(&b, &["--version"]).await;
     assert_eq!(code, Some(0));
-    assert_eq!(out.trim(), format!("nixfleet-agent {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        out.trim(),
+        format!("nixfleet-agent {}", env!("CARGO_PKG_VERSION"))
+    );
     let (code, out, _) = run(&b, &["--help"]).await;
     assert_eq!(code, Some(0));
-    assert!(out.contains("--check") && out.contains("NIXFLEET_URL"), "{out}");
+    assert!(
+        out.contains("--check") && out.contains("NIXFLEET_URL"),
+        "{out}"
+    );
     let (code, _, err) = run(&b, &["--frobnicate"]).await;
     assert_eq!(code, Some(2));
     assert!(err.contains("--frobnicate"), "{err}");
@@ -50,7 +56,10 @@ async fn check_prints_what_was_detected_without_connecting() {
     assert!(out.contains("26.05.20260601.0123456"), "{out}");
     assert!(out.contains(&fx.head), "{out}");
     assert!(out.contains("stasysmo"), "{out}");
-    assert!(!out.contains(TOKEN) && !err.contains(TOKEN), "token printed");
+    assert!(
+        !out.contains(TOKEN) && !err.contains(TOKEN),
+        "token printed"
+    );
 }
 
 #[tokio::test]
@@ -67,10 +76,22 @@ async fn invalid_configuration_exits_78_naming_the_variable() {
         ("NIXFLEET_INTERVAL", Some("0"), "NIXFLEET_INTERVAL"),
         ("NIXFLEET_INTERVAL", Some("fast"), "NIXFLEET_INTERVAL"),
         ("NIXFLEET_LOCATION", Some("mars"), "NIXFLEET_LOCATION"),
-        ("NIXFLEET_DEVICE_TYPE", Some("fridge"), "NIXFLEET_DEVICE_TYPE"),
+        (
+            "NIXFLEET_DEVICE_TYPE",
+            Some("fridge"),
+            "NIXFLEET_DEVICE_TYPE",
+        ),
         ("NIXFLEET_LOG_LEVEL", Some("verbose"), "NIXFLEET_LOG_LEVEL"),
-        ("NIXFLEET_TOKEN_FILE", Some("/nonexistent/token"), "NIXFLEET_TOKEN_FILE"),
-        ("NIXFLEET_TOKEN_FILE", Some(&empty_token), "NIXFLEET_TOKEN_FILE"),
+        (
+            "NIXFLEET_TOKEN_FILE",
+            Some("/nonexistent/token"),
+            "NIXFLEET_TOKEN_FILE",
+        ),
+        (
+            "NIXFLEET_TOKEN_FILE",
+            Some(&empty_token),
+            "NIXFLEET_TOKEN_FILE",
+        ),
         ("NIXFLEET_REPO_DIR", None, "NIXFLEET_REPO_URL"),
         ("NIXFLEET_THEME_COLOR", Some("blue"), "NIXFLEET_THEME_COLOR"),
     ];

@@ -102,7 +102,12 @@ async fn five_heartbeats_in_five_seconds_and_generation_is_reread() {
 async fn metrics_from_stasysmo_files_when_fresh() {
     let dash = dashboard().await;
     let fx = Fixture::new();
-    for (name, value) in [("cpu", "12.5"), ("ram", "40.2\n"), ("swap", "1"), ("load", "0.75")] {
+    for (name, value) in [
+        ("cpu", "12.5"),
+        ("ram", "40.2\n"),
+        ("swap", "1"),
+        ("load", "0.75"),
+    ] {
         std::fs::write(fx.stasysmo.join(name), value).unwrap();
     }
     let _agent = AgentBuilder::new(&dash.ws_url(), "sts", &fx).spawn();
@@ -172,7 +177,10 @@ async fn unauthorized_then_accepted_once_the_token_is_enrolled() {
         .await
         .expect("the agent retried after a 401");
     assert!(agent.log.wait_for("authentication failed", WAIT).await);
-    assert!(!agent.log.text().contains("enrol-me-later"), "token in the log");
+    assert!(
+        !agent.log.text().contains("enrol-me-later"),
+        "token in the log"
+    );
 
     dash.add_token("enrol-me-later");
     wait_register(&dash, "late", 0).await;
@@ -278,7 +286,10 @@ async fn duplicate_hostname_older_connection_is_replaced_and_reconnects() {
         .await
         .expect("1008 replacement");
     assert_eq!(replaced.code, Some(1008));
-    assert!(first.log.wait_for("1008", WAIT).await, "agent did not see 1008");
+    assert!(
+        first.log.wait_for("1008", WAIT).await,
+        "agent did not see 1008"
+    );
     // the replaced agent reconnects with backoff and registers again
     assert!(first.log.wait_for("reconnecting in", WAIT).await);
     let third_register = dash
@@ -303,7 +314,12 @@ async fn malformed_and_unknown_frames_are_ignored_without_disconnecting() {
     ] {
         dash.send_text("robust", junk).await.unwrap();
     }
-    assert!(agent.log.wait_for("unknown type \"self_destruct\"", WAIT).await);
+    assert!(
+        agent
+            .log
+            .wait_for("unknown type \"self_destruct\"", WAIT)
+            .await
+    );
     assert!(agent.log.wait_for("malformed frame", WAIT).await);
     // still the same connection: heartbeats continue, no new register
     let after = dash.last_seq();

@@ -1,0 +1,86 @@
+//! Finding a host's test scripts: every executable `T*.sh` in
+//! `<repo>/hosts/<hostname>/tests/`, in byte order of the file name.
+//!
+//! A script is a regular file (symbolic links are followed) with any execute
+//! bit set; anything else — directories, non-executable files, other names — is
+//! skipped. Nothing from the dashboard goes into the path: the host name is
+//! the configured one.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The directory of a host's tests.
+pub fn tests_dir(repo_dir: &Path, hostname: &str) -> PathBuf {
+    repo_dir.join("hosts").join(hostname).join("tests")
+}
+
+/// The test scripts in `dir`, in name order; none if `dir` does not exist.
+pub fn discover(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut scripts: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.as_bytes();
+            name.len() > 4 && name.starts_with(b"T") && name.ends_with(b".sh")
+        })
+        .map(|e| e.path())
+        .filter(|p| {
+            fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+        .collect();
+    scripts.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    scripts
+}
+
+/// A script's file name for messages.
+pub fn name_of(script: &Path) -> String {
+    script
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(dir: &Path, name: &str, mode: u32) {
+        let p = dir.join(name);
+        fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn finds_executable_t_scripts_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tests_dir(tmp.path(), "hsb0");
+        fs::create_dir_all(&dir).unwrap();
+        touch(&dir, "T10-late.sh", 0o755);
+        touch(&dir, "T02-b.sh", 0o700);
+        touch(&dir, "T01-a.sh", 0o755);
+        touch(&dir, "T03-not-executable.sh", 0o644);
+        touch(&dir, "X01-wrong-prefix.sh", 0o755);
+        touch(&dir, "T04-wrong-suffix.bash", 0o755);
+        touch(&dir, "helper.sh", 0o755);
+        fs::create_dir(dir.join("T05-dir.sh")).unwrap();
+        std::os::unix::fs::symlink(dir.join("T01-a.sh"), dir.join("T06-link.sh")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", dir.join("T07-dangling.sh")).unwrap();
+        let names: Vec<String> = discover(&dir).iter().map(|p| name_of(p)).collect();
+        assert_eq!(
+            names,
+            ["T01-a.sh", "T02-b.sh", "T06-link.sh", "T10-late.sh"]
+        );
+    }
+
+    #[test]
+    fn missing_dir_means_no_tests() {
+        assert!(discover(Path::new("/nonexistent/hosts/x/tests")).is_empty());
+    }
+}

@@ -1,0 +1,206 @@
+//! Twins of the NixOS VM tests (`checks/vm/`), which cannot run on machines
+//! without a Nix binary cache. Every VM scenario has a cargo end-to-end twin
+//! that runs here with the real binary against the mock dashboard:
+//!
+//! | VM scenario (`checks/vm/*.nix`) | cargo twin |
+//! | --- | --- |
+//! | `register` | [`vm_register_twin`] (isolated mode, clone, fields, online, private dirs); `connection.rs`: `registers_with_every_field_then_heartbeats_at_once`, `five_heartbeats_in_five_seconds_and_generation_is_reread` |
+//! | `host-tests` | `commands.rs`: `test_runs_all_pass_some_fail_and_none` |
+//! | `pull` | `commands.rs`: `pull_updates_the_generation` |
+//! | `stop` | `commands.rs`: `stop_kills_the_process_tree_and_the_agent_takes_a_new_command`, `a_second_command_is_rejected`, `heartbeats_carry_the_running_command` |
+//! | `restart` | [`vm_restart_twin`] |
+//! | `config-error` | `cli.rs`: `invalid_configuration_exits_78_naming_the_variable` |
+//! | `dashboard-restart` | `connection.rs`: `dashboard_restarted_agent_registers_again` |
+//! | `token-secrecy` | [`vm_token_secrecy_twin`]; `connection.rs`: `the_token_never_reaches_the_log` |
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use nixfleet_mock_dashboard::MockDashboard;
+
+fn bare_origin(fx: &Fixture) -> std::path::PathBuf {
+    let bare = fx.tmp.path().join("fleet.git");
+    git(
+        fx.tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            fx.repo.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    bare
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+async fn status_after(dash: &MockDashboard, host: &str, after: u64) -> serde_json::Value {
+    dash.wait_frame(host, "status", after, WAIT)
+        .await
+        .expect("status")
+        .payload
+}
+
+#[tokio::test]
+async fn vm_register_twin() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let bare = bare_origin(&fx);
+    let _agent = AgentBuilder::new(&dash.ws_url(), "agent", &fx)
+        .without("NIXFLEET_REPO_DIR")
+        .env("NIXFLEET_REPO_URL", bare.to_str().unwrap())
+        .env("NIXFLEET_INTERVAL", "1")
+        .env("NIXFLEET_LOCATION", "cloud")
+        .env("NIXFLEET_THEME_COLOR", "#3366cc")
+        .spawn();
+
+    // the first start clones before registering, so the register carries HEAD
+    let (reg, seq) = wait_register(&dash, "agent", 0).await;
+    assert_eq!(reg["repo_url"], bare.to_str().unwrap());
+    let clone = fx.state.join("repo");
+    assert_eq!(reg["repo_dir"], clone.to_str().unwrap());
+    assert_eq!(reg["generation"], fx.head.as_str());
+    assert_eq!(reg["location"], "cloud");
+    assert_eq!(reg["theme_color"], "#3366cc");
+    assert_eq!(git(&clone, &["rev-parse", "HEAD"]), fx.head);
+
+    dash.wait_until(WAIT, |d| {
+        d.frames("agent", Some("heartbeat"))
+            .into_iter()
+            .filter(|f| f.seq > seq)
+            .nth(3)
+    })
+    .await
+    .expect("four heartbeats");
+    assert!(
+        dash.hosts()
+            .iter()
+            .any(|h| h.hostname == "agent" && h.online && h.heartbeat_interval == 1),
+        "{:?}",
+        dash.hosts()
+    );
+    assert_eq!(mode(&fx.state), 0o700, "state directory not private");
+    assert_eq!(
+        mode(&fx.state.join("logs")),
+        0o700,
+        "log directory not private"
+    );
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
+async fn vm_restart_twin() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let builder = || AgentBuilder::new(&dash.ws_url(), "agent", &fx);
+    let mut first = builder().spawn();
+    let first_pid = first.pid();
+    let (_, seq) = wait_register(&dash, "agent", 0).await;
+    dash.send_command("agent", "restart").await.unwrap();
+    let status = status_after(&dash, "agent", seq).await;
+    assert_eq!(status["command"], "restart");
+    assert_eq!(status["status"], "ok");
+    // exit 101: the service manager's cue (RestartForceExitStatus=101)
+    let exit = first.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(exit.code(), Some(101));
+    let closed = dash
+        .wait_event("closed", Some("agent"), seq, WAIT)
+        .await
+        .expect("clean close before the restart");
+    assert_eq!(closed.code, Some(1000));
+
+    // what systemd does next: start it again; it registers and heartbeats
+    let second = builder().spawn();
+    assert_ne!(second.pid(), first_pid);
+    let (_, seq) = wait_register(&dash, "agent", closed.seq).await;
+    dash.wait_frame("agent", "heartbeat", seq, WAIT)
+        .await
+        .expect("heartbeats resume");
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
+async fn vm_token_secrecy_twin() {
+    const SECRET: &str = "tok-3f9a1c7e55b2";
+    let dash = MockDashboard::start(nixfleet_mock_dashboard::Options {
+        tokens: vec![SECRET.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let fx = Fixture::new();
+    // a token file, as agenix/sops-nix or LoadCredential provide it
+    let secrets = fx.tmp.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::write(secrets.join("token"), format!("{SECRET}\n")).unwrap();
+    // a host test that shows everything a child can see of its environment
+    commit_file(
+        &fx.repo,
+        "hosts/agent/tests/T01-env.sh",
+        "#!/bin/sh\nenv\ncat /proc/$PPID/cmdline | tr '\\0' ' '; echo\n",
+    );
+    let script = fx.repo.join("hosts/agent/tests/T01-env.sh");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let agent = AgentBuilder::new(&dash.ws_url(), "agent", &fx)
+        .without("NIXFLEET_TOKEN")
+        .env("CREDENTIALS_DIRECTORY", secrets.to_str().unwrap())
+        .env("NIXFLEET_LOG_LEVEL", "trace")
+        .spawn();
+    let (_, seq) = wait_register(&dash, "agent", 0).await;
+
+    // not in the agent's environment or argv
+    let pid = agent.pid();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains(SECRET));
+    assert!(!String::from_utf8_lossy(&cmdline).contains(SECRET));
+
+    // not in a child's environment
+    dash.send_command("agent", "test").await.unwrap();
+    let status = status_after(&dash, "agent", seq).await;
+    assert_eq!(status["status"], "ok", "{status}");
+    let lines: Vec<String> = dash
+        .frames("agent", Some("output"))
+        .iter()
+        .map(|f| f.payload["line"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("PATH=")),
+        "the test printed its environment: {lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains(SECRET)),
+        "token reached a child"
+    );
+    assert!(
+        lines.iter().all(|l| !l.starts_with("NIXFLEET_")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.starts_with("CREDENTIALS_DIRECTORY="))
+    );
+
+    // not in the log, nor in anything the agent wrote to its state directory
+    assert!(!agent.log.text().contains(SECRET));
+    let grep = std::process::Command::new("grep")
+        .args(["-r", "-l", SECRET])
+        .arg(&fx.state)
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "token written to {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+    assert_no_violations(&dash);
+}
