@@ -110,27 +110,6 @@ fn agent(dash: &MockDashboard, fx: &Fixture, fakes: &Fakes) -> AgentBuilder {
         .env("NIXFLEET_STOP_GRACE_MS", "2000")
 }
 
-/// A bare origin cloned from the fixture's repo, which gets it as `origin`
-/// to push to. Returns the bare repository's path.
-fn bare_origin(fx: &Fixture) -> PathBuf {
-    let bare = fx.tmp.path().join("origin.git");
-    git(
-        fx.tmp.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            fx.repo.to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
-    );
-    git(
-        &fx.repo,
-        &["remote", "add", "origin", bare.to_str().unwrap()],
-    );
-    bare
-}
-
 /// An agent in isolated mode: its own clone of `bare` in `<state>/repo`.
 fn isolated_agent(dash: &MockDashboard, fx: &Fixture, fakes: &Fakes, bare: &Path) -> AgentBuilder {
     agent(dash, fx, fakes)

@@ -22,21 +22,6 @@ use std::time::Duration;
 use common::*;
 use nixfleet_mock_dashboard::MockDashboard;
 
-fn bare_origin(fx: &Fixture) -> std::path::PathBuf {
-    let bare = fx.tmp.path().join("fleet.git");
-    git(
-        fx.tmp.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            fx.repo.to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
-    );
-    bare
-}
-
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }

@@ -81,6 +81,27 @@ pub fn commit_file(dir: &Path, name: &str, content: &str) -> String {
     git(dir, &["rev-parse", "HEAD"])
 }
 
+/// A bare origin cloned from the fixture's repo, which gets it as `origin`
+/// to push to. Returns the bare repository's path.
+pub fn bare_origin(fx: &Fixture) -> PathBuf {
+    let bare = fx.tmp.path().join("origin.git");
+    git(
+        fx.tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            fx.repo.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    git(
+        &fx.repo,
+        &["remote", "add", "origin", bare.to_str().unwrap()],
+    );
+    bare
+}
+
 /// Everything an agent process needs on disk.
 pub struct Fixture {
     /// Owns the temporary directory.
