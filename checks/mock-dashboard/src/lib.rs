@@ -41,6 +41,7 @@
 
 mod api;
 mod conn;
+pub mod demo;
 mod net;
 mod state;
 mod validate;

@@ -21,7 +21,9 @@ serve  listen on ADDR (default 127.0.0.1:8000) for agents on /ws and the control
        holds the bare token or a line NIXFLEET_TOKEN=<token>. Stops on SIGTERM/SIGINT.
 demo   start a dashboard and the agent (--agent, else $NIXFLEET_AGENT_BIN, else
        nixfleet-agent next to this program, else on PATH) against a throw-away
-       configuration repository, and print what crosses the wire.
+       configuration repository, and print what crosses the wire. Exits 0 when
+       every step got its answer without a protocol violation, 1 otherwise, 2
+       when the agent is not found.
 ";
 
 fn main() -> ExitCode {
