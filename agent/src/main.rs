@@ -63,7 +63,9 @@ fn main() -> ExitCode {
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .max_blocking_threads(4)
+        // One blocking thread is enough (the host-facts refresher reads one
+        // snapshot at a time) and keeps the idle footprint small.
+        .max_blocking_threads(1)
         .build()
     {
         Ok(rt) => rt,

@@ -7,16 +7,19 @@
 //! growing at [`MAX_LOG_BYTES`] (a note says so): the directory stays bounded
 //! at about `KEEP_RUNS × MAX_LOG_BYTES` whatever the commands print.
 //!
-//! Writes go through a [`BufWriter`]; the runner hands over whole chunks of
-//! lines and flushes once per chunk it read, so a fast child costs one write
-//! syscall per pipe read, not one per line. A log that cannot be created or
-//! written is a warning, never a failed command.
+//! Writes happen on a writer thread of the run, never on the runtime thread:
+//! a slow or hung disk then holds up the command (its pipe fills, as with a
+//! slow terminal) but never a heartbeat. The runner hands over whole chunks
+//! of lines (one per pipe read) through a small bounded queue and awaits room
+//! in it; the writer appends through a [`BufWriter`] and flushes once per
+//! chunk, so a fast child costs one write syscall per pipe read, not one per
+//! line. A log that cannot be created or written is a warning, never a failed
+//! command.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,15 +30,27 @@ pub const MAX_LOG_BYTES: u64 = 32 * 1024 * 1024;
 /// Buffer of the log writer.
 const BUF_SIZE: usize = 64 * 1024;
 
+/// Chunks waiting for the writer thread (each is one pipe read's lines).
+const QUEUE: usize = 16;
+
+/// What the writer thread is asked to do.
+enum Msg {
+    /// Append these bytes (whole lines, each ending in a newline).
+    Chunk(Vec<u8>),
+    /// Reply once everything before has been written and flushed (tests).
+    #[cfg(test)]
+    Sync(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The log file of one command run. Shared by the stdout and stderr readers.
 #[derive(Debug)]
 pub struct RunLog {
-    inner: Mutex<Inner>,
+    tx: Option<tokio::sync::mpsc::Sender<Msg>>,
     path: Option<PathBuf>,
 }
 
-#[derive(Debug)]
-struct Inner {
+/// The writer thread's side.
+struct Writer {
     writer: Option<BufWriter<File>>,
     written: u64,
     full: bool,
@@ -73,11 +88,7 @@ impl RunLog {
     /// A log that writes nothing.
     pub fn disabled() -> RunLog {
         RunLog {
-            inner: Mutex::new(Inner {
-                writer: None,
-                written: 0,
-                full: false,
-            }),
+            tx: None,
             path: None,
         }
     }
@@ -125,12 +136,17 @@ impl RunLog {
             }
         };
         rotate(dir, KEEP_RUNS);
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let writer = Writer {
+            writer: Some(BufWriter::with_capacity(BUF_SIZE, file)),
+            written: 0,
+            full: false,
+        };
+        std::thread::Builder::new()
+            .name("nixfleet-log".into())
+            .spawn(move || writer.run(rx))?;
         Ok(RunLog {
-            inner: Mutex::new(Inner {
-                writer: Some(BufWriter::with_capacity(BUF_SIZE, file)),
-                written: 0,
-                full: false,
-            }),
+            tx: Some(tx),
             path: Some(path),
         })
     }
@@ -140,32 +156,87 @@ impl RunLog {
         self.path.as_deref()
     }
 
-    /// Appends lines (each written with a trailing newline) and flushes.
-    pub fn write_lines<'a>(&self, lines: impl IntoIterator<Item = &'a [u8]>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Inner {
-            writer,
-            written,
-            full,
-        } = &mut *inner;
-        let Some(w) = writer.as_mut() else {
+    /// Appends lines (each written with a trailing newline). The bytes are
+    /// copied at once; the returned future waits for room in the writer's
+    /// queue (backpressure from a slow disk), never for the disk itself.
+    pub fn write_lines<'a>(
+        &self,
+        lines: impl IntoIterator<Item = &'a [u8]>,
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
+        let chunk = self.tx.as_ref().map(|_| {
+            let mut chunk = Vec::new();
+            for line in lines {
+                chunk.extend_from_slice(line);
+                chunk.push(b'\n');
+            }
+            chunk
+        });
+        async move {
+            if let (Some(tx), Some(chunk)) = (&self.tx, chunk) {
+                let _ = tx.send(Msg::Chunk(chunk)).await;
+            }
+        }
+    }
+
+    /// Appends one note line written by the agent itself (start, exit). Never
+    /// waits: while the disk is so slow that the queue is full, the note is
+    /// left out of the log.
+    pub fn note(&self, text: &str) {
+        if let Some(tx) = &self.tx {
+            let mut chunk = Vec::with_capacity(text.len() + 1);
+            chunk.extend_from_slice(text.as_bytes());
+            chunk.push(b'\n');
+            if tx.try_send(Msg::Chunk(chunk)).is_err() {
+                tracing::debug!("command log queue full; a note was not logged");
+            }
+        }
+    }
+
+    /// Resolves once everything handed over so far is written and flushed.
+    #[cfg(test)]
+    pub async fn flush(&self) {
+        if let Some(tx) = &self.tx {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            if tx.send(Msg::Sync(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// The writer thread: appends chunks until every sender is gone.
+    fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Msg>) {
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                Msg::Chunk(chunk) => self.append(&chunk),
+                #[cfg(test)]
+                Msg::Sync(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, chunk: &[u8]) {
+        let Some(w) = self.writer.as_mut() else {
             return;
         };
         let mut result = Ok(());
-        for line in lines {
-            if *full {
+        for line in chunk.split_inclusive(|&b| b == b'\n') {
+            if self.full {
                 break;
             }
-            let len = line.len() as u64 + 1;
-            if *written + len > MAX_LOG_BYTES {
-                *full = true;
+            let len = line.len() as u64;
+            if self.written + len > MAX_LOG_BYTES {
+                self.full = true;
                 result = w.write_all(
                     b"[nixfleet-agent] log size limit reached; further output is not logged\n",
                 );
                 break;
             }
-            *written += len;
-            result = w.write_all(line).and_then(|()| w.write_all(b"\n"));
+            self.written += len;
+            result = w.write_all(line);
             if result.is_err() {
                 break;
             }
@@ -173,13 +244,8 @@ impl RunLog {
         let result = result.and_then(|()| w.flush());
         if let Err(e) = result {
             tracing::warn!("writing the command log failed: {e}; logging stops for this run");
-            *writer = None;
+            self.writer = None;
         }
-    }
-
-    /// Appends one note line written by the agent itself (start, exit).
-    pub fn note(&self, text: &str) {
-        self.write_lines([text.as_bytes()]);
     }
 }
 
@@ -217,8 +283,8 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    #[test]
-    fn writes_lines_and_rotates() {
+    #[tokio::test]
+    async fn writes_lines_and_rotates() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("logs");
         // An unrelated file is never touched.
@@ -227,7 +293,9 @@ mod tests {
         let mut last = None;
         for i in 0..(KEEP_RUNS + 5) {
             let log = RunLog::create(&dir, "pull");
-            log.write_lines([format!("line {i}").as_bytes(), b"second".as_slice()]);
+            log.write_lines([format!("line {i}").as_bytes(), b"second".as_slice()])
+                .await;
+            log.flush().await;
             last = log.path().map(Path::to_path_buf);
         }
         let logs: Vec<_> = fs::read_dir(&dir)

@@ -425,7 +425,9 @@ impl Sink {
         if ranges.is_empty() {
             return;
         }
-        self.log.write_lines(ranges.iter().map(|&r| split.get(r)));
+        self.log
+            .write_lines(ranges.iter().map(|&r| split.get(r)))
+            .await;
         for &r in ranges {
             let text = String::from_utf8_lossy(split.get(r)).into_owned();
             tail.push(&text);
@@ -801,6 +803,7 @@ pub(crate) mod tests {
         assert!(lines.contains(&(Stream::Stdout, "one".into())));
         assert!(lines.contains(&(Stream::Stderr, "err".into())));
         assert!(lines.contains(&(Stream::Stdout, "no newline\u{FFFD}".into())));
+        log.flush().await;
         let logged = std::fs::read(log.path().unwrap()).unwrap();
         assert!(logged.windows(4).any(|w| w == b"one\n"));
         assert!(logged.windows(11).any(|w| w == b"no newline\xff"));
@@ -932,6 +935,7 @@ pub(crate) mod tests {
             "1,000,000 lines in {elapsed:?} ({:.0} lines/s)",
             1e6 / elapsed.as_secs_f64()
         );
+        log.flush().await;
         let logged = std::fs::metadata(log.path().unwrap()).unwrap().len();
         assert_eq!(logged, 6_888_896);
     }
