@@ -1052,3 +1052,41 @@ async fn restart_exits_with_the_restart_code() {
     );
     assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));
 }
+
+#[tokio::test]
+async fn legacy_mode_pull_is_git_pull_in_the_given_checkout() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    // the host's checkout (fx.repo) tracks a bare origin; another clone pushes
+    let bare = bare_origin(&fx);
+    git(&fx.repo, &["fetch", "-q", "origin"]);
+    git(&fx.repo, &["branch", "-q", "--set-upstream-to=origin/main"]);
+    let other = fx.tmp.path().join("other");
+    git(
+        fx.tmp.path(),
+        &[
+            "clone",
+            "-q",
+            bare.to_str().unwrap(),
+            other.to_str().unwrap(),
+        ],
+    );
+    let new = commit_file(&other, "hosts/cmdhost/configuration.nix", "{ }\n");
+    git(&other, &["push", "-q", "origin", "main"]);
+
+    let _agent = agent(&dash, &fx, &fakes).spawn(); // NIXFLEET_REPO_DIR only
+    let (reg, _) = wait_register(&dash, HOST, 0).await;
+    assert_eq!(s(&reg, "repo_url"), "");
+    assert_eq!(s(&reg, "generation"), fx.head);
+
+    let after = command(&dash, "pull").await;
+    let st = status(&dash, after).await;
+    let p = &st.payload;
+    assert_eq!(s(p, "status"), "ok", "{p}");
+    assert_eq!(s(p, "message"), format!("Pull: Updated to {}", &new[..7]));
+    assert_eq!(s(p, "generation"), new);
+    // the checkout itself moved: it is the one the host switches from
+    assert_eq!(git(&fx.repo, &["rev-parse", "HEAD"]), new);
+    assert_no_violations(&dash);
+}
