@@ -331,7 +331,8 @@ impl Connection {
                         // every producer is gone; nothing more will come
                         std::future::pending::<()>().await;
                     }
-                    self.out.note_consumed(n as u64);
+                    let weight = batch.iter().map(|l| l.weight()).sum();
+                    self.out.note_consumed(n as u64, weight);
                     let frames: Vec<Message> = batch.drain(..).map(|l| text(&l.into_frame())).collect();
                     let mut r = write_all(&mut sink, frames, &deadline, &mut events).await;
                     if r.is_ok()
@@ -371,7 +372,8 @@ impl Connection {
                     if n == 0 {
                         break;
                     }
-                    self.out.note_consumed(n as u64);
+                    let weight = batch.iter().map(|l| l.weight()).sum();
+                    self.out.note_consumed(n as u64, weight);
                     let frames = batch.into_iter().map(|l| text(&l.into_frame())).collect();
                     write_all(sink, frames, deadline, events).await?;
                 } else {

@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
@@ -29,6 +29,8 @@ use crate::protocol::{Outgoing, Output, Stream};
 pub const CONTROL_CAPACITY: usize = 64;
 /// Capacity of the output lane, in lines.
 pub const OUTPUT_CAPACITY: usize = 8192;
+/// About how much output text the lane holds at most.
+pub const OUTPUT_BYTES: usize = 2 * 1024 * 1024;
 /// Most frames kept in the outbox; the oldest is dropped past this.
 pub const OUTBOX_CAPACITY: usize = 256;
 
@@ -44,6 +46,11 @@ pub struct Line {
 }
 
 impl Line {
+    /// What the line costs while queued, for the lane's byte bound.
+    pub fn weight(&self) -> usize {
+        self.text.len() + self.command.len()
+    }
+
     /// The `output` frame for this line.
     pub fn into_frame(self) -> Outgoing {
         Outgoing::Output(Output {
@@ -67,6 +74,8 @@ pub struct Outbound {
     enqueued: AtomicU64,
     consumed: AtomicU64,
     dropped: AtomicU64,
+    queued_bytes: AtomicUsize,
+    progress: Notify,
     stalled: AtomicBool,
     stall_mark: AtomicU64,
     last_command: Mutex<String>,
@@ -95,6 +104,8 @@ pub fn lanes(stall_timeout: Duration) -> (std::sync::Arc<Outbound>, OutboundRx) 
         enqueued: AtomicU64::new(0),
         consumed: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
+        queued_bytes: AtomicUsize::new(0),
+        progress: Notify::new(),
         stalled: AtomicBool::new(false),
         stall_mark: AtomicU64::new(0),
         last_command: Mutex::new(String::new()),
@@ -140,52 +151,73 @@ impl Outbound {
     /// Sends one line of output, waiting while the writer makes progress and
     /// dropping (counted) when it does not. Never waits longer than the stall
     /// timeout for one line, and not at all while disconnected or stalled.
+    ///
+    /// The lane is bounded twice: by [`OUTPUT_CAPACITY`] lines and by about
+    /// [`OUTPUT_BYTES`] of text (a child printing 64 KiB lines cannot make the
+    /// queue hold half a gigabyte).
     pub async fn line(&self, line: Line) {
-        let line = match self.output.try_send(line) {
-            Ok(()) => {
-                self.enqueued.fetch_add(1, Ordering::SeqCst);
-                return;
+        let weight = line.weight();
+        let mut line = line;
+        if self.has_room(weight) {
+            match self.output.try_send(line) {
+                Ok(()) => return self.admitted(weight),
+                Err(mpsc::error::TrySendError::Closed(_)) => return self.drop_one(),
+                Err(mpsc::error::TrySendError::Full(l)) => line = l,
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Err(mpsc::error::TrySendError::Full(line)) => line,
-        };
+        }
         if !self.connected.load(Ordering::Relaxed) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return self.drop_one();
         }
         // Already found stalled, and still no progress since: drop at once.
         if self.stalled.load(Ordering::Relaxed)
             && self.consumed.load(Ordering::Relaxed) == self.stall_mark.load(Ordering::Relaxed)
         {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return self.drop_one();
         }
         self.stalled.store(false, Ordering::Relaxed);
         // Wait for room while the writer keeps consuming; give up after a
         // whole stall timeout without any progress.
         let mut seen = self.consumed.load(Ordering::Relaxed);
         loop {
-            match tokio::time::timeout(self.stall_timeout, self.output.reserve()).await {
-                Ok(Ok(permit)) => {
-                    permit.send(line);
-                    self.enqueued.fetch_add(1, Ordering::SeqCst);
-                    return;
-                }
-                Ok(Err(_closed)) => break,
-                Err(_elapsed) => {
-                    let now = self.consumed.load(Ordering::Relaxed);
-                    if now == seen || !self.connected.load(Ordering::Relaxed) {
-                        self.stall_mark.store(now, Ordering::Relaxed);
-                        self.stalled.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                    seen = now;
+            let progress = self.progress.notified();
+            tokio::pin!(progress);
+            // registered before looking, so no wake-up is lost in between
+            progress.as_mut().enable();
+            if self.has_room(weight) {
+                match self.output.try_send(line) {
+                    Ok(()) => return self.admitted(weight),
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    Err(mpsc::error::TrySendError::Full(l)) => line = l,
                 }
             }
+            if tokio::time::timeout(self.stall_timeout, progress)
+                .await
+                .is_err()
+            {
+                let now = self.consumed.load(Ordering::Relaxed);
+                if now == seen || !self.connected.load(Ordering::Relaxed) {
+                    self.stall_mark.store(now, Ordering::Relaxed);
+                    self.stalled.store(true, Ordering::Relaxed);
+                    break;
+                }
+                seen = now;
+            }
         }
+        self.drop_one();
+    }
+
+    /// Room for `weight` more bytes (a line alone in an empty lane always fits).
+    fn has_room(&self, weight: usize) -> bool {
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        queued == 0 || queued + weight <= OUTPUT_BYTES
+    }
+
+    fn admitted(&self, weight: usize) {
+        self.queued_bytes.fetch_add(weight, Ordering::Relaxed);
+        self.enqueued.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn drop_one(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -208,9 +240,15 @@ impl Outbound {
         self.connected.store(up, Ordering::Relaxed);
     }
 
-    /// Called by the writer for every output line it took from the lane.
-    pub fn note_consumed(&self, n: u64) {
+    /// Called by the writer for the output lines it took from the lane: how
+    /// many, and their [`Line::weight`] in all.
+    pub fn note_consumed(&self, n: u64, weight: usize) {
+        self.queued_bytes.fetch_sub(
+            weight.min(self.queued_bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
         self.consumed.fetch_add(n, Ordering::SeqCst);
+        self.progress.notify_waiters();
     }
 
     /// Resolves when the outbox may have become non-empty.
@@ -299,10 +337,10 @@ mod tests {
         out.reliable(status(0));
         assert!(out.outbox_ready().is_none(), "status overtook output");
         assert!(rx.output.recv().await.is_some());
-        out.note_consumed(1);
+        out.note_consumed(1, 5);
         assert!(out.outbox_ready().is_none());
         assert!(rx.output.recv().await.is_some());
-        out.note_consumed(1);
+        out.note_consumed(1, 5);
         assert_eq!(out.outbox_ready(), Some(status(0)));
         // not removed until written
         assert_eq!(out.outbox_ready(), Some(status(0)));
@@ -351,5 +389,27 @@ mod tests {
             out.reliable(status(i));
         }
         assert_eq!(out.outbox_ready(), Some(status(5)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_lines_are_bounded_by_bytes() {
+        let (out, mut rx) = lanes(Duration::from_millis(100));
+        out.set_connected(true);
+        let long = "x".repeat(64 * 1024);
+        // far fewer lines than OUTPUT_CAPACITY, but 64 KiB each
+        for _ in 0..100 {
+            out.line(line(&long)).await;
+        }
+        let queued = rx.output.len();
+        assert!(
+            queued * long.len() <= OUTPUT_BYTES + long.len(),
+            "{queued} lines of 64 KiB queued"
+        );
+        assert_eq!(out.dropped(), (100 - queued) as u64);
+        // the writer takes one: room again, and the stall is over
+        let taken = rx.output.recv().await.unwrap();
+        out.note_consumed(1, taken.weight());
+        out.line(line(&long)).await;
+        assert_eq!(rx.output.len(), queued);
     }
 }

@@ -752,7 +752,7 @@ pub(crate) mod tests {
             let mut lines = Vec::new();
             while let Some(line) = output.recv().await {
                 if let Some(c) = consumer.upgrade() {
-                    c.note_consumed(1);
+                    c.note_consumed(1, line.weight());
                 }
                 lines.push((line.stream, line.text));
             }

@@ -71,7 +71,7 @@ async fn fake_writer(out: Arc<Outbound>, rx: OutboundRx, frames: Arc<Mutex<Vec<O
         tokio::select! {
             Some(f) = control.recv() => lock(&frames).push(f),
             Some(line) = output.recv() => {
-                out.note_consumed(1);
+                out.note_consumed(1, line.weight());
                 lock(&frames).push(line.into_frame());
             }
             _ = out.outbox_changed() => {}
