@@ -391,9 +391,15 @@ async fn the_token_never_reaches_the_log() {
         .env("NIXFLEET_LOG_LEVEL", "trace")
         .spawn();
     wait_register(&dash, "secret", 0).await;
+    assert!(agent.log.wait_for("registered", WAIT).await);
     agent.signal(libc::SIGTERM);
     agent.wait_exit(Duration::from_secs(10)).await;
+    // every line up to the end of the agent's stderr
+    assert!(agent.log.wait_closed(WAIT).await, "stderr never ended");
     let log = agent.log.text();
-    assert!(log.contains("registered"), "log was captured: {log}");
+    assert!(
+        log.contains("stopping (shutdown)"),
+        "log was captured: {log}"
+    );
     assert!(!log.contains(TOKEN), "token leaked into the log");
 }

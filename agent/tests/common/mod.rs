@@ -233,6 +233,22 @@ impl Log {
         self.lines.lock().unwrap().join("\n")
     }
 
+    /// Waits until the agent's stderr has ended; true if it did.
+    pub async fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if *self.closed.lock().unwrap() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// Waits until a line containing `needle` was logged; true if it was.
     pub async fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
