@@ -117,6 +117,18 @@ fn isolated_agent(dash: &MockDashboard, fx: &Fixture, fakes: &Fakes, bare: &Path
         .env("NIXFLEET_REPO_URL", bare.to_str().unwrap())
 }
 
+/// Waits for a heartbeat carrying the fixture's HEAD: the agent's first start
+/// in isolated mode has cloned the origin.
+async fn cloned(dash: &MockDashboard, fx: &Fixture) {
+    dash.wait_until(WAIT, |d| {
+        d.frames(HOST, Some("heartbeat"))
+            .into_iter()
+            .find(|f| f.payload["generation"] == fx.head.as_str())
+    })
+    .await
+    .expect("a heartbeat with the cloned generation");
+}
+
 async fn registered(dash: &MockDashboard) -> u64 {
     wait_register(dash, HOST, 0).await.1
 }
@@ -228,13 +240,7 @@ async fn pull_updates_the_generation() {
     let _agent = isolated_agent(&dash, &fx, &fakes, &bare).spawn();
     registered(&dash).await;
     // the agent cloned on its first start
-    dash.wait_until(WAIT, |d| {
-        d.frames(HOST, Some("heartbeat"))
-            .into_iter()
-            .find(|f| f.payload["generation"] == fx.head.as_str())
-    })
-    .await
-    .expect("a heartbeat with the cloned generation");
+    cloned(&dash, &fx).await;
 
     let new = commit_file(&fx.repo, "hosts/cmdhost/configuration.nix", "{ }\n");
     git(&fx.repo, &["push", "-q", "origin", "main"]);
@@ -273,13 +279,7 @@ async fn pull_of_a_broken_origin_fails_with_a_useful_message() {
     let bare = bare_origin(&fx);
     let _agent = isolated_agent(&dash, &fx, &fakes, &bare).spawn();
     registered(&dash).await;
-    dash.wait_until(WAIT, |d| {
-        d.frames(HOST, Some("heartbeat"))
-            .into_iter()
-            .find(|f| f.payload["generation"] == fx.head.as_str())
-    })
-    .await
-    .expect("cloned");
+    cloned(&dash, &fx).await;
 
     // the origin disappears
     std::fs::rename(&bare, fx.tmp.path().join("gone.git")).unwrap();
@@ -402,13 +402,7 @@ async fn pull_switch_stops_at_a_failed_pull() {
     let bare = bare_origin(&fx);
     let _agent = isolated_agent(&dash, &fx, &fakes, &bare).spawn();
     registered(&dash).await;
-    dash.wait_until(WAIT, |d| {
-        d.frames(HOST, Some("heartbeat"))
-            .into_iter()
-            .find(|f| f.payload["generation"] == fx.head.as_str())
-    })
-    .await
-    .expect("cloned");
+    cloned(&dash, &fx).await;
     std::fs::remove_dir_all(&bare).unwrap();
     let after = command(&dash, "pull-switch").await;
     let st = status(&dash, after).await;
@@ -430,13 +424,7 @@ async fn pull_switch_and_update_switch_after_their_first_step() {
     let bare = bare_origin(&fx);
     let mut agent = isolated_agent(&dash, &fx, &fakes, &bare).spawn();
     registered(&dash).await;
-    dash.wait_until(WAIT, |d| {
-        d.frames(HOST, Some("heartbeat"))
-            .into_iter()
-            .find(|f| f.payload["generation"] == fx.head.as_str())
-    })
-    .await
-    .expect("cloned");
+    cloned(&dash, &fx).await;
     let new = commit_file(&fx.repo, "x.nix", "{ }\n");
     git(&fx.repo, &["push", "-q", "origin", "main"]);
     let after = command(&dash, "pull-switch").await;

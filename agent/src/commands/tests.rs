@@ -102,34 +102,30 @@ impl Fixture {
         lock(&self.frames).clone()
     }
 
+    /// The frames of one kind, unwrapped.
+    fn pick<T>(&self, kind: impl FnMut(Outgoing) -> Option<T>) -> Vec<T> {
+        self.frames().into_iter().filter_map(kind).collect()
+    }
+
     fn statuses(&self) -> Vec<Status> {
-        self.frames()
-            .into_iter()
-            .filter_map(|f| match f {
-                Outgoing::Status(s) => Some(s),
-                _ => None,
-            })
-            .collect()
+        self.pick(|f| match f {
+            Outgoing::Status(s) => Some(s),
+            _ => None,
+        })
     }
 
     fn progress(&self) -> Vec<TestProgress> {
-        self.frames()
-            .into_iter()
-            .filter_map(|f| match f {
-                Outgoing::TestProgress(p) => Some(p),
-                _ => None,
-            })
-            .collect()
+        self.pick(|f| match f {
+            Outgoing::TestProgress(p) => Some(p),
+            _ => None,
+        })
     }
 
     fn output(&self) -> Vec<Output> {
-        self.frames()
-            .into_iter()
-            .filter_map(|f| match f {
-                Outgoing::Output(o) => Some(o),
-                _ => None,
-            })
-            .collect()
+        self.pick(|f| match f {
+            Outgoing::Output(o) => Some(o),
+            _ => None,
+        })
     }
 
     /// Waits (polling the recorded frames) until `n` statuses arrived.
