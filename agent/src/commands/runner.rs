@@ -428,9 +428,13 @@ impl Sink {
         self.log
             .write_lines(ranges.iter().map(|&r| split.get(r)))
             .await;
-        for &r in ranges {
+        // only the last lines of a chunk can end up in the tail
+        let tail_from = ranges.len().saturating_sub(TAIL_LINES);
+        for (i, &r) in ranges.iter().enumerate() {
             let text = String::from_utf8_lossy(split.get(r)).into_owned();
-            tail.push(&text);
+            if i >= tail_from {
+                tail.push(&text);
+            }
             self.send(stream, text).await;
         }
     }
