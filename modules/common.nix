@@ -151,11 +151,28 @@ in
 
     interval = mkOption {
       type = types.ints.positive;
-      default = 30;
+      default = 5;
       example = 10;
       description = ''
-        Heartbeat interval in seconds (`NIXFLEET_INTERVAL`). The dashboard marks
-        the host offline after three intervals without a frame.
+        Heartbeat interval in seconds (`NIXFLEET_INTERVAL`). 5 s is upstream's
+        default and the rhythm the dashboard's "last seen" colours assume
+        (green up to 10 s, yellow up to 50 s); a longer interval shows a healthy
+        host yellow.
+      '';
+    };
+
+    reportedVersion = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "3.2.0";
+      description = ''
+        What the agent reports to the dashboard as `agent_version`
+        (`NIXFLEET_REPORTED_VERSION`). The dashboard compares it for equality
+        with its own release and shows the host's Agent compartment red
+        "outdated" when they differ. `null` reports the NixFleet release whose
+        protocol this agent implements (3.1.5); set it only for a fleet on
+        another dashboard release. The agent's own version is in
+        `nixfleet-agent --version` and its start-up log line.
       '';
     };
 
@@ -290,6 +307,7 @@ in
         NIXFLEET_REPO_DIR = cfg.repoDir;
         NIXFLEET_BRANCH = if cfg.repoUrl != null then cfg.branch else null;
         NIXFLEET_INTERVAL = toString cfg.interval;
+        NIXFLEET_REPORTED_VERSION = cfg.reportedVersion;
         NIXFLEET_HOSTNAME = cfg.hostname;
         NIXFLEET_LOCATION = cfg.location;
         NIXFLEET_DEVICE_TYPE = cfg.deviceType;

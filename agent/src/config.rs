@@ -136,6 +136,17 @@ impl Default for Timing {
     }
 }
 
+/// The NixFleet release whose protocol this agent implements. The dashboard
+/// compares `agent_version` with its own release for equality (upstream
+/// `handlers.go`: `AgentVersion != Version` makes the Agent compartment red
+/// "outdated"), so this, not the crate version, is what `register` reports
+/// unless `NIXFLEET_REPORTED_VERSION` says otherwise.
+pub const PROTOCOL_RELEASE: &str = "3.1.5";
+
+/// Default heartbeat interval: upstream's module and agent default, and the
+/// rhythm the dashboard's "last seen" colours assume (≤ 10 s green).
+pub const DEFAULT_INTERVAL_SECS: u64 = 5;
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -149,8 +160,10 @@ pub struct Config {
     pub repo_dir: PathBuf,
     /// Branch followed in isolated mode.
     pub branch: String,
-    /// Heartbeat interval in seconds (≥ 1).
+    /// Heartbeat interval in seconds (≥ 1; default [`DEFAULT_INTERVAL_SECS`]).
     pub interval_secs: u64,
+    /// What `register` reports as `agent_version` (default [`PROTOCOL_RELEASE`]).
+    pub reported_version: String,
     /// SSH key for git, if any.
     pub ssh_key: Option<PathBuf>,
     /// Log verbosity.
@@ -359,16 +372,38 @@ impl Config {
         let token = token(&env)?;
 
         let interval_secs = match env.get("NIXFLEET_INTERVAL") {
-            None => 30,
+            None => DEFAULT_INTERVAL_SECS,
             Some(v) => match v.trim().trim_end_matches('s').parse::<u64>() {
                 Ok(n) if (1..=86_400).contains(&n) => n,
                 _ => {
                     return Err(err(
                         "NIXFLEET_INTERVAL",
-                        format!("{v:?} is not a whole number of seconds from 1 to 86400; e.g. 30"),
+                        format!("{v:?} is not a whole number of seconds from 1 to 86400; e.g. 5"),
                     ));
                 }
             },
+        };
+
+        let reported_version = match env.get("NIXFLEET_REPORTED_VERSION") {
+            None => PROTOCOL_RELEASE.to_string(),
+            Some(v) => {
+                let v = v.trim();
+                if v.is_empty()
+                    || v.len() > 64
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".-+_~".contains(c))
+                {
+                    return Err(err(
+                        "NIXFLEET_REPORTED_VERSION",
+                        format!(
+                            "{:?} is not a release string (up to 64 letters, digits and . - + _ ~); set it to the dashboard's release, e.g. {PROTOCOL_RELEASE}",
+                            v.chars().take(64).collect::<String>()
+                        ),
+                    ));
+                }
+                v.to_string()
+            }
         };
 
         let log_level = match one_of(
@@ -572,6 +607,7 @@ impl Config {
             repo_dir,
             branch,
             interval_secs,
+            reported_version,
             ssh_key,
             log_level,
             hostname,
@@ -653,7 +689,8 @@ mod tests {
         assert_eq!(c.repo_mode, RepoMode::Legacy);
         assert_eq!(c.repo_dir, PathBuf::from("/etc/nixos"));
         assert_eq!(c.branch, "main");
-        assert_eq!(c.interval_secs, 30);
+        assert_eq!(c.interval_secs, 5);
+        assert_eq!(c.reported_version, PROTOCOL_RELEASE);
         assert_eq!(c.location, "home");
         assert_eq!(c.device_type, "server");
         assert_eq!(c.theme_color, "");
@@ -719,6 +756,7 @@ mod tests {
             ("NIXFLEET_TOKEN_FILE", "/nonexistent/token"),
             ("NIXFLEET_BRANCH", "--upload-pack=x"),
             ("NIXFLEET_PING_INTERVAL_MS", "soon"),
+            ("NIXFLEET_REPORTED_VERSION", "3.1.5; rm -rf /"),
         ];
         for (var, value) in cases {
             let mut extra = vec![(*var, *value)];

@@ -1,7 +1,8 @@
 //! The connection to the dashboard: the only owner of the socket.
 //!
 //! [`Connection::run`] dials with the bearer token, registers on every connect, sends the
-//! heartbeats, answers and sends pings, enforces the read deadline and backs off
+//! heartbeats (one on every interval, one at once after `registered`, and one
+//! right after every `status`), answers and sends pings, enforces the read deadline and backs off
 //! on failure. A *session* is one live socket: a reader task takes frames from
 //! the dashboard, and the writer (the session loop itself) serves, in this
 //! order: stop requests, heartbeats, pings, the control lane, the outbox
@@ -224,6 +225,10 @@ impl Connection {
             command_pid: running.as_ref().map(|r| r.pid).filter(|&pid| pid != 0),
             metrics: snap.metrics,
             lock_hash: snap.lock_hash,
+            update_status: self.state.compartments().heartbeat_view(running.is_some()),
+            source_commit: self.identity.register.source_commit.clone(),
+            store_path: self.identity.register.store_path.clone(),
+            binary_hash: self.identity.register.binary_hash.clone(),
         })
     }
 
@@ -324,6 +329,13 @@ impl Connection {
                     if r.is_ok() {
                         self.out.outbox_done();
                     }
+                    // The hub completes an operation only at the heartbeat
+                    // after its status (upstream lifecycle.go), so one follows
+                    // every status at once, carrying the new compartments.
+                    if r.is_ok() && matches!(ready, Some(Outgoing::Status(_))) {
+                        let frame = self.heartbeat_frame();
+                        r = guarded(sink.send(text(&frame)), &deadline, &mut events).await;
+                    }
                     r
                 }
                 n = self.rx.output.recv_many(&mut batch, OUTPUT_BATCH) => {
@@ -366,6 +378,10 @@ impl Connection {
                 if let Some(frame) = self.out.outbox_ready() {
                     guarded(sink.send(text(&frame)), deadline, events).await?;
                     self.out.outbox_done();
+                    if matches!(frame, Outgoing::Status(_)) {
+                        let beat = self.heartbeat_frame();
+                        guarded(sink.send(text(&beat)), deadline, events).await?;
+                    }
                 } else if self.out.outbox_waiting() {
                     let mut batch = Vec::new();
                     let n = self.rx.output.recv_many(&mut batch, OUTPUT_BATCH).await;

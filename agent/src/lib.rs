@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod commands;
+pub mod compartments;
 pub mod config;
 pub mod connection;
 pub mod heartbeat;
@@ -26,7 +27,9 @@ use crate::connection::{Connection, Identity, Stop};
 use crate::protocol::Register;
 use crate::state::AgentState;
 
-/// The agent's version (from Cargo.toml).
+/// The agent's own version (from Cargo.toml), shown by `--version`, `--check`
+/// and the start-up log line. The dashboard is sent
+/// [`Config::reported_version`] instead (see [`config::PROTOCOL_RELEASE`]).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long the first connection waits for start-up work (the initial clone).
@@ -38,7 +41,7 @@ pub fn identity(config: &Config, freshness: host::Freshness) -> Identity {
         register: Register {
             hostname: config.hostname.clone(),
             host_type: config.host_type.as_str().to_string(),
-            agent_version: VERSION.to_string(),
+            agent_version: config.reported_version.clone(),
             os_version: host::os_version(config.host_type),
             nixpkgs_version: String::new(),
             generation: String::new(),
@@ -72,7 +75,6 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
             tracing::warn!("cannot create {}: {e}", config.state_dir.display());
         }
     }
-    let state = Arc::new(AgentState::default());
     let (out, rx) = outbound::lanes(config.timing.stall_timeout);
 
     // Facts that cost a disk read: the first snapshot before the first register,
@@ -82,17 +84,34 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
     let first = tokio::task::spawn_blocking(move || {
         let snapshot = heartbeat::read_snapshot(&cfg, &mut metrics);
         let identity = identity(&cfg, host::binary_freshness());
-        (snapshot, identity, metrics)
+        let store = compartments::Store::load(&cfg.state_dir);
+        let env = commands::ChildEnv::from_process(&cfg.state_dir, cfg.ssh_key.as_deref());
+        store.set(
+            compartments::Part::Lock,
+            compartments::measure_lock(&cfg.repo_dir, env.vars()),
+        );
+        (snapshot, identity, metrics, store)
     });
-    let (snapshot, identity, metrics) = match first.await {
+    let (snapshot, identity, metrics, store) = match first.await {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("reading host facts failed: {e}");
             return 1;
         }
     };
+    let store = Arc::new(store);
+    let state = Arc::new(AgentState::with_compartments(store.clone()));
     state.publish(snapshot);
     tokio::spawn(heartbeat::refresher(config.clone(), state.clone(), metrics));
+    tokio::spawn(compartments::persist_loop(store.clone()));
+    {
+        let env = commands::ChildEnv::from_process(&config.state_dir, config.ssh_key.as_deref());
+        tokio::spawn(compartments::lock_loop(
+            store,
+            config.repo_dir.clone(),
+            env.vars().to_vec(),
+        ));
+    }
 
     let commands = commands::Commands::new(config.clone(), state.clone(), out.clone());
     // On a first start in isolated mode this clones the repository. Give it a

@@ -28,7 +28,10 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         None => {}
         Some("--version" | "-V") => {
-            println!("nixfleet-agent {VERSION}");
+            println!(
+                "nixfleet-agent {VERSION} (speaks the NixFleet {} dashboard protocol)",
+                nixfleet_agent::config::PROTOCOL_RELEASE
+            );
             return ExitCode::SUCCESS;
         }
         Some("--help" | "-h") => {
@@ -75,7 +78,12 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async {
-        tracing::info!(version = VERSION, host = %config.hostname, "nixfleet-agent starting");
+        tracing::info!(
+            version = VERSION,
+            reports = %config.reported_version,
+            host = %config.hostname,
+            "nixfleet-agent starting"
+        );
         nixfleet_agent::run(config, shutdown_signal()).await
     });
     // Don't wait for blocking reads (e.g. a hung disk) on the way out.
@@ -149,6 +157,11 @@ fn print_check(config: &Config) -> i32 {
         config::RepoMode::Legacy => "legacy (existing checkout)".to_string(),
     };
     println!("configuration OK");
+    println!("  agent version:    {VERSION}");
+    println!(
+        "  reported version: {} (the agent_version the dashboard compares with its release)",
+        config.reported_version
+    );
     println!("  dashboard:        {}", config.url);
     println!(
         "  token:            {} (from the configured source)",

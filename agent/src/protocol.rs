@@ -63,6 +63,96 @@ pub struct Heartbeat {
     /// SHA-256 hex of the repository's `flake.lock`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_hash: Option<String>,
+    /// The host row's compartments as the agent sees them.
+    pub update_status: UpdateStatus,
+    /// As in [`Register::source_commit`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_commit: Option<String>,
+    /// As in [`Register::store_path`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_path: Option<String>,
+    /// As in [`Register::binary_hash`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binary_hash: Option<String>,
+}
+
+/// One compartment of `update_status`: `{status, message, checked_at}`.
+///
+/// `status` is `ok`, `outdated`, `error`, `unknown` or `working`; the empty
+/// string means "not reported" (upstream's agent sends `git` that way: the
+/// dashboard computes it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusCheck {
+    /// The compartment's colour.
+    pub status: String,
+    /// What the UI shows on hover.
+    pub message: String,
+    /// When it was decided, RFC 3339 UTC (empty when never).
+    pub checked_at: String,
+}
+
+/// The heartbeat's `update_status`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct UpdateStatus {
+    /// Computed by the dashboard; the agent sends it empty.
+    pub git: StatusCheck,
+    /// Age of the last commit that touched `flake.lock`.
+    pub lock: StatusCheck,
+    /// Whether the running system is the repository's configuration.
+    pub system: StatusCheck,
+    /// The host tests' last result.
+    pub tests: StatusCheck,
+}
+
+/// One phase of `operation_progress` (`pull`, `lock`, `system`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PhaseProgress {
+    /// Steps done.
+    pub current: u32,
+    /// Steps in all.
+    pub total: u32,
+    /// `pending`, `in_progress`, `complete` or `error`.
+    pub status: &'static str,
+}
+
+/// The `tests` phase of `operation_progress`, one result per script.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TestsProgress {
+    /// Scripts finished (at most `total`).
+    pub current: u32,
+    /// Scripts shown (at most [`MAX_TEST_DOTS`]).
+    pub total: u32,
+    /// `pass`, `fail` or `pending`, one per shown script.
+    pub results: Vec<&'static str>,
+    /// `pending`, `in_progress`, `complete` or `error`.
+    pub status: &'static str,
+}
+
+/// Most test scripts shown as dots, as upstream caps them for display.
+pub const MAX_TEST_DOTS: usize = 8;
+
+/// The phases of one `operation_progress` frame; absent phases are omitted.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Progress {
+    /// The pull phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PhaseProgress>,
+    /// The lock phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<PhaseProgress>,
+    /// The system (switch) phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system: Option<PhaseProgress>,
+    /// The tests phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestsProgress>,
+}
+
+/// The `operation_progress` payload: drives the Status column's dots.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OperationProgress {
+    /// The phases this frame reports.
+    pub progress: Progress,
 }
 
 /// Which stream an output line came from.
@@ -106,8 +196,10 @@ pub enum Outcome {
     Ok,
     /// Failed, or was refused.
     Error,
-    /// Stopped by `stop` or `kill_command`.
+    /// Stopped by `stop`, `kill` or `kill_command`.
     Stopped,
+    /// Done, with something the user should look at (`check-version`).
+    Warning,
 }
 
 /// The `status` payload: a command ended.
@@ -167,6 +259,8 @@ pub enum Outgoing {
     CommandRejected(CommandRejected),
     /// See [`TestProgress`].
     TestProgress(TestProgress),
+    /// See [`OperationProgress`].
+    OperationProgress(OperationProgress),
 }
 
 impl Outgoing {
@@ -186,6 +280,7 @@ impl Outgoing {
             Outgoing::Status(_) => "status",
             Outgoing::CommandRejected(_) => "command_rejected",
             Outgoing::TestProgress(_) => "test_progress",
+            Outgoing::OperationProgress(_) => "operation_progress",
         }
     }
 }
@@ -337,6 +432,10 @@ mod tests {
             command_pid: None,
             metrics: None,
             lock_hash: None,
+            update_status: UpdateStatus::default(),
+            source_commit: None,
+            store_path: None,
+            binary_hash: None,
         });
         let v: serde_json::Value = serde_json::from_str(&frame.to_json()).unwrap();
         assert!(v["payload"]["pending_command"].is_null());

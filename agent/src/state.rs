@@ -9,6 +9,9 @@ use std::sync::Mutex;
 
 use tokio::sync::{Notify, watch};
 
+use std::sync::Arc;
+
+use crate::compartments::Store;
 use crate::host::Metrics;
 
 /// The command that is running now.
@@ -40,20 +43,33 @@ pub struct AgentState {
     snapshot: watch::Sender<HostSnapshot>,
     refresh: Notify,
     exit: watch::Sender<Option<i32>>,
+    compartments: Arc<Store>,
 }
 
 impl Default for AgentState {
+    /// Compartments kept in memory only.
     fn default() -> Self {
+        AgentState::with_compartments(Arc::new(Store::in_memory()))
+    }
+}
+
+impl AgentState {
+    /// State whose compartments are `store`.
+    pub fn with_compartments(store: Arc<Store>) -> AgentState {
         AgentState {
             running: Mutex::new(None),
             snapshot: watch::Sender::new(HostSnapshot::default()),
             refresh: Notify::new(),
             exit: watch::Sender::new(None),
+            compartments: store,
         }
     }
-}
 
-impl AgentState {
+    /// The Lock, System and Tests compartments.
+    pub fn compartments(&self) -> &Arc<Store> {
+        &self.compartments
+    }
+
     /// The running command, if any.
     pub fn running(&self) -> Option<Running> {
         self.running

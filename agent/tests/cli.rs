@@ -26,7 +26,10 @@ async fn version_and_help() {
     assert_eq!(code, Some(0));
     assert_eq!(
         out.trim(),
-        format!("nixfleet-agent {}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "nixfleet-agent {} (speaks the NixFleet 3.1.5 dashboard protocol)",
+            env!("CARGO_PKG_VERSION")
+        )
     );
     let (code, out, _) = run(&b, &["--help"]).await;
     assert_eq!(code, Some(0));

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,84 +15,6 @@ use nixfleet_mock_dashboard::{Frame, MockDashboard};
 use serde_json::{Value, json};
 
 const HOST: &str = "cmdhost";
-
-/// Fake tools in `<tmp>/bin`, controlled by files in `<tmp>/fake`:
-/// - `nixos-rebuild`/`darwin-rebuild`: write their argv to `rebuild.argv`,
-///   print a line on stdout and stderr; with `rebuild.wait` present, announce
-///   `rebuild.waiting` and wait for `rebuild.go`; with `rebuild.fail`, print an
-///   error on stderr and exit 1.
-/// - `nix`: writes its argv to `nix.argv`.
-struct Fakes {
-    bin: PathBuf,
-    dir: PathBuf,
-}
-
-impl Fakes {
-    fn new(fx: &Fixture) -> Fakes {
-        let bin = fx.tmp.path().join("bin");
-        let dir = fx.tmp.path().join("fake");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::create_dir_all(&dir).unwrap();
-        let d = dir.display();
-        let rebuild = format!(
-            r#"#!/bin/sh
-printf '%s\n' "$@" > {d}/rebuild.argv
-echo "building the system configuration..." >&2
-echo "these 3 derivations will be built"
-if [ -e {d}/rebuild.wait ]; then
-  touch {d}/rebuild.waiting
-  while [ ! -e {d}/rebuild.go ]; do sleep 0.02; done
-  echo "activating the configuration..."
-fi
-if [ -e {d}/rebuild.fail ]; then
-  echo "error: attribute 'frobnicator' missing" >&2
-  echo "(use '--show-trace' to show detailed location information)" >&2
-  exit 1
-fi
-echo "switched"
-touch {d}/rebuild.done
-"#
-        );
-        for tool in ["nixos-rebuild", "darwin-rebuild"] {
-            write_exec(&bin.join(tool), &rebuild);
-        }
-        write_exec(
-            &bin.join("nix"),
-            &format!(
-                "#!/bin/sh\nprintf '%s\\n' \"$@\" > {d}/nix.argv\necho 'updated input nixpkgs' >&2\n"
-            ),
-        );
-        Fakes { bin, dir }
-    }
-
-    fn path_env(&self) -> String {
-        format!(
-            "{}:{}",
-            self.bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        )
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn touch(&self, name: &str) {
-        std::fs::write(self.file(name), "").unwrap();
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.file(name)).unwrap_or_default()
-    }
-}
-
-fn write_exec(path: &Path, content: &str) {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).unwrap();
-    }
-    std::fs::write(path, content).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
 
 /// A host test script `hosts/<HOST>/tests/<name>` in `repo`.
 fn test_script(repo: &Path, name: &str, body: &str) {

@@ -59,7 +59,7 @@ def main():
         "NIXFLEET_HOSTNAME": "mac-1",
         "NIXFLEET_FLAKE": "/var/lib/nixfleet-agent/repo#mac-1",
         "NIXFLEET_DEVICE_TYPE": "laptop",
-        "NIXFLEET_INTERVAL": "30",
+        "NIXFLEET_INTERVAL": "5",
         "NIXFLEET_NIXPKGS_VERSION": facts["nixpkgsVersion"],
         "HOME": "/var/root",
     }

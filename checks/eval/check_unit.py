@@ -105,7 +105,7 @@ def main():
         "NIXFLEET_URL": "wss://fleet.example.com/ws",
         "NIXFLEET_REPO_URL": "git@github.com:example/nixcfg.git",
         "NIXFLEET_BRANCH": "main",
-        "NIXFLEET_INTERVAL": "30",
+        "NIXFLEET_INTERVAL": "5",
         "NIXFLEET_HOSTNAME": "web-1",
         "NIXFLEET_LOCATION": "home",
         "NIXFLEET_DEVICE_TYPE": "server",

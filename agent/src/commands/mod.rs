@@ -63,6 +63,7 @@
 
 mod env;
 mod host_tests;
+mod row;
 mod runlog;
 mod runner;
 mod switch;
@@ -81,6 +82,7 @@ use crate::host;
 use crate::outbound::Outbound;
 use crate::protocol::{CommandRejected, Incoming, Outcome, Outgoing, Status, TestProgress};
 use crate::state::AgentState;
+use row::{Phase, PhaseEnd, Row, TestDots};
 use runlog::RunLog;
 use runner::{Control, Sink, Spec, StepResult, StopCause, clip, failure_tail, run_step};
 use switch::{Ended, Record};
@@ -288,6 +290,7 @@ impl Commands {
         let generation = host::git_head_commit(&config.repo_dir).unwrap_or_default();
         self.inner.state.set_generation(&generation);
         self.inner.state.request_refresh();
+        self.refresh_lock().await;
     }
 
     /// Handles one dashboard frame. Never waits: work runs on its own task.
@@ -473,6 +476,25 @@ impl Commands {
         });
     }
 
+    /// Measures the Lock compartment now (off the runtime thread).
+    async fn refresh_lock(&self) -> crate::compartments::Check {
+        let env = Arc::new(self.inner.env.vars().to_vec());
+        crate::compartments::refresh_lock(
+            self.inner.state.compartments(),
+            &self.inner.config.repo_dir,
+            &env,
+        )
+        .await
+    }
+
+    /// The host row this agent's runs change.
+    fn row(&self) -> Row<'_> {
+        Row {
+            store: self.inner.state.compartments(),
+            out: &self.inner.out,
+        }
+    }
+
     fn reply_error(&self, command: &str, message: String) {
         self.send_status(Report::error(NOT_RUN, message), command);
     }
@@ -501,6 +523,8 @@ impl Commands {
             sink: Sink::new(command.as_str(), Some(self.inner.out.clone()), log),
             ctl,
             record: None,
+            switched: false,
+            test_dots: None,
         };
         let report = match command {
             CommandName::Pull => run.pull().await.map(Report::ok),
@@ -560,6 +584,8 @@ impl Commands {
         report
             .message
             .push_str(" (started by an earlier agent process)");
+        self.row()
+            .system_result(system_label(command), report.outcome, report.exit_code);
         self.send_status(report, command.as_str());
         record.mark_reported();
     }
@@ -585,6 +611,8 @@ impl Commands {
                 sink: Sink::new(command.as_str(), Some(this.inner.out.clone()), log),
                 ctl,
                 record: Some(record.clone()),
+                switched: true,
+                test_dots: None,
             };
             run.sink
                 .note(format!(
@@ -599,6 +627,15 @@ impl Commands {
             run.finish(report);
         });
         true
+    }
+}
+
+/// How the System compartment names a command's system phase.
+fn system_label(command: CommandName) -> &'static str {
+    match command {
+        CommandName::PullSwitch => "Pull+Switch",
+        CommandName::Update => "Update+Switch",
+        _ => "Switch",
     }
 }
 
@@ -700,6 +737,10 @@ struct Run {
     ctl: Arc<Control>,
     /// The switch record this run started or adopted, marked reported at the end.
     record: Option<Record>,
+    /// Whether the run began a system phase (System is `working`).
+    switched: bool,
+    /// The test run's dots, once it began.
+    test_dots: Option<TestDots>,
 }
 
 impl Run {
@@ -722,7 +763,29 @@ impl Run {
         .await
     }
 
+    /// `pull` with its progress dots and the System compartment after it.
     async fn pull(&mut self) -> Result<String, Report> {
+        let commands = self.commands.clone();
+        let row = commands.row();
+        row.begin(Phase::Pull);
+        let before = host::git_head_commit(&self.inner().config.repo_dir).unwrap_or_default();
+        let result = self.pull_steps().await;
+        match &result {
+            Ok(_) => {
+                row.end(Phase::Pull, PhaseEnd::Complete);
+                let after =
+                    host::git_head_commit(&self.inner().config.repo_dir).unwrap_or_default();
+                if after != before {
+                    row.pulled_new_commit();
+                }
+                self.commands.refresh_lock().await;
+            }
+            Err(_) => row.end(Phase::Pull, PhaseEnd::Failed),
+        }
+        result
+    }
+
+    async fn pull_steps(&mut self) -> Result<String, Report> {
         let config = self.inner().config.clone();
         let repo = &config.repo_dir;
         let before = host::git_head_commit(repo).unwrap_or_default();
@@ -775,6 +838,8 @@ impl Run {
         if self.ctl.stop_cause().is_some() {
             return Err(Report::error(NOT_RUN, "Switch: not started".to_string()));
         }
+        self.commands.row().begin(Phase::System);
+        self.switched = true;
         let config = self.inner().config.clone();
         let argv = switch::argv(config.switch_tool.program(), &config.flake);
         let root = config.state_dir.join("switch");
@@ -855,6 +920,8 @@ impl Run {
                 result,
             }));
         };
+        self.commands.row().tests_begin(scripts.len());
+        self.test_dots = Some(TestDots::new(scripts.len()));
         if scripts.is_empty() {
             self.sink
                 .note(format!("[nixfleet-agent] no tests in {}", dir.display()))
@@ -895,12 +962,19 @@ impl Run {
                 }
             };
             self.sink.note(format!("<== {name} {verdict}")).await;
+            let index = current as usize;
             current += 1;
+            if let Some(dots) = &mut self.test_dots {
+                dots.record(index, verdict == "passed");
+            }
             if self.ctl.stop_cause().is_some() {
                 break;
             }
             if current < total {
                 progress(current, passed, true, String::new());
+                if let Some(dots) = &self.test_dots {
+                    self.commands.row().tests_dots(dots, "in_progress");
+                }
             }
         }
         let stopped = self.ctl.stop_cause().is_some();
@@ -932,6 +1006,23 @@ impl Run {
         report
     }
 
+    /// The compartments and the last dots after the run (before its status,
+    /// so that the heartbeat after the status carries them).
+    fn settle_row(&self, report: &Report) {
+        let row = self.commands.row();
+        match CommandName::parse(self.ctl.name()) {
+            Some(CommandName::Test) => {
+                if let Some(dots) = &self.test_dots {
+                    row.tests_result(dots, report.outcome, &report.message);
+                }
+            }
+            Some(c) if self.switched => {
+                row.system_result(system_label(c), report.outcome, report.exit_code)
+            }
+            _ => {}
+        }
+    }
+
     /// Reports the run: the slot is released first, then the status queued,
     /// then the switch record marked, then (after a successful switch) the
     /// agent asked to exit for a restart.
@@ -957,6 +1048,7 @@ impl Run {
             report.outcome,
             report.exit_code
         );
+        self.settle_row(&report);
         self.commands.release(&self.ctl);
         let restart = report.restart;
         self.commands.send_status(report, &command);

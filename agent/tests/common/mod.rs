@@ -12,6 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nixfleet_mock_dashboard::{MockDashboard, Options};
+
+mod fakes;
+#[allow(unused_imports)]
+pub use fakes::{Fakes, write_exec};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
@@ -251,6 +255,11 @@ impl Log {
 
     /// Waits until a line containing `needle` was logged; true if it was.
     pub async fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_nth(needle, 1, timeout).await
+    }
+
+    /// Waits until `n` lines containing `needle` were logged; true if they were.
+    pub async fn wait_for_nth(&self, needle: &str, n: usize, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.notify.notified();
@@ -261,7 +270,9 @@ impl Log {
                 .lock()
                 .unwrap()
                 .iter()
-                .any(|l| l.contains(needle))
+                .filter(|l| l.contains(needle))
+                .count()
+                >= n
             {
                 return true;
             }

@@ -27,17 +27,19 @@ pub(crate) fn router(dash: MockDashboard) -> Router {
         .route("/api/violations", get(violations))
         .route("/api/events", get(events))
         .route("/api/tokens", post(tokens))
+        .route("/api/dispatch", post(dispatch))
+        .route("/api/hosts/{host}/kill", post(kill))
+        .route("/api/ops", get(ops))
+        .route("/api/remote", post(remote))
         .with_state(dash)
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
+/// The token of an `Authorization: Bearer <token>` header: exactly that
+/// prefix, the rest verbatim (upstream `handlers.go` `handleWebSocket`:
+/// `strings.HasPrefix(authHeader, "Bearer ")`).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    value.strip_prefix("Bearer ").filter(|t| !t.is_empty())
 }
 
 async fn ws(
@@ -65,6 +67,9 @@ async fn ws(
     }
     match upgrade {
         Ok(upgrade) => upgrade
+            // hub.go maxMessageSize: a larger message drops the connection
+            .max_message_size(crate::MAX_MESSAGE)
+            .max_frame_size(crate::MAX_MESSAGE)
             .on_failed_upgrade(move |e| tracing::warn!("{peer}: upgrade failed: {e}"))
             .on_upgrade(move |socket| conn::run(dash, socket, peer)),
         Err(rejection) => rejection.into_response(),
@@ -219,6 +224,70 @@ async fn tokens(State(dash): State<MockDashboard>, body: Bytes) -> Response {
     Json(json!({"added": true})).into_response()
 }
 
+/// `{"op": "pull", "hosts": ["h"], "force": false}`, as upstream's
+/// `handleDispatchOp`; answers `{"status", "results": [...]}`.
+async fn dispatch(State(dash): State<MockDashboard>, body: Bytes) -> Response {
+    #[derive(Deserialize)]
+    struct Req {
+        op: String,
+        hosts: Vec<String>,
+        #[serde(default)]
+        force: bool,
+    }
+    let req: Req = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad_request(format!(
+                "the body must be {{\"op\", \"hosts\": [...], \"force\"}}: {e}"
+            ));
+        }
+    };
+    if !crate::lifecycle::AGENT_OPS.contains(&req.op.as_str()) {
+        return bad_request(format!("unknown op: {}", req.op));
+    }
+    let results: Vec<_> = req
+        .hosts
+        .iter()
+        .map(|h| dash.dispatch(h, &req.op, req.force))
+        .collect();
+    let ok = results.iter().filter(|r| r.status == "EXECUTING").count();
+    let status = match (ok, results.len() - ok) {
+        (_, 0) => "success",
+        (0, _) => "failed",
+        _ => "partial",
+    };
+    Json(json!({"status": status, "results": results})).into_response()
+}
+
+async fn kill(State(dash): State<MockDashboard>, Path(host): Path<String>) -> Response {
+    match dash.kill(&host) {
+        Ok(()) => Json(json!({"status": "sent", "signal": "SIGTERM"})).into_response(),
+        Err(e) => (StatusCode::CONFLICT, Json(json!({"error": e}))).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct OpsQuery {
+    host: Option<String>,
+}
+
+async fn ops(State(dash): State<MockDashboard>, Query(q): Query<OpsQuery>) -> Response {
+    Json(dash.ops(q.host.as_deref())).into_response()
+}
+
+/// `{"commit": "...", "lock_hash": "..."}` sets the desired state; `null` clears it.
+async fn remote(State(dash): State<MockDashboard>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Option<crate::Remote>>(&body) {
+        Ok(r) => {
+            dash.set_remote(r);
+            Json(json!({"set": true})).into_response()
+        }
+        Err(e) => bad_request(format!(
+            "the body must be {{\"commit\", \"lock_hash\"}} or null: {e}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,11 +302,12 @@ mod tests {
             HeaderValue::from_static("Bearer abc"),
         );
         assert_eq!(bearer(&h), Some("abc"));
+        // upstream takes exactly "Bearer " and the rest as it is
         h.insert(
             header::AUTHORIZATION,
-            HeaderValue::from_static("bearer  abc "),
+            HeaderValue::from_static("bearer abc"),
         );
-        assert_eq!(bearer(&h), Some("abc"));
+        assert_eq!(bearer(&h), None);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&h), None);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer"));

@@ -12,7 +12,9 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::state::{DEFAULT_INTERVAL, HostState};
+use serde_json::Value;
+
+use crate::state::{DEFAULT_INTERVAL, HostState, State};
 use crate::validate::{self, BINARY};
 use crate::{CLOSE_TIMEOUT, Frame, MockDashboard, lock};
 
@@ -58,7 +60,12 @@ pub(crate) async fn run(dash: MockDashboard, socket: WebSocket, peer: SocketAddr
     });
     tracing::info!("{peer}: connection {id} opened");
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, out_rx, Arc::clone(&handle)));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        out_rx,
+        Arc::clone(&handle),
+        inner.ping_interval,
+    ));
     let mut reader = Reader {
         dash: dash.clone(),
         handle: Arc::clone(&handle),
@@ -73,13 +80,20 @@ pub(crate) async fn run(dash: MockDashboard, socket: WebSocket, peer: SocketAddr
 
     let host = reader.host.take();
     let mut st = lock(&inner.state);
-    if let Some(h) = host.as_deref().and_then(|h| st.hosts.get_mut(h))
+    let mut awaiting = None;
+    if let Some(name) = host.as_deref()
+        && let Some(h) = st.hosts.get_mut(name)
         && h.conn.as_ref().is_some_and(|c| c.id == id)
     {
         h.conn = None;
+        // hub.go handleUnregister (P1920): a switch cut off mid-run awaits a reconnect
+        awaiting = st.op_disconnect(name).map(|op| (name.to_owned(), op));
     }
     st.push_event("disconnected", host.as_deref(), None, Some(why.clone()));
     drop(st);
+    if let Some((name, op)) = awaiting {
+        dash.start_reconnect_timer(name, op);
+    }
     inner.wake();
     let who = host.as_deref().unwrap_or("(unregistered)");
     tracing::info!("{peer}: {who} disconnected: {why}");
@@ -89,12 +103,16 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     handle: Arc<ConnHandle>,
+    ping_every: std::time::Duration,
 ) {
     let mut kill = handle.kill.subscribe();
+    // hub.go writePump: a ping every pingPeriod (54 s)
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     loop {
         let out = tokio::select! {
             biased;
             _ = kill.wait_for(|k| *k) => return,
+            _ = ping.tick() => Some(Outgoing::Message(Message::Ping(Default::default()), None)),
             out = rx.recv() => out,
         };
         let Some(out) = out else { return };
@@ -158,6 +176,9 @@ impl Reader {
         let mut kill = self.handle.kill.subscribe();
         let mut close_seen = false;
         let mut unannounced = 0;
+        // hub.go readPump: the deadline moves with every frame (pongWait, 60 s)
+        let limit = self.dash.inner().read_deadline;
+        let mut deadline = tokio::time::Instant::now() + limit;
         loop {
             let is_paused = *paused.borrow_and_update();
             let ready = if !is_paused && unannounced > 0 && unannounced < BURST {
@@ -177,12 +198,19 @@ impl Reader {
                         _ = kill.wait_for(|k| *k) => {
                             return "dropped by the dashboard".to_owned();
                         }
-                        _ = paused.changed() => continue,
+                        _ = paused.changed() => {
+                            deadline = tokio::time::Instant::now() + limit;
+                            continue;
+                        }
+                        _ = tokio::time::sleep_until(deadline), if !is_paused => {
+                            return format!("no frame for {} s (read deadline)", limit.as_secs_f32());
+                        }
                         msg = stream.next(), if !is_paused => msg,
                     }
                 }
             };
             unannounced += 1;
+            deadline = tokio::time::Instant::now() + limit;
             match msg {
                 None if close_seen => return "closed".to_owned(),
                 None => return "connection ended without a close frame".to_owned(),
@@ -206,6 +234,7 @@ impl Reader {
         let is_output = checked.kind == "output";
         let keep = !is_output || inner.keep_output_frames;
         let mut reply = None;
+        let mut awaiting = None;
 
         let mut guard = lock(&inner.state);
         let st = &mut *guard;
@@ -213,6 +242,12 @@ impl Reader {
         if checked.kind == "register" {
             self.registered = true;
         }
+        // what the hub acts on (small frames; output is only logged upstream)
+        let acted_on = matches!(
+            checked.kind.as_ref(),
+            "register" | "heartbeat" | "status" | "command_rejected"
+        )
+        .then(|| checked.payload.clone());
         let frame = keep.then(|| Frame {
             seq,
             kind: checked.kind.into_owned(),
@@ -238,24 +273,32 @@ impl Reader {
                 .filter(|old| old.id != self.handle.id);
             host.heartbeat_interval = interval;
             host.last_seen = now;
+            if let Some(p) = &acted_on {
+                host.stored.on_register(p);
+            }
             if let Some(f) = frame {
                 host.log.push(f);
             }
             if let Some(old) = replaced {
-                let reason = "replaced by a newer connection";
+                // hub.go handleAgentRegister: the older client is closed, and
+                // its writePump sends a close frame without a status code
                 let _ = old.out.send(Outgoing::Close {
-                    code: 1008,
-                    reason,
+                    code: 1005,
+                    reason: "",
                     ack: None,
                 });
                 st.push_event(
                     "replaced",
                     Some(&reg.hostname),
-                    Some(1008),
-                    Some(reason.into()),
+                    None,
+                    Some("replaced by a newer connection".into()),
                 );
-                tracing::info!("{}: older connection closed with 1008", reg.hostname);
+                tracing::info!(
+                    "{}: older connection closed (close frame without a code)",
+                    reg.hostname
+                );
             }
+            st.op_reconnect(&reg.hostname);
             st.push_event("connected", Some(&reg.hostname), None, None);
             tracing::info!("{}: registered as {}", self.peer, reg.hostname);
             let text = serde_json::json!({
@@ -277,19 +320,66 @@ impl Reader {
             if is_output {
                 log.output_count += 1;
             }
+            let kind = frame.as_ref().map(|f| f.kind.clone());
             if let Some(f) = frame {
                 log.push(f);
+            }
+            if let (Some(kind), Some(payload), Some(name)) = (kind, &acted_on, self.host.clone()) {
+                awaiting = self.act(st, &name, &kind, payload);
             }
         }
         for problem in checked.problems {
             st.push_violation(self.host.as_deref(), seq, problem);
         }
         drop(guard);
+        if let Some(op) = awaiting
+            && let Some(name) = self.host.clone()
+        {
+            self.dash.start_reconnect_timer(name, op);
+        }
         if let Some(text) = reply {
             let _ = self
                 .handle
                 .out
                 .send(Outgoing::Message(Message::Text(text.into()), None));
+        }
+    }
+
+    /// The hub's rules for one frame of the live connection of `host`
+    /// (`hub.go` `handleHeartbeat`, `handleStatus`, command_rejected). Returns
+    /// an operation that now awaits a reconnect.
+    fn act(&self, st: &mut State, host: &str, kind: &str, payload: &Value) -> Option<String> {
+        let version = &self.dash.inner().dashboard_version;
+        let current = st
+            .hosts
+            .get(host)
+            .is_some_and(|h| h.conn.as_ref().is_some_and(|c| c.id == self.handle.id));
+        if !current || !payload.is_object() {
+            return None;
+        }
+        let remote = st.remote.clone();
+        let h = st.hosts.get_mut(host)?;
+        match kind {
+            "heartbeat" => {
+                h.stored.on_heartbeat(remote.as_ref(), payload);
+                st.op_heartbeat(host, version);
+                None
+            }
+            "status" => {
+                h.stored.on_status(payload);
+                let text = |k: &str| payload.get(k).and_then(Value::as_str).unwrap_or("");
+                let exit = payload
+                    .get("exit_code")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                st.op_status(host, text("command"), exit, text("message"))
+            }
+            "command_rejected" => {
+                let text = |k: &str| payload.get(k).and_then(Value::as_str).unwrap_or("");
+                st.op_rejected(host, text("reason"), text("current_command"));
+                None
+            }
+            _ => None,
         }
     }
 

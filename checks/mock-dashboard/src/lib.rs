@@ -2,11 +2,15 @@
 //!
 //! [`MockDashboard`] listens on one TCP address for the WebSocket endpoint `/ws`
 //! and for a small JSON control API under `/api` (see `docs/mock-dashboard.md`).
-//! It checks the bearer token on the upgrade, answers `register` with
-//! `registered`, replaces an older connection of the same host (close code
-//! 1008), records every frame and connection event with a global sequence
-//! number, and validates every frame an agent sends as plain JSON against the
-//! protocol. Problems are recorded as [`Violation`]s instead of failing the
+//! It behaves like the real hub (upstream `markus-barta/nixfleet` 3.1.5,
+//! `src/internal/dashboard/hub.go`), rule by rule: the bearer token on the
+//! upgrade (`handlers.go`), `registered` replies, an older connection of the
+//! same host replaced with a close frame without a code, online = connected,
+//! a 512 KiB read limit, pings every 54 s and a 60 s read deadline; the
+//! compartments stored from heartbeats and statuses ([`hub`]); and the
+//! operation lifecycle of `lifecycle.go` ([`lifecycle`]). It records every
+//! frame and connection event with a global sequence number, and validates
+//! every frame an agent sends as plain JSON against the protocol. Problems are recorded as [`Violation`]s instead of failing the
 //! connection, so a test can assert `violations().is_empty()` at its end.
 //!
 //! Waiting is event-driven: [`MockDashboard::wait_until`] and its helpers are
@@ -42,6 +46,8 @@
 mod api;
 mod conn;
 pub mod demo;
+pub mod hub;
+pub mod lifecycle;
 mod net;
 mod state;
 mod validate;
@@ -58,6 +64,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::conn::{ConnHandle, Outgoing};
+pub use crate::hub::{Check, Compartments, Remote};
+pub use crate::lifecycle::{Dispatched, Op};
 use crate::state::State;
 
 /// The token accepted when no other is configured.
@@ -91,15 +99,36 @@ pub struct Options {
     /// and counted ([`MockDashboard::output_count`]) but not kept, so that a
     /// throughput test can send millions of lines.
     pub keep_output_frames: bool,
+    /// The dashboard's own release; an agent reporting another
+    /// `agent_version` is "outdated" (upstream `handlers.go`).
+    pub dashboard_version: String,
+    /// How long a switch waits for the agent to register again (upstream 90 s).
+    pub reconnect_timeout: Duration,
+    /// How often the dashboard pings each agent (upstream 54 s).
+    pub ping_interval: Duration,
+    /// A connection with no frame for this long is dropped (upstream 60 s).
+    pub read_deadline: Duration,
 }
 
+/// Upstream's release this mock mirrors.
+pub const DASHBOARD_VERSION: &str = "3.1.5";
+
+/// Largest message read from an agent; a larger one drops the connection
+/// (upstream `maxMessageSize`).
+pub const MAX_MESSAGE: usize = 512 * 1024;
+
 impl Default for Options {
-    /// `127.0.0.1:0`, the token `test-token`, output frames kept.
+    /// `127.0.0.1:0`, the token `test-token`, output frames kept, and
+    /// upstream's version and timings.
     fn default() -> Self {
         Options {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tokens: vec![DEFAULT_TOKEN.to_owned()],
             keep_output_frames: true,
+            dashboard_version: DASHBOARD_VERSION.to_owned(),
+            reconnect_timeout: lifecycle::RECONNECT_TIMEOUT,
+            ping_interval: Duration::from_secs(54),
+            read_deadline: Duration::from_secs(60),
         }
     }
 }
@@ -127,14 +156,14 @@ pub struct Event {
     pub seq: u64,
     /// `connected` (a host registered), `rejected` (HTTP 401 on the upgrade),
     /// `closed` (the agent sent a close frame), `replaced` (the dashboard closed
-    /// an older connection of the host with 1008) or `disconnected` (a socket
-    /// ended).
+    /// an older connection of the host, with a close frame without a code) or
+    /// `disconnected` (a socket ended).
     pub kind: String,
     /// The host, when known (not for `rejected`, nor for connections that
     /// ended before registering).
     pub host: Option<String>,
     /// Close code: of the agent's close frame for `closed` (absent when its
-    /// close frame had none), 1008 for `replaced`, 401 for `rejected`.
+    /// close frame had none), absent for `replaced`, 401 for `rejected`.
     pub code: Option<u16>,
     /// Close reason for `closed`/`replaced`, why for `rejected` and
     /// `disconnected`.
@@ -159,12 +188,27 @@ pub struct HostInfo {
     pub hostname: String,
     /// Whether the host has a live connection.
     pub connected: bool,
-    /// Connected, and the last frame arrived within 3 × `heartbeat_interval`.
+    /// As upstream: the same as `connected` (`heartbeat_interval` is stored,
+    /// not used for liveness).
     pub online: bool,
     /// The interval from the host's last `register` (30 when it sent none valid).
     pub heartbeat_interval: u64,
     /// Milliseconds since the host's last frame (or its registration).
     pub last_seen_ms_ago: u64,
+    /// `agent_version` from the last `register`.
+    pub agent_version: String,
+    /// `agent_version` differs from the dashboard's release.
+    pub agent_outdated: bool,
+    /// The last generation reported.
+    pub generation: String,
+    /// The lifecycle's pending command.
+    pub pending_command: Option<String>,
+    /// The host's non-terminal operation.
+    pub operation: Option<Op>,
+    /// The compartments as stored (what op validation and post-checks read).
+    pub stored: Compartments,
+    /// The compartments as the UI shows them (with upstream's gating).
+    pub row: Compartments,
 }
 
 /// Why a frame could not be sent to an agent.
@@ -208,6 +252,10 @@ pub(crate) struct Inner {
     pub(crate) addr: SocketAddr,
     pub(crate) started: Instant,
     pub(crate) keep_output_frames: bool,
+    pub(crate) dashboard_version: String,
+    pub(crate) reconnect_timeout: Duration,
+    pub(crate) ping_interval: Duration,
+    pub(crate) read_deadline: Duration,
     pub(crate) tokens: Mutex<HashSet<String>>,
     pub(crate) state: Mutex<State>,
     pub(crate) notify: Notify,
@@ -252,6 +300,10 @@ impl MockDashboard {
             addr,
             started: Instant::now(),
             keep_output_frames: opts.keep_output_frames,
+            dashboard_version: opts.dashboard_version,
+            reconnect_timeout: opts.reconnect_timeout,
+            ping_interval: opts.ping_interval,
+            read_deadline: opts.read_deadline,
             tokens: Mutex::new(opts.tokens.into_iter().collect()),
             state: Mutex::new(State::default()),
             notify: Notify::new(),
@@ -300,7 +352,76 @@ impl MockDashboard {
 
     /// Every host that ever registered, sorted by name.
     pub fn hosts(&self) -> Vec<HostInfo> {
-        lock(&self.inner.state).host_infos()
+        lock(&self.inner.state).host_infos(&self.inner.dashboard_version)
+    }
+
+    /// One host, if it ever registered.
+    pub fn host(&self, name: &str) -> Option<HostInfo> {
+        self.hosts().into_iter().find(|h| h.hostname == name)
+    }
+
+    /// Dispatches operation `op` to `host` as the UI does (`POST
+    /// /api/dispatch`): pre-checks unless `force`, then the command is sent and
+    /// the operation follows the lifecycle.
+    pub fn dispatch(&self, host: &str, op: &str, force: bool) -> Dispatched {
+        let version = self.inner.dashboard_version.clone();
+        let d = lock(&self.inner.state).dispatch(host, op, force, &version);
+        self.inner.wake();
+        d
+    }
+
+    /// The UI's Kill button (`POST /api/hosts/{host}/kill`): the active
+    /// operation becomes `KILLING` and the command `kill` is sent.
+    pub fn kill(&self, host: &str) -> Result<(), String> {
+        let r = lock(&self.inner.state).kill(host);
+        self.inner.wake();
+        r
+    }
+
+    /// Every operation (of `host`, when given), oldest first.
+    pub fn ops(&self, host: Option<&str>) -> Vec<Op> {
+        lock(&self.inner.state)
+            .ops
+            .iter()
+            .filter(|o| host.is_none_or(|h| o.host == h))
+            .cloned()
+            .collect()
+    }
+
+    /// The operation `id`, if known.
+    pub fn op(&self, id: &str) -> Option<Op> {
+        lock(&self.inner.state)
+            .ops
+            .iter()
+            .rev()
+            .find(|o| o.id == id)
+            .cloned()
+    }
+
+    /// Waits until operation `id` is terminal; returns it (or its last state
+    /// at the timeout).
+    pub async fn wait_op(&self, id: &str, timeout: Duration) -> Option<Op> {
+        let done = self
+            .wait_until(timeout, |d| d.op(id).filter(Op::is_terminal))
+            .await;
+        done.or_else(|| self.op(id))
+    }
+
+    /// Sets (or clears) the dashboard's desired state (upstream's version
+    /// fetcher): Git is then compared with `commit`, Lock with `lock_hash`.
+    pub fn set_remote(&self, remote: Option<Remote>) {
+        lock(&self.inner.state).remote = remote;
+        self.inner.wake();
+    }
+
+    pub(crate) fn start_reconnect_timer(&self, host: String, id: String) {
+        let dash = self.clone();
+        let wait = self.inner.reconnect_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            lock(&dash.inner.state).op_reconnect_timeout(&host, &id);
+            dash.inner.wake();
+        });
     }
 
     /// Send `{"type":"command","payload":{"command":<command>}}` to the host and
@@ -527,6 +648,10 @@ mod tests {
         assert_eq!(o.listen.to_string(), "127.0.0.1:0");
         assert_eq!(o.tokens, vec!["test-token".to_owned()]);
         assert!(o.keep_output_frames);
+        assert_eq!(o.dashboard_version, "3.1.5");
+        assert_eq!(o.reconnect_timeout, Duration::from_secs(90));
+        assert_eq!(o.ping_interval, Duration::from_secs(54));
+        assert_eq!(o.read_deadline, Duration::from_secs(60));
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::conn::ConnHandle;
+use crate::hub::{Remote, Stored};
+use crate::lifecycle::Op;
 use crate::{Event, Frame, HostInfo, MAX_EVENTS, MAX_FRAMES_PER_HOST, MAX_VIOLATIONS, Violation};
 
 /// Heartbeat interval assumed for a host whose `register` carried no valid one.
@@ -26,6 +28,12 @@ pub(crate) struct State {
     pub(crate) violations: Vec<Violation>,
     /// All violations seen, including those not kept.
     pub(crate) violations_seen: u64,
+    /// Every operation, oldest first (bounded by [`crate::lifecycle::MAX_OPS`]).
+    pub(crate) ops: VecDeque<Op>,
+    /// The last operation number handed out.
+    pub(crate) op_seq: u64,
+    /// The desired state, when the dashboard has one (upstream's version fetcher).
+    pub(crate) remote: Option<Remote>,
 }
 
 /// One registered host.
@@ -36,6 +44,10 @@ pub(crate) struct HostState {
     /// Last frame from the live connection (or its registration).
     pub(crate) last_seen: Instant,
     pub(crate) log: FrameLog,
+    /// What the hub's database holds (compartments, versions, pending command).
+    pub(crate) stored: Stored,
+    /// The id of the host's non-terminal operation.
+    pub(crate) active_op: Option<String>,
 }
 
 impl HostState {
@@ -45,6 +57,8 @@ impl HostState {
             heartbeat_interval: DEFAULT_INTERVAL,
             last_seen: now,
             log: FrameLog::default(),
+            stored: Stored::default(),
+            active_op: None,
         }
     }
 }
@@ -157,20 +171,30 @@ impl State {
         self.log(host).map_or(0, |l| l.output_count)
     }
 
-    pub(crate) fn host_infos(&self) -> Vec<HostInfo> {
+    /// What the dashboard shows of every host (`dashboard_version` decides
+    /// the Agent compartment).
+    pub(crate) fn host_infos(&self, dashboard_version: &str) -> Vec<HostInfo> {
         let now = Instant::now();
+        let remote = self.remote.as_ref();
         self.hosts
             .iter()
             .map(|(name, h)| {
                 let ago = now.saturating_duration_since(h.last_seen);
                 let connected = h.conn.is_some();
-                let limit = h.heartbeat_interval.saturating_mul(3);
                 HostInfo {
                     hostname: name.clone(),
                     connected,
-                    online: connected && ago.as_secs_f64() <= limit as f64,
+                    // upstream hub.go: online from register until the socket goes
+                    online: connected,
                     heartbeat_interval: h.heartbeat_interval,
                     last_seen_ms_ago: u64::try_from(ago.as_millis()).unwrap_or(u64::MAX),
+                    agent_version: h.stored.agent_version.clone(),
+                    agent_outdated: h.stored.agent_outdated(dashboard_version),
+                    generation: h.stored.generation.clone(),
+                    pending_command: h.stored.pending_command.clone(),
+                    operation: self.active(name).cloned(),
+                    stored: h.stored.stored_view(remote, dashboard_version),
+                    row: h.stored.row_view(remote, dashboard_version),
                 }
             })
             .collect()
@@ -211,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn online_means_a_frame_within_three_intervals() {
+    fn online_means_connected() {
         let mut st = State::default();
         let now = Instant::now();
         let conn = Arc::new(ConnHandle {
@@ -227,13 +251,14 @@ mod tests {
             h.conn = connected.then(|| Arc::clone(&conn));
             st.hosts.insert(name.to_owned(), h);
         }
-        let infos = st.host_infos();
+        let infos = st.host_infos("3.1.5");
         let by_name = |n: &str| infos.iter().find(|h| h.hostname == n).cloned();
         let fresh = by_name("fresh").expect("fresh");
         assert!(fresh.connected && fresh.online);
         assert!(fresh.last_seen_ms_ago >= 2000);
+        // no "3 × interval" rule (hub.go): connected is online
         let stale = by_name("stale").expect("stale");
-        assert!(stale.connected && !stale.online);
+        assert!(stale.connected && stale.online);
         let gone = by_name("gone").expect("gone");
         assert!(!gone.connected && !gone.online);
         assert_eq!(

@@ -56,7 +56,13 @@ fn heartbeat() -> Value {
     json!({"type": "heartbeat", "payload": {
         "generation": "abc1234", "nixpkgs_version": "24.11.20241201.abc1234",
         "pending_command": null, "command_pid": null,
-        "metrics": {"cpu": 1.5, "ram": 20.0, "swap": 0.0, "load": 0.1}
+        "metrics": {"cpu": 1.5, "ram": 20.0, "swap": 0.0, "load": 0.1},
+        "update_status": {
+            "git": {"status": "", "message": "", "checked_at": ""},
+            "lock": {"status": "ok", "message": "Updated today", "checked_at": "2026-12-01T21:27:05Z"},
+            "system": {"status": "unknown", "message": "", "checked_at": ""},
+            "tests": {"status": "unknown", "message": "", "checked_at": ""}
+        }
     }})
 }
 
@@ -197,12 +203,15 @@ async fn wrong_or_missing_token_gets_401() {
 }
 
 #[tokio::test]
-async fn duplicate_host_closes_the_older_connection_with_1008() {
+async fn duplicate_host_closes_the_older_connection_without_a_code() {
     let dash = start().await;
     let mut old = agent(&dash, "dup").await;
     let mut new = agent(&dash, "dup").await;
-    let close = recv_close(&mut old).await.expect("a close code");
-    assert_eq!(close.code, CloseCode::Policy);
+    // hub.go: the older client's close frame carries no status code
+    assert!(
+        recv_close(&mut old).await.is_none(),
+        "a close without a code"
+    );
     // Reading on sends the client's answer to the close frame.
     assert!(matches!(
         tokio::time::timeout(WAIT, old.next()).await,
@@ -212,7 +221,7 @@ async fn duplicate_host_closes_the_older_connection_with_1008() {
         .wait_event("replaced", Some("dup"), 0, WAIT)
         .await
         .expect("replaced event");
-    assert_eq!(ev.code, Some(1008));
+    assert_eq!(ev.code, None);
     // The old socket ends; the host stays connected through the new one.
     dash.wait_event("disconnected", Some("dup"), 0, WAIT)
         .await
@@ -457,7 +466,8 @@ async fn pause_stops_reading_until_resume() {
         "a paused dashboard answered"
     );
     // Backpressure: writes stall once the socket buffers are full.
-    let big = output(&"x".repeat(1 << 20)).to_string();
+    // (frames under the hub's 512 KiB read limit)
+    let big = output(&"x".repeat(256 * 1024)).to_string();
     let mut sent = 0u64;
     let blocked = loop {
         let mut fut = Box::pin(ws.send(Message::text(big.clone())));
@@ -468,7 +478,7 @@ async fn pause_stops_reading_until_resume() {
             break fut;
         }
         sent += 1;
-        assert!(sent < 512, "writes to a paused dashboard never block");
+        assert!(sent < 4096, "writes to a paused dashboard never block");
     };
     // Writing to a paused connection still works.
     dash.send_command("p", "test")
@@ -700,4 +710,202 @@ async fn million_output_lines() {
         N as f64 / elapsed.as_secs_f64()
     );
     assert_eq!(dash.violations(), vec![]);
+}
+
+fn status_frame(command: &str, status: &str, exit: i64) -> Value {
+    json!({"type": "status", "payload": {
+        "status": status, "command": command, "exit_code": exit,
+        "message": if exit == 0 { "" } else { "it failed" }, "generation": "abc1234"
+    }})
+}
+
+/// The next `command` the dashboard sends, by name.
+async fn recv_command(ws: &mut Ws) -> String {
+    loop {
+        let v = recv_json(ws).await;
+        if v["type"] == "command" {
+            return v["payload"]["command"].as_str().expect("name").to_owned();
+        }
+    }
+}
+
+async fn op_state(dash: &MockDashboard, id: &str, state: &str) {
+    let found = dash
+        .wait_until(WAIT, |d| d.op(id).filter(|o| o.status == state))
+        .await;
+    assert!(found.is_some(), "{id} never {state}: {:?}", dash.op(id));
+}
+
+#[tokio::test]
+async fn a_frame_over_the_hubs_512_kib_limit_drops_the_connection() {
+    let dash = start().await;
+    let mut ws = agent(&dash, "big").await;
+    send(&mut ws, &output(&"y".repeat(400 * 1024))).await;
+    let seq = dash.last_seq();
+    let _ = ws
+        .send(Message::text(output(&"x".repeat(600 * 1024)).to_string()))
+        .await;
+    let ev = dash
+        .wait_event("disconnected", Some("big"), seq, WAIT)
+        .await;
+    assert!(ev.is_some(), "the connection was not dropped");
+    assert_eq!(dash.output_count("big"), 1);
+}
+
+#[tokio::test]
+async fn pings_and_the_read_deadline() {
+    let dash = MockDashboard::start(Options {
+        ping_interval: Duration::from_millis(100),
+        read_deadline: Duration::from_millis(400),
+        ..Options::default()
+    })
+    .await
+    .expect("start");
+    let mut ws = agent(&dash, "quiet").await;
+    let ping = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(Ok(Message::Ping(_))) = ws.next().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ping.is_ok(), "no ping from the dashboard");
+    // silent from here on: not reading (so no pong goes out), sending nothing
+    let ev = dash
+        .wait_event("disconnected", Some("quiet"), 0, WAIT)
+        .await;
+    assert!(
+        ev.is_some_and(|e| e.reason.is_some_and(|r| r.contains("read deadline"))),
+        "{:?}",
+        dash.events()
+    );
+}
+
+#[tokio::test]
+async fn operations_follow_the_hubs_lifecycle() {
+    let dash = MockDashboard::start(Options {
+        reconnect_timeout: Duration::from_millis(300),
+        ..Options::default()
+    })
+    .await
+    .expect("start");
+    let mut ws = agent(&dash, "ops").await;
+    // agent_version 0.1.0 against the dashboard's 3.1.5
+    let info = dash.host("ops").expect("host");
+    assert!(info.agent_outdated);
+    assert_eq!(info.row.agent.status, "outdated");
+    assert_eq!(
+        info.row.git.status, "error",
+        "no version tracking configured"
+    );
+
+    // pull: EXECUTING, the status defers to the next heartbeat, then SUCCESS
+    let (code, body) = http(
+        &dash,
+        "POST",
+        "/api/dispatch",
+        r#"{"op":"pull","hosts":["ops"]}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "EXECUTING", "{body}");
+    let id = body["results"][0]["command_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(recv_command(&mut ws).await, "pull");
+    assert_eq!(
+        dash.host("ops").expect("host").pending_command.as_deref(),
+        Some("pull")
+    );
+    send(&mut ws, &status_frame("pull", "ok", 0)).await;
+    send(&mut ws, &output("marker")).await;
+    dash.wait_until(WAIT, |d| (d.output_count("ops") > 0).then_some(()))
+        .await;
+    assert_eq!(
+        dash.op(&id).expect("op").status,
+        "EXECUTING",
+        "deferred to a heartbeat"
+    );
+    send(&mut ws, &heartbeat()).await;
+    op_state(&dash, &id, "SUCCESS").await;
+    assert_eq!(dash.host("ops").expect("host").pending_command, None);
+
+    // a second operation while one runs is refused; command_rejected is an error
+    let d = dash.dispatch("ops", "test", false);
+    let test_id = d.command_id.expect("id");
+    assert_eq!(recv_command(&mut ws).await, "test");
+    let again = dash.dispatch("ops", "test", false);
+    assert_eq!(
+        (again.status.as_str(), again.code.as_deref()),
+        ("error", Some("command_pending"))
+    );
+    send(
+        &mut ws,
+        &json!({"type": "command_rejected", "payload": {
+        "reason": "command already running", "current_command": "pull", "current_pid": 7}}),
+    )
+    .await;
+    op_state(&dash, &test_id, "ERROR").await;
+
+    // Kill sends the command `kill`; the killed command's status ends it
+    let d = dash.dispatch("ops", "test", false);
+    let test_id = d.command_id.expect("id");
+    assert_eq!(recv_command(&mut ws).await, "test");
+    dash.kill("ops").expect("kill");
+    assert_eq!(dash.op(&test_id).expect("op").status, "KILLING");
+    assert_eq!(recv_command(&mut ws).await, "kill");
+    send(&mut ws, &status_frame("test", "stopped", 143)).await;
+    op_state(&dash, &test_id, "ERROR").await;
+
+    // switch: AWAITING_RECONNECT after its status, SUCCESS once registered again
+    let d = dash.dispatch("ops", "switch", false);
+    let sw = d.command_id.expect("id");
+    assert_eq!(recv_command(&mut ws).await, "switch");
+    send(&mut ws, &status_frame("switch", "ok", 0)).await;
+    op_state(&dash, &sw, "AWAITING_RECONNECT").await;
+    drop(ws);
+    let mut ws = agent(&dash, "ops").await;
+    op_state(&dash, &sw, "SUCCESS").await;
+    let info = dash.host("ops").expect("host");
+    assert_eq!(
+        info.stored.system.status, "ok",
+        "status: Last switch succeeded"
+    );
+    assert_eq!(info.stored.tests.status, "outdated");
+
+    // System ok and the agent outdated: switch allowed; agent current: blocked
+    let mut hb = heartbeat();
+    hb["payload"]["update_status"]["system"]["status"] = json!("ok");
+    send(&mut ws, &hb).await;
+    let seq = dash.last_seq();
+    dash.wait_frame("ops", "heartbeat", seq - 1, WAIT)
+        .await
+        .expect("heartbeat");
+    drop(ws);
+    let mut current = register_payload("ops", 1);
+    current["agent_version"] = json!("3.1.5");
+    let mut ws = connect(&dash).await;
+    send(&mut ws, &json!({"type": "register", "payload": current})).await;
+    recv_json(&mut ws).await;
+    assert!(!dash.host("ops").expect("host").agent_outdated);
+    let blocked = dash.dispatch("ops", "switch", false);
+    assert_eq!(
+        (blocked.status.as_str(), blocked.code.as_deref()),
+        ("blocked", Some("already_current"))
+    );
+    let forced = dash.dispatch("ops", "switch", true);
+    assert_eq!(forced.status, "EXECUTING");
+    assert_eq!(recv_command(&mut ws).await, "switch");
+    // cut off mid-switch: awaiting a reconnect that never comes
+    drop(ws);
+    op_state(
+        &dash,
+        forced.command_id.as_deref().expect("id"),
+        "AWAITING_RECONNECT",
+    )
+    .await;
+    op_state(&dash, forced.command_id.as_deref().expect("id"), "TIMEOUT").await;
+    assert!(dash.violations().is_empty(), "{:#?}", dash.violations());
 }

@@ -84,6 +84,7 @@ pub(crate) async fn run(opts: ServeOptions) -> ExitCode {
         listen: opts.listen,
         tokens: opts.tokens,
         keep_output_frames: true,
+        ..Options::default()
     })
     .await
     {

@@ -17,14 +17,24 @@ pub(crate) const BINARY: &str = "<binary>";
 const MAX_RAW: usize = 64 * 1024;
 
 /// The frame types an agent may send.
-const AGENT_TYPES: [&str; 6] = [
+const AGENT_TYPES: [&str; 7] = [
     "register",
     "heartbeat",
     "output",
     "status",
     "command_rejected",
     "test_progress",
+    "operation_progress",
 ];
+
+/// A compartment's statuses (`""`: not reported, as upstream's agent sends `git`).
+const CHECK_STATUSES: [&str; 6] = ["", "ok", "outdated", "error", "unknown", "working"];
+
+/// A progress phase's statuses (upstream `messages.go` `PhaseProgress`).
+const PHASE_STATUSES: [&str; 4] = ["pending", "in_progress", "complete", "error"];
+
+/// Most test dots (upstream caps the tests phase at 8 for display).
+const MAX_TEST_DOTS: usize = 8;
 
 /// A checked frame.
 #[derive(Debug)]
@@ -117,6 +127,7 @@ pub(crate) fn check(text: &str, registered: bool) -> Checked {
                 "status" => check_status(&mut f),
                 "command_rejected" => check_command_rejected(&mut f),
                 "test_progress" => check_test_progress(&mut f),
+                "operation_progress" => check_operation_progress(&mut f),
                 _ => {}
             }
         }
@@ -230,6 +241,9 @@ fn check_heartbeat(f: &mut Fields<'_>) {
         "metrics",
         "lock_hash",
         "update_status",
+        "source_commit",
+        "store_path",
+        "binary_hash",
     ]);
     f.generation("generation");
     f.string("nixpkgs_version");
@@ -288,14 +302,190 @@ fn check_heartbeat(f: &mut Fields<'_>) {
     {
         f.problem(format!("`lock_hash` {h:?} is not a SHA-256 in hex"));
     }
-    if let Some(v) = f.map.get("update_status")
-        && !v.is_object()
-        && !v.is_null()
+    f.optional_string("source_commit");
+    f.optional_string("store_path");
+    if let Some(h) = f.optional_string("binary_hash")
+        && !h.is_empty()
+        && !is_hex(h, 64, 64)
     {
-        f.problem(format!(
+        f.problem(format!("`binary_hash` {h:?} is not a SHA-256 in hex"));
+    }
+    match f.map.get("update_status") {
+        None => f.problem("missing field `update_status`".to_owned()),
+        Some(Value::Object(m)) => {
+            let mut uf = Fields {
+                kind: f.kind,
+                map: m,
+                problems: &mut *f.problems,
+            };
+            check_update_status(&mut uf);
+        }
+        Some(v) => f.problem(format!(
             "`update_status` must be an object, got {}",
             describe(v)
-        ));
+        )),
+    }
+}
+
+/// `update_status`: `git`, `lock`, `system`, `tests`, each
+/// `{status, message, checked_at}` (upstream `messages.go` `StatusCheck`).
+fn check_update_status(f: &mut Fields<'_>) {
+    const PARTS: [&str; 4] = ["git", "lock", "system", "tests"];
+    f.prefix_known("update_status", &PARTS);
+    for part in PARTS {
+        let Some(v) = f.map.get(part) else {
+            f.problem(format!("missing field `update_status.{part}`"));
+            continue;
+        };
+        let Value::Object(m) = v else {
+            f.problem(format!(
+                "`update_status.{part}` must be an object, got {}",
+                describe(v)
+            ));
+            continue;
+        };
+        let mut cf = Fields {
+            kind: f.kind,
+            map: m,
+            problems: &mut *f.problems,
+        };
+        cf.prefix_known(
+            &format!("update_status.{part}"),
+            &["status", "message", "checked_at"],
+        );
+        match m.get("status").map(|s| (s, s.as_str())) {
+            Some((_, Some(s))) if CHECK_STATUSES.contains(&s) => {}
+            Some((v, _)) => cf.problem(format!(
+                "`update_status.{part}.status` is {}, not one of ok, outdated, error, unknown, working (or empty)",
+                describe(v)
+            )),
+            None => cf.problem(format!("missing field `update_status.{part}.status`")),
+        }
+        for key in ["message", "checked_at"] {
+            match m.get(key) {
+                Some(Value::String(_)) => {}
+                Some(v) => cf.problem(format!(
+                    "`update_status.{part}.{key}` must be a string, got {}",
+                    describe(v)
+                )),
+                None => cf.problem(format!("missing field `update_status.{part}.{key}`")),
+            }
+        }
+        if let Some(Value::String(at)) = m.get("checked_at")
+            && !at.is_empty()
+            && !is_rfc3339_utc(at)
+        {
+            cf.problem(format!(
+                "`update_status.{part}.checked_at` {at:?} is not RFC 3339 UTC (e.g. 2026-12-01T21:27:05Z)"
+            ));
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac]Z`.
+fn is_rfc3339_utc(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && s.ends_with('Z')
+        && (b.len() == 20 || (b[19] == b'.' && digits(20..b.len() - 1) && b.len() > 21))
+}
+
+/// `operation_progress`: `{progress: {pull|lock|system: {current, total,
+/// status}, tests: {current, total, results, status}}}` (upstream
+/// `messages.go` `OperationProgress`).
+fn check_operation_progress(f: &mut Fields<'_>) {
+    f.known(&["progress"]);
+    let Some(v) = f.map.get("progress") else {
+        f.problem("missing field `progress`".to_owned());
+        return;
+    };
+    let Value::Object(m) = v else {
+        f.problem(format!("`progress` must be an object, got {}", describe(v)));
+        return;
+    };
+    let mut pf = Fields {
+        kind: f.kind,
+        map: m,
+        problems: &mut *f.problems,
+    };
+    pf.prefix_known("progress", &["pull", "lock", "system", "tests"]);
+    if m.is_empty() {
+        pf.problem("`progress` names no phase".to_owned());
+    }
+    for (phase, v) in m {
+        let Value::Object(pm) = v else {
+            pf.problem(format!(
+                "`progress.{phase}` must be an object, got {}",
+                describe(v)
+            ));
+            continue;
+        };
+        let mut ph = Fields {
+            kind: pf.kind,
+            map: pm,
+            problems: &mut *pf.problems,
+        };
+        let tests = phase == "tests";
+        let known: &[&str] = if tests {
+            &["current", "total", "results", "status"]
+        } else {
+            &["current", "total", "status"]
+        };
+        ph.prefix_known(&format!("progress.{phase}"), known);
+        let current = ph.int("current", 0);
+        let total = ph.int("total", 0);
+        ph.one_of("status", &PHASE_STATUSES);
+        if let (Some(c), Some(t)) = (current, total)
+            && c > t
+        {
+            ph.problem(format!(
+                "`progress.{phase}`: `current` {c} is greater than `total` {t}"
+            ));
+        }
+        if tests {
+            match pm.get("results") {
+                Some(Value::Array(list)) => {
+                    if list.len() > MAX_TEST_DOTS {
+                        ph.problem(format!(
+                            "`progress.tests.results` has {} entries (at most {MAX_TEST_DOTS} are shown)",
+                            list.len()
+                        ));
+                    }
+                    if list
+                        .iter()
+                        .any(|r| !matches!(r.as_str(), Some("pass" | "fail" | "pending")))
+                    {
+                        ph.problem("`progress.tests.results` holds something other than pass, fail, pending".to_owned());
+                    }
+                    if let Some(t) = total
+                        && t != list.len() as i64
+                    {
+                        ph.problem(format!(
+                            "`progress.tests.total` {t} differs from the {} results",
+                            list.len()
+                        ));
+                    }
+                }
+                Some(other) => ph.problem(format!(
+                    "`progress.tests.results` must be an array, got {}",
+                    describe(other)
+                )),
+                None => ph.problem("missing field `progress.tests.results`".to_owned()),
+            }
+        }
     }
 }
 
@@ -317,7 +507,8 @@ fn check_output(f: &mut Fields<'_>) {
 
 fn check_status(f: &mut Fields<'_>) {
     f.known(&["status", "command", "exit_code", "message", "generation"]);
-    let status = f.one_of("status", &["ok", "error", "stopped"]);
+    // upstream's hub tolerates these four (protocol.md, "status")
+    let status = f.one_of("status", &["ok", "error", "stopped", "warning"]);
     f.command("command");
     let code = f.int("exit_code", i64::MIN);
     f.string("message");
@@ -556,342 +747,4 @@ fn describe(v: &Value) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn register() -> Value {
-        json!({"type": "register", "payload": {
-            "hostname": "host1", "host_type": "nixos", "agent_version": "0.1.0",
-            "os_version": "24.11", "nixpkgs_version": "24.11.20241201.abc1234",
-            "generation": "abc1234", "theme_color": "#ff00aa", "heartbeat_interval": 5,
-            "location": "home", "device_type": "server", "repo_url": "",
-            "repo_dir": "/var/lib/nixfleet-agent/repo"
-        }})
-    }
-
-    fn heartbeat() -> Value {
-        json!({"type": "heartbeat", "payload": {
-            "generation": "abc1234", "nixpkgs_version": "24.11.20241201.abc1234",
-            "pending_command": null, "command_pid": null,
-            "metrics": {"cpu": 3.5, "ram": 40, "swap": 0, "load": 0.25}
-        }})
-    }
-
-    fn problems(v: &Value, registered: bool) -> Vec<String> {
-        check(&v.to_string(), registered).problems
-    }
-
-    /// Set `payload.key` to `value` (or remove it when `value` is None).
-    fn with(mut v: Value, key: &str, value: Option<Value>) -> Value {
-        let Some(Value::Object(p)) = v.get_mut("payload") else {
-            panic!("no payload")
-        };
-        match value {
-            Some(x) => {
-                p.insert(key.to_owned(), x);
-            }
-            None => {
-                p.remove(key);
-            }
-        }
-        v
-    }
-
-    #[test]
-    fn valid_frames_pass() {
-        let c = check(&register().to_string(), false);
-        assert_eq!(c.problems, Vec::<String>::new());
-        assert_eq!(c.kind, "register");
-        assert_eq!(
-            c.register,
-            Some(Registration {
-                hostname: "host1".into(),
-                heartbeat_interval: Some(5)
-            })
-        );
-        let optional = with(register(), "binary_hash", Some(json!("a".repeat(64))));
-        let optional = with(optional, "store_path", Some(json!("/nix/store/x")));
-        let optional = with(optional, "theme_color", Some(json!("")));
-        assert!(problems(&optional, false).is_empty());
-        assert!(problems(&heartbeat(), true).is_empty());
-        let busy = with(heartbeat(), "pending_command", Some(json!("test")));
-        let busy = with(busy, "command_pid", Some(json!(1234)));
-        let busy = with(busy, "metrics", Some(Value::Null));
-        let busy = with(busy, "lock_hash", Some(json!("0f".repeat(32))));
-        let busy = with(busy, "update_status", Some(json!({"anything": 1})));
-        assert!(problems(&busy, true).is_empty());
-        for v in [
-            json!({"type":"output","payload":{"line":"hi","stream":"stdout","command":"test","is_error":false}}),
-            json!({"type":"output","payload":{"line":"","stream":"stderr","command":"test","is_error":true}}),
-            json!({"type":"status","payload":{"status":"ok","command":"pull","exit_code":0,"message":"Pull: Updated to abc1234","generation":"abc1234"}}),
-            json!({"type":"status","payload":{"status":"stopped","command":"test","exit_code":-15,"message":"Stopped by user","generation":""}}),
-            json!({"type":"command_rejected","payload":{"reason":"command already running","current_command":"test","current_pid":42}}),
-            json!({"type":"test_progress","payload":{"current":1,"total":2,"passed":1,"running":true,"result":"T01 passed"}}),
-            json!({"type":"test_progress","payload":{"current":2,"total":2,"passed":1,"running":false,"result":"1/2 passed"}}),
-            json!({"type":"test_progress","payload":{"current":0,"total":0,"passed":0,"running":false,"result":"no tests"}}),
-        ] {
-            assert_eq!(problems(&v, true), Vec::<String>::new(), "{v}");
-        }
-    }
-
-    #[test]
-    fn register_field_problems() {
-        let cases: Vec<(Value, &str)> = vec![
-            (
-                with(register(), "host_type", Some(json!("linux"))),
-                "host_type",
-            ),
-            (
-                with(register(), "location", Some(json!("office"))),
-                "location",
-            ),
-            (
-                with(register(), "device_type", Some(json!("phone"))),
-                "device_type",
-            ),
-            (
-                with(register(), "theme_color", Some(json!("red"))),
-                "theme_color",
-            ),
-            (
-                with(register(), "theme_color", Some(json!("#12345"))),
-                "theme_color",
-            ),
-            (
-                with(register(), "heartbeat_interval", Some(json!(0))),
-                "heartbeat_interval",
-            ),
-            (
-                with(register(), "heartbeat_interval", Some(json!(1.5))),
-                "heartbeat_interval",
-            ),
-            (
-                with(register(), "heartbeat_interval", Some(json!("30"))),
-                "heartbeat_interval",
-            ),
-            (
-                with(register(), "generation", Some(json!(1234567))),
-                "generation",
-            ),
-            (
-                with(register(), "generation", Some(json!("unknown"))),
-                "generation",
-            ),
-            (
-                with(register(), "hostname", Some(json!("host1.example.com"))),
-                "hostname",
-            ),
-            (with(register(), "repo_dir", None), "repo_dir"),
-            (
-                with(register(), "agent_version", Some(json!(1))),
-                "agent_version",
-            ),
-            (with(register(), "hostnme", Some(json!("x"))), "hostnme"),
-            (
-                with(register(), "binary_hash", Some(json!("abc"))),
-                "binary_hash",
-            ),
-        ];
-        for (v, field) in cases {
-            let p = problems(&v, false);
-            assert_eq!(p.len(), 1, "{v}: {p:?}");
-            assert!(p[0].contains(field), "{p:?} should name {field}");
-            assert!(p[0].starts_with("register: "), "{p:?}");
-        }
-        // A register without a usable host name registers nothing.
-        let c = check(&with(register(), "hostname", None).to_string(), false);
-        assert!(c.register.is_none());
-        assert!(c.problems[0].contains("missing field `hostname`"));
-    }
-
-    #[test]
-    fn heartbeat_field_problems() {
-        let cases: Vec<(Value, &str)> = vec![
-            (
-                with(heartbeat(), "pending_command", None),
-                "pending_command",
-            ),
-            (with(heartbeat(), "command_pid", None), "command_pid"),
-            (with(heartbeat(), "metrics", None), "metrics"),
-            (
-                with(heartbeat(), "command_pid", Some(json!("12"))),
-                "command_pid",
-            ),
-            (
-                with(heartbeat(), "command_pid", Some(json!(12))),
-                "command_pid",
-            ),
-            (
-                with(heartbeat(), "pending_command", Some(json!(3))),
-                "pending_command",
-            ),
-            (with(heartbeat(), "metrics", Some(json!([1, 2]))), "metrics"),
-            (
-                with(
-                    heartbeat(),
-                    "metrics",
-                    Some(json!({"cpu": "3", "ram": 1, "swap": 0, "load": 0})),
-                ),
-                "metrics.cpu",
-            ),
-            (
-                with(
-                    heartbeat(),
-                    "metrics",
-                    Some(json!({"ram": 1, "swap": 0, "load": 0})),
-                ),
-                "metrics.cpu",
-            ),
-            (
-                with(
-                    heartbeat(),
-                    "metrics",
-                    Some(json!({"cpu": 300, "ram": 1, "swap": 0, "load": 0})),
-                ),
-                "metrics.cpu",
-            ),
-            (
-                with(
-                    heartbeat(),
-                    "metrics",
-                    Some(json!({"cpu": 1, "ram": 1, "swap": 0, "load": 0, "disk": 3})),
-                ),
-                "metrics.disk",
-            ),
-            (
-                with(heartbeat(), "lock_hash", Some(json!("xyz"))),
-                "lock_hash",
-            ),
-            (with(heartbeat(), "generation", None), "generation"),
-        ];
-        for (v, field) in cases {
-            let p = problems(&v, true);
-            assert_eq!(p.len(), 1, "{v}: {p:?}");
-            assert!(p[0].contains(field), "{p:?} should name {field}");
-        }
-    }
-
-    #[test]
-    fn other_payload_problems() {
-        let cases: Vec<(Value, &str)> = vec![
-            (
-                json!({"type":"output","payload":{"line":"x","stream":"stderr","command":"test","is_error":false}}),
-                "is_error",
-            ),
-            (
-                json!({"type":"output","payload":{"line":"x","stream":"err","command":"test","is_error":true}}),
-                "stream",
-            ),
-            (
-                json!({"type":"output","payload":{"line":"a\nb","stream":"stdout","command":"test","is_error":false}}),
-                "newline",
-            ),
-            (
-                json!({"type":"output","payload":{"line":"x","stream":"stdout","is_error":false}}),
-                "command",
-            ),
-            (
-                json!({"type":"status","payload":{"status":"done","command":"pull","exit_code":0,"message":"","generation":"abc1234"}}),
-                "status",
-            ),
-            (
-                json!({"type":"status","payload":{"status":"ok","command":"pull","exit_code":"0","message":"","generation":"abc1234"}}),
-                "exit_code",
-            ),
-            (
-                json!({"type":"status","payload":{"status":"ok","command":"pull","exit_code":2,"message":"","generation":"abc1234"}}),
-                "exit_code 2",
-            ),
-            (
-                json!({"type":"status","payload":{"status":"error","command":"pull","exit_code":1,"generation":"abc1234"}}),
-                "message",
-            ),
-            (
-                json!({"type":"command_rejected","payload":{"reason":"busy","current_command":"test","current_pid":null}}),
-                "current_pid",
-            ),
-            (
-                json!({"type":"test_progress","payload":{"current":3,"total":2,"passed":1,"running":true,"result":""}}),
-                "greater than `total`",
-            ),
-            (
-                json!({"type":"test_progress","payload":{"current":1,"total":2,"passed":2,"running":true,"result":""}}),
-                "greater than `current`",
-            ),
-            (
-                json!({"type":"test_progress","payload":{"current":1,"total":2,"passed":1,"running":"no","result":""}}),
-                "running",
-            ),
-            (
-                json!({"type":"test_progress","payload":{"current":0,"total":0,"passed":0,"running":false,"result":"0/0 passed"}}),
-                "no tests",
-            ),
-            (
-                json!({"type":"test_progress","payload":{"current":2,"total":2,"passed":2,"running":false,"result":"done"}}),
-                "2/2 passed",
-            ),
-        ];
-        for (v, needle) in cases {
-            let p = problems(&v, true);
-            assert_eq!(p.len(), 1, "{v}: {p:?}");
-            assert!(p[0].contains(needle), "{p:?} should contain {needle}");
-        }
-    }
-
-    #[test]
-    fn envelope_problems() {
-        let c = check("{not json", true);
-        assert_eq!(c.kind, MALFORMED);
-        assert_eq!(c.payload, json!("{not json"));
-        assert!(c.problems[0].starts_with("malformed JSON"));
-
-        let c = check("[1,2]", true);
-        assert_eq!(c.kind, MALFORMED);
-        assert_eq!(c.problems.len(), 1);
-
-        let c = check(r#"{"payload":{}}"#, true);
-        assert_eq!(c.kind, MALFORMED);
-        assert!(c.problems[0].contains("missing `type`"));
-
-        let c = check(r#"{"type":7,"payload":{}}"#, true);
-        assert_eq!(c.kind, MALFORMED);
-
-        let c = check(r#"{"type":"heartbeet","payload":{}}"#, true);
-        assert_eq!(c.kind, "heartbeet");
-        assert_eq!(c.problems.len(), 1);
-        assert!(c.problems[0].contains("unknown frame type `heartbeet`"));
-
-        let c = check(r#"{"type":"heartbeat"}"#, true);
-        assert!(
-            c.problems[0].contains("missing `payload`"),
-            "{:?}",
-            c.problems
-        );
-        assert_eq!(c.payload, Value::Null);
-
-        let c = check(r#"{"type":"heartbeat","payload":[]}"#, true);
-        assert!(c.problems[0].contains("must be an object"));
-
-        let mut v = heartbeat();
-        v["extra"] = json!(1);
-        let p = problems(&v, true);
-        assert_eq!(p.len(), 1);
-        assert!(p[0].contains("unexpected top-level field `extra`"));
-    }
-
-    #[test]
-    fn register_must_come_first() {
-        let p = problems(&heartbeat(), false);
-        assert_eq!(p.len(), 1);
-        assert!(p[0].contains("heartbeat before register"));
-        let p = problems(&register(), true);
-        assert_eq!(p, ["a second register on the same connection"]);
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("abc", 5), "abc");
-    }
-}
+mod tests;
