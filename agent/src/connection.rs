@@ -226,9 +226,7 @@ impl Connection {
             metrics: snap.metrics,
             lock_hash: snap.lock_hash,
             update_status: self.state.compartments().heartbeat_view(running.is_some()),
-            source_commit: self.identity.register.source_commit.clone(),
-            store_path: self.identity.register.store_path.clone(),
-            binary_hash: self.identity.register.binary_hash.clone(),
+            freshness: self.identity.register.freshness.clone(),
         })
     }
 

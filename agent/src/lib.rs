@@ -51,9 +51,7 @@ pub fn identity(config: &Config, freshness: host::Freshness) -> Identity {
             device_type: config.device_type.clone(),
             repo_url: config.repo_url().to_string(),
             repo_dir: config.repo_dir.display().to_string(),
-            source_commit: freshness.source_commit,
-            store_path: freshness.store_path,
-            binary_hash: freshness.binary_hash,
+            freshness,
         },
     }
 }

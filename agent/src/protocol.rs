@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::Metrics;
+use crate::host::{Freshness, Metrics};
 
 /// The `register` payload: the first frame on every connection.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -36,15 +36,9 @@ pub struct Register {
     pub repo_url: String,
     /// Local path of the configuration repository.
     pub repo_dir: String,
-    /// Commit the running binary was built from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_commit: Option<String>,
-    /// Nix store path of the running binary.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub store_path: Option<String>,
-    /// SHA-256 of the running binary.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub binary_hash: Option<String>,
+    /// `source_commit`, `store_path`, `binary_hash` of the running binary.
+    #[serde(flatten)]
+    pub freshness: Freshness,
 }
 
 /// The `heartbeat` payload.
@@ -65,15 +59,9 @@ pub struct Heartbeat {
     pub lock_hash: Option<String>,
     /// The host row's compartments as the agent sees them.
     pub update_status: UpdateStatus,
-    /// As in [`Register::source_commit`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_commit: Option<String>,
-    /// As in [`Register::store_path`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub store_path: Option<String>,
-    /// As in [`Register::binary_hash`].
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub binary_hash: Option<String>,
+    /// As in [`Register::freshness`].
+    #[serde(flatten)]
+    pub freshness: Freshness,
 }
 
 /// One compartment of `update_status`: `{status, message, checked_at}`.
@@ -433,9 +421,7 @@ mod tests {
             metrics: None,
             lock_hash: None,
             update_status: UpdateStatus::default(),
-            source_commit: None,
-            store_path: None,
-            binary_hash: None,
+            freshness: Freshness::default(),
         });
         let v: serde_json::Value = serde_json::from_str(&frame.to_json()).unwrap();
         assert!(v["payload"]["pending_command"].is_null());

@@ -367,16 +367,23 @@ impl Reader {
             }
             "status" => {
                 h.stored.on_status(payload);
-                let text = |k: &str| payload.get(k).and_then(Value::as_str).unwrap_or("");
                 let exit = payload
                     .get("exit_code")
                     .and_then(Value::as_i64)
                     .unwrap_or(1);
-                st.op_status(host, text("command"), exit, text("message"))
+                st.op_status(
+                    host,
+                    &crate::hub::text(payload, "command"),
+                    exit,
+                    &crate::hub::text(payload, "message"),
+                )
             }
             "command_rejected" => {
-                let text = |k: &str| payload.get(k).and_then(Value::as_str).unwrap_or("");
-                st.op_rejected(host, text("reason"), text("current_command"));
+                st.op_rejected(
+                    host,
+                    &crate::hub::text(payload, "reason"),
+                    &crate::hub::text(payload, "current_command"),
+                );
                 None
             }
             _ => None,

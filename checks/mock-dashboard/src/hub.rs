@@ -53,17 +53,21 @@ impl Check {
         if status.is_empty() {
             return None;
         }
-        let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         Some(Check {
             status: status.to_owned(),
-            message: text("message"),
-            checked_at: text("checked_at"),
+            message: text(v, "message"),
+            checked_at: text(v, "checked_at"),
         })
     }
 
     fn is(&self, status: &str) -> bool {
         self.status == status
     }
+}
+
+/// The string field `key` of `v`, empty when missing.
+pub(crate) fn text(v: &Value, key: &str) -> String {
+    v.get(key).and_then(Value::as_str).unwrap_or("").to_owned()
 }
 
 /// The dashboard's desired state (upstream: `version.json` on the config
@@ -157,26 +161,15 @@ fn lock_from_hash(remote: &Remote, hash: &str) -> Check {
 impl Stored {
     /// `updateHost`.
     pub(crate) fn on_register(&mut self, payload: &Value) {
-        let text = |k: &str| {
-            payload
-                .get(k)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned()
-        };
-        self.agent_version = text("agent_version");
-        self.generation = text("generation");
+        self.agent_version = text(payload, "agent_version");
+        self.generation = text(payload, "generation");
         self.pending_command = None;
     }
 
     /// `handleHeartbeat` (the database part).
     pub(crate) fn on_heartbeat(&mut self, remote: Option<&Remote>, payload: &Value) {
         let us = payload.get("update_status");
-        let hash = payload
-            .get("lock_hash")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
+        let hash = text(payload, "lock_hash");
         let lock = match remote {
             Some(r) => Some(lock_from_hash(r, &hash)),
             None => Check::from_json(us.and_then(|u| u.get("lock"))),
@@ -192,11 +185,7 @@ impl Stored {
             });
         }
         let tests = Check::from_json(us.and_then(|u| u.get("tests")));
-        let generation = payload
-            .get("generation")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
+        let generation = text(payload, "generation");
         if lock.is_some() {
             self.lock = lock;
         }
@@ -215,16 +204,9 @@ impl Stored {
 
     /// `handleStatus` (the database part).
     pub(crate) fn on_status(&mut self, payload: &Value) {
-        let text = |k: &str| {
-            payload
-                .get(k)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned()
-        };
-        let command = text("command");
-        let message = text("message");
-        let generation = text("generation");
+        let command = text(payload, "command");
+        let message = text(payload, "message");
+        let generation = text(payload, "generation");
         let exit = payload
             .get("exit_code")
             .and_then(Value::as_i64)

@@ -272,11 +272,7 @@ fn check_heartbeat(f: &mut Fields<'_>) {
     }
     let map = f.map;
     if let Some(Value::Object(m)) = map.get("metrics") {
-        let mut mf = Fields {
-            kind: f.kind,
-            map: m,
-            problems: &mut *f.problems,
-        };
+        let mut mf = f.nested(m);
         mf.prefix_known("metrics", &["cpu", "ram", "swap", "load"]);
         for key in ["cpu", "ram", "swap", "load"] {
             match m.get(key) {
@@ -313,11 +309,7 @@ fn check_heartbeat(f: &mut Fields<'_>) {
     match f.map.get("update_status") {
         None => f.problem("missing field `update_status`".to_owned()),
         Some(Value::Object(m)) => {
-            let mut uf = Fields {
-                kind: f.kind,
-                map: m,
-                problems: &mut *f.problems,
-            };
+            let mut uf = f.nested(m);
             check_update_status(&mut uf);
         }
         Some(v) => f.problem(format!(
@@ -344,11 +336,7 @@ fn check_update_status(f: &mut Fields<'_>) {
             ));
             continue;
         };
-        let mut cf = Fields {
-            kind: f.kind,
-            map: m,
-            problems: &mut *f.problems,
-        };
+        let mut cf = f.nested(m);
         cf.prefix_known(
             &format!("update_status.{part}"),
             &["status", "message", "checked_at"],
@@ -416,11 +404,7 @@ fn check_operation_progress(f: &mut Fields<'_>) {
         f.problem(format!("`progress` must be an object, got {}", describe(v)));
         return;
     };
-    let mut pf = Fields {
-        kind: f.kind,
-        map: m,
-        problems: &mut *f.problems,
-    };
+    let mut pf = f.nested(m);
     pf.prefix_known("progress", &["pull", "lock", "system", "tests"]);
     if m.is_empty() {
         pf.problem("`progress` names no phase".to_owned());
@@ -433,11 +417,7 @@ fn check_operation_progress(f: &mut Fields<'_>) {
             ));
             continue;
         };
-        let mut ph = Fields {
-            kind: pf.kind,
-            map: pm,
-            problems: &mut *pf.problems,
-        };
+        let mut ph = pf.nested(pm);
         let tests = phase == "tests";
         let known: &[&str] = if tests {
             &["current", "total", "results", "status"]
@@ -567,6 +547,15 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    /// The fields of an object inside this payload, reporting into the same list.
+    fn nested<'b>(&'b mut self, map: &'b Map<String, Value>) -> Fields<'b> {
+        Fields {
+            kind: self.kind,
+            map,
+            problems: &mut *self.problems,
+        }
+    }
+
     fn problem(&mut self, message: String) {
         self.problems.push(format!("{}: {message}", self.kind));
     }
