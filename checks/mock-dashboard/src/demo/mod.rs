@@ -23,20 +23,25 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::fmt::Write as _;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::{Event, Frame, MockDashboard, Options, Violation};
+
+mod find;
+mod fixture;
+mod show;
+
+use find::absolute;
+pub use find::find_agent;
+use fixture::{LOCK_V1, LOCK_V2, REBUILD, T01, T02, git, t03, write_script};
+use show::{code, summarize, text};
 
 /// The demo host's name.
 const HOST: &str = "demo-host";
@@ -77,79 +82,6 @@ impl DemoOutcome {
     }
 }
 
-/// The agent binary: `explicit` (the `--agent` option), else
-/// `$NIXFLEET_AGENT_BIN` (when set and not empty), else `nixfleet-agent` next
-/// to the running program, else the first executable `nixfleet-agent` on
-/// `PATH`.
-///
-/// An explicit path or `$NIXFLEET_AGENT_BIN` that is not an executable file is
-/// an error (the search does not go on). The path returned is absolute. The
-/// error is one or two lines for people, ending with what to do (`cargo build`).
-pub fn find_agent(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf));
-    search_agent(
-        explicit,
-        std::env::var_os(AGENT_VAR),
-        beside.as_deref(),
-        std::env::var_os("PATH"),
-    )
-}
-
-/// [`find_agent`] with its inputs as parameters: the `--agent` value, the value
-/// of `$NIXFLEET_AGENT_BIN`, the running program's directory, and `$PATH`.
-fn search_agent(
-    explicit: Option<PathBuf>,
-    env_bin: Option<OsString>,
-    beside: Option<&Path>,
-    path_var: Option<OsString>,
-) -> Result<PathBuf, String> {
-    let named = |what: String, path: PathBuf| -> Result<PathBuf, String> {
-        if !path.is_file() {
-            Err(format!("{what}: no such file.\n{HINT}"))
-        } else if !is_executable(&path) {
-            Err(format!("{what}: not executable.\n{HINT}"))
-        } else {
-            Ok(absolute(path))
-        }
-    };
-    if let Some(path) = explicit {
-        return named(format!("--agent {}", path.display()), path);
-    }
-    if let Some(path) = env_bin.filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        return named(format!("{AGENT_VAR}={}", path.display()), path);
-    }
-    let on_path = path_var
-        .iter()
-        .flat_map(std::env::split_paths)
-        .filter(|d| !d.as_os_str().is_empty())
-        .map(|d| d.join(AGENT_NAME));
-    beside
-        .map(|d| d.join(AGENT_NAME))
-        .into_iter()
-        .chain(on_path)
-        .find(|p| is_executable(p))
-        .map(absolute)
-        .ok_or_else(|| {
-            format!(
-                "the agent binary `{AGENT_NAME}` was not found \
-                 (not next to this program, not on PATH).\n{HINT}"
-            )
-        })
-}
-
-/// `path` made absolute against the current directory (the agent is started
-/// in the demo's temporary directory, where a relative path means nothing).
-fn absolute(path: PathBuf) -> PathBuf {
-    std::path::absolute(&path).unwrap_or(path)
-}
-
-fn is_executable(p: &Path) -> bool {
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// Run the demo with the agent binary `agent`, printing the transcript to
 /// stdout as it happens; takes about 5 s with an agent that answers every
 /// step. Needs `git` and a tokio runtime with timers, I/O and processes
@@ -178,67 +110,6 @@ pub async fn run(agent: PathBuf) -> DemoOutcome {
         _ => {}
     }
     outcome
-}
-
-/// Quote for a POSIX shell.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// Write an executable script.
-fn write_script(path: &Path, text: &str) -> std::io::Result<()> {
-    std::fs::write(path, text)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-}
-
-/// Run git in `dir` with a fixed identity and without the user's configuration.
-async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "NixFleet demo")
-        .env("GIT_AUTHOR_EMAIL", "demo@nixfleet.invalid")
-        .env("GIT_COMMITTER_NAME", "NixFleet demo")
-        .env("GIT_COMMITTER_EMAIL", "demo@nixfleet.invalid")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("cannot run git (is it installed?): {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "git {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-const T01: &str =
-    "#!/bin/sh\necho 'T01 ping: reaching the configuration'\necho 'T01 ping: pong'\nexit 0\n";
-
-const T02: &str =
-    "#!/bin/sh\nfor i in 1 2 3; do\n  echo \"T02 slow: step $i of 3\"\n  sleep 0.3\ndone\nexit 0\n";
-
-const REBUILD: &str = "#!/bin/sh\necho \"$(basename \"$0\") (demo fake) $*\"\necho 'building the system configuration...'\necho 'activating the configuration...'\nexit 0\n";
-
-const LOCK_V1: &str = "{\n  \"nodes\": {\n    \"nixpkgs\": {\n      \"locked\": {\"rev\": \"abc1234\", \"type\": \"github\"}\n    },\n    \"root\": {\"inputs\": {\"nixpkgs\": \"nixpkgs\"}}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";
-
-const LOCK_V2: &str = "{\n  \"nodes\": {\n    \"nixpkgs\": {\n      \"locked\": {\"rev\": \"def5678\", \"type\": \"github\"}\n    },\n    \"root\": {\"inputs\": {\"nixpkgs\": \"nixpkgs\"}}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";
-
-/// T03 runs long only once the flag file exists, so that the first test run stays short.
-fn t03(flag: &Path) -> String {
-    let flag = sh_quote(&flag.to_string_lossy());
-    format!(
-        "#!/bin/sh\n\
-         if [ ! -e {flag} ]; then\n  echo 'T03 long: quick this time'\n  exit 0\nfi\n\
-         i=1\n\
-         while [ $i -le 30 ]; do\n  echo \"T03 long: still running ($i s)\"\n  sleep 1\n  i=$((i + 1))\ndone\n\
-         exit 0\n"
-    )
 }
 
 /// Something recorded by the dashboard, in sequence order.
@@ -933,10 +804,6 @@ fn shows_work(item: &Item) -> bool {
     }
 }
 
-fn code(c: Option<u16>) -> String {
-    c.map_or("-".to_owned(), |c| c.to_string())
-}
-
 /// Send a signal with kill(1).
 async fn signal(pid: u32, name: &str) {
     let result = Command::new("kill")
@@ -959,285 +826,9 @@ async fn echo_lines(stream: impl tokio::io::AsyncRead + Unpin) {
     }
 }
 
-/// Cut to `max` characters.
-fn short(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-        out.push('…');
-        out
-    }
-}
-
-fn text<'a>(p: &'a Value, key: &str) -> &'a str {
-    p[key].as_str().unwrap_or("?")
-}
-
-/// A commit as `git log --oneline` shows it.
-fn generation(p: &Value) -> String {
-    text(p, "generation").chars().take(7).collect()
-}
-
-/// One line about a frame.
-fn summarize(kind: &str, p: &Value) -> String {
-    let mut s = String::new();
-    // Writing to a String cannot fail.
-    let _ = match kind {
-        "register" => write!(
-            s,
-            "hostname={} {} agent={} os={} gen={} interval={}s location={} device={}",
-            text(p, "hostname"),
-            text(p, "host_type"),
-            text(p, "agent_version"),
-            text(p, "os_version"),
-            generation(p),
-            p["heartbeat_interval"],
-            text(p, "location"),
-            text(p, "device_type"),
-        ),
-        "heartbeat" => {
-            let metrics = match &p["metrics"] {
-                Value::Object(m) => {
-                    let num = |k: &str| m.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-                    format!(
-                        "cpu={:.1}% ram={:.1}% load={:.2}",
-                        num("cpu"),
-                        num("ram"),
-                        num("load")
-                    )
-                }
-                _ => "metrics=null".to_owned(),
-            };
-            let pending = match (p["pending_command"].as_str(), p["command_pid"].as_i64()) {
-                (Some(c), Some(pid)) => format!("{c} (pid {pid})"),
-                (Some(c), None) => c.to_owned(),
-                _ => "-".to_owned(),
-            };
-            write!(s, "gen={} {metrics} pending={pending}", generation(p))
-        }
-        "output" => write!(
-            s,
-            "[{}{}] {}",
-            text(p, "command"),
-            if p["stream"] == "stderr" {
-                ", stderr"
-            } else {
-                ""
-            },
-            short(text(p, "line"), 100)
-        ),
-        "status" => write!(
-            s,
-            "{} {} exit={} gen={} {:?}",
-            text(p, "command"),
-            text(p, "status"),
-            p["exit_code"],
-            generation(p),
-            short(text(p, "message"), 80)
-        ),
-        "command_rejected" => write!(
-            s,
-            "{}: busy with {} (pid {})",
-            text(p, "reason"),
-            text(p, "current_command"),
-            p["current_pid"]
-        ),
-        "test_progress" => write!(
-            s,
-            "{}/{} done, {} passed, {}: {}",
-            p["current"],
-            p["total"],
-            p["passed"],
-            if p["running"] == true {
-                "running"
-            } else {
-                "finished"
-            },
-            short(text(p, "result"), 60)
-        ),
-        _ => write!(s, "{}", short(&p.to_string(), 100)),
-    };
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-    use std::sync::atomic::AtomicU32;
-
-    /// A directory under the system's temp dir, removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Scratch {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "mock-dash-find-{name}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&dir).expect("scratch dir");
-            Scratch(dir)
-        }
-
-        /// `<scratch>/<dir>/nixfleet-agent`, executable or not.
-        fn agent(&self, dir: &str, executable: bool) -> PathBuf {
-            let d = self.0.join(dir);
-            std::fs::create_dir_all(&d).expect("dir");
-            let p = d.join(AGENT_NAME);
-            std::fs::write(&p, "#!/bin/sh\n").expect("write");
-            let mode = if executable { 0o755 } else { 0o644 };
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-            p
-        }
-
-        fn dir(&self, dir: &str) -> PathBuf {
-            self.0.join(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            std::fs::remove_dir_all(&self.0).ok();
-        }
-    }
-
-    fn path_of(dirs: &[PathBuf]) -> Option<OsString> {
-        Some(std::env::join_paths(dirs).expect("join"))
-    }
-
-    #[test]
-    fn explicit_path_comes_first_and_must_exist() {
-        let s = Scratch::new("explicit");
-        let explicit = s.agent("explicit", true);
-        let env = s.agent("env", true);
-        s.agent("beside", true);
-        s.agent("path", true);
-        let path = path_of(&[s.dir("path")]);
-        let found = search_agent(
-            Some(explicit.clone()),
-            Some(env.clone().into()),
-            Some(&s.dir("beside")),
-            path.clone(),
-        );
-        assert_eq!(found, Ok(explicit));
-        // A missing explicit path is an error, however many agents are elsewhere.
-        let missing = s.dir("nowhere").join(AGENT_NAME);
-        let err = search_agent(
-            Some(missing.clone()),
-            Some(env.into()),
-            Some(&s.dir("beside")),
-            path.clone(),
-        )
-        .expect_err("missing");
-        assert!(err.contains(&format!("--agent {}: no such file", missing.display())));
-        assert!(err.contains("cargo build"), "{err}");
-        // So is one that is not executable.
-        let plain = s.agent("plain", false);
-        let err = search_agent(Some(plain), None, Some(&s.dir("beside")), path)
-            .expect_err("not executable");
-        assert!(err.contains("not executable"), "{err}");
-    }
-
-    #[test]
-    fn the_variable_comes_before_the_program_dir_and_path() {
-        let s = Scratch::new("env");
-        let env = s.agent("env", true);
-        s.agent("beside", true);
-        s.agent("path", true);
-        let path = path_of(&[s.dir("path")]);
-        let found = search_agent(
-            None,
-            Some(env.clone().into()),
-            Some(&s.dir("beside")),
-            path.clone(),
-        );
-        assert_eq!(found, Ok(env));
-        let missing = s.dir("nowhere").join(AGENT_NAME);
-        let err = search_agent(
-            None,
-            Some(missing.into()),
-            Some(&s.dir("beside")),
-            path.clone(),
-        )
-        .expect_err("missing");
-        assert!(err.starts_with("NIXFLEET_AGENT_BIN="), "{err}");
-        assert!(err.contains("cargo build"), "{err}");
-        // Empty means unset.
-        let found = search_agent(None, Some(OsString::new()), Some(&s.dir("beside")), path);
-        assert_eq!(found, Ok(s.dir("beside").join(AGENT_NAME)));
-    }
-
-    #[test]
-    fn the_program_dir_comes_before_path_and_path_goes_in_order() {
-        let s = Scratch::new("order");
-        let beside = s.agent("beside", true);
-        s.agent("plain", false);
-        let second = s.agent("second", true);
-        s.agent("third", true);
-        let path = path_of(&[
-            s.dir("missing"),
-            s.dir("plain"),
-            s.dir("second"),
-            s.dir("third"),
-        ]);
-        assert_eq!(
-            search_agent(None, None, Some(&s.dir("beside")), path.clone()),
-            Ok(beside)
-        );
-        // Nothing next to the program (or not executable there): the first
-        // executable one on PATH.
-        assert_eq!(
-            search_agent(None, None, Some(&s.dir("missing")), path.clone()),
-            Ok(second.clone())
-        );
-        assert_eq!(
-            search_agent(None, None, Some(&s.dir("plain")), path.clone()),
-            Ok(second.clone())
-        );
-        assert_eq!(search_agent(None, None, None, path), Ok(second));
-    }
-
-    #[test]
-    fn nowhere_gives_the_hint() {
-        let s = Scratch::new("nowhere");
-        s.agent("plain", false);
-        let err = search_agent(
-            None,
-            None,
-            Some(&s.dir("missing")),
-            path_of(&[s.dir("plain"), s.dir("missing")]),
-        )
-        .expect_err("not found");
-        assert!(err.contains("`nixfleet-agent` was not found"), "{err}");
-        assert!(err.contains("cargo build"), "{err}");
-        assert!(search_agent(None, None, None, None).is_err());
-    }
-
-    #[test]
-    fn found_paths_are_absolute() {
-        // The agent runs in the demo's directory, so `--agent target/debug/…`
-        // must not stay relative.
-        let cwd = std::env::current_dir().expect("cwd");
-        let s = Scratch::new("relative");
-        let agent = s.agent("rel", true);
-        let relative: PathBuf = match agent.strip_prefix(&cwd) {
-            Ok(r) => r.to_path_buf(),
-            // The temp dir is not below the current directory: go up to `/`.
-            Err(_) => cwd
-                .components()
-                .skip(1)
-                .map(|_| Path::new(".."))
-                .collect::<PathBuf>()
-                .join(agent.strip_prefix("/").expect("absolute temp dir")),
-        };
-        assert!(relative.is_relative());
-        let found = search_agent(Some(relative), None, None, None).expect("found");
-        assert!(found.is_absolute(), "{}", found.display());
-        assert!(is_executable(&found));
-    }
 
     #[test]
     fn outcome_success() {
@@ -1267,45 +858,5 @@ mod tests {
     fn the_demo_future_is_send() {
         fn send<T: Send>(_: &T) {}
         send(&run(PathBuf::from("/nonexistent")));
-    }
-
-    #[test]
-    fn summaries() {
-        let hb = json!({"generation": "abcdef0123", "nixpkgs_version": "x",
-            "pending_command": "test", "command_pid": 42,
-            "metrics": {"cpu": 3.04, "ram": 40, "swap": 0, "load": 0.5}});
-        assert_eq!(
-            summarize("heartbeat", &hb),
-            "gen=abcdef0 cpu=3.0% ram=40.0% load=0.50 pending=test (pid 42)"
-        );
-        let idle = json!({"generation": "abc1234", "pending_command": null, "command_pid": null, "metrics": null});
-        assert_eq!(
-            summarize("heartbeat", &idle),
-            "gen=abc1234 metrics=null pending=-"
-        );
-        let out = json!({"line": "hello", "stream": "stderr", "command": "test", "is_error": true});
-        assert_eq!(summarize("output", &out), "[test, stderr] hello");
-        let st = json!({"status": "ok", "command": "pull", "exit_code": 0, "message": "Pull: Updated to abc1234", "generation": "abc1234"});
-        assert_eq!(
-            summarize("status", &st),
-            "pull ok exit=0 gen=abc1234 \"Pull: Updated to abc1234\""
-        );
-        let tp =
-            json!({"current": 2, "total": 3, "passed": 2, "running": true, "result": "T02 passed"});
-        assert_eq!(
-            summarize("test_progress", &tp),
-            "2/3 done, 2 passed, running: T02 passed"
-        );
-        assert_eq!(summarize("weird", &json!({"a": 1})), "{\"a\":1}");
-        // Missing fields do not break the transcript.
-        assert_eq!(summarize("status", &json!({})), "? ? exit=null gen=? \"?\"");
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(sh_quote("/tmp/a b"), "'/tmp/a b'");
-        assert_eq!(sh_quote("it's"), r"'it'\''s'");
-        assert!(t03(Path::new("/tmp/x y/flag")).contains("[ ! -e '/tmp/x y/flag' ]"));
-        assert_eq!(short("abcdef", 4), "abc…");
     }
 }

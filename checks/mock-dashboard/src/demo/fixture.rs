@@ -1,0 +1,82 @@
+//! The demo's throw-away configuration repository: test scripts, fake
+//! rebuild tools, two `flake.lock`s, and git without the user's configuration.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+/// Quote for a POSIX shell.
+pub(super) fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Write an executable script.
+pub(super) fn write_script(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+}
+
+/// Run git in `dir` with a fixed identity and without the user's configuration.
+pub(super) async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "NixFleet demo")
+        .env("GIT_AUTHOR_EMAIL", "demo@nixfleet.invalid")
+        .env("GIT_COMMITTER_NAME", "NixFleet demo")
+        .env("GIT_COMMITTER_EMAIL", "demo@nixfleet.invalid")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run git (is it installed?): {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+pub(super) const T01: &str =
+    "#!/bin/sh\necho 'T01 ping: reaching the configuration'\necho 'T01 ping: pong'\nexit 0\n";
+
+pub(super) const T02: &str =
+    "#!/bin/sh\nfor i in 1 2 3; do\n  echo \"T02 slow: step $i of 3\"\n  sleep 0.3\ndone\nexit 0\n";
+
+pub(super) const REBUILD: &str = "#!/bin/sh\necho \"$(basename \"$0\") (demo fake) $*\"\necho 'building the system configuration...'\necho 'activating the configuration...'\nexit 0\n";
+
+pub(super) const LOCK_V1: &str = "{\n  \"nodes\": {\n    \"nixpkgs\": {\n      \"locked\": {\"rev\": \"abc1234\", \"type\": \"github\"}\n    },\n    \"root\": {\"inputs\": {\"nixpkgs\": \"nixpkgs\"}}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";
+
+pub(super) const LOCK_V2: &str = "{\n  \"nodes\": {\n    \"nixpkgs\": {\n      \"locked\": {\"rev\": \"def5678\", \"type\": \"github\"}\n    },\n    \"root\": {\"inputs\": {\"nixpkgs\": \"nixpkgs\"}}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";
+
+/// T03 runs long only once the flag file exists, so that the first test run stays short.
+pub(super) fn t03(flag: &Path) -> String {
+    let flag = sh_quote(&flag.to_string_lossy());
+    format!(
+        "#!/bin/sh\n\
+         if [ ! -e {flag} ]; then\n  echo 'T03 long: quick this time'\n  exit 0\nfi\n\
+         i=1\n\
+         while [ $i -le 30 ]; do\n  echo \"T03 long: still running ($i s)\"\n  sleep 1\n  i=$((i + 1))\ndone\n\
+         exit 0\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(sh_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(sh_quote("it's"), r"'it'\''s'");
+        assert!(t03(Path::new("/tmp/x y/flag")).contains("[ ! -e '/tmp/x y/flag' ]"));
+        assert_eq!(super::super::show::short("abcdef", 4), "abc…");
+    }
+}
