@@ -83,11 +83,6 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         let snapshot = heartbeat::read_snapshot(&cfg, &mut metrics);
         let identity = identity(&cfg, host::binary_freshness());
         let store = compartments::Store::load(&cfg.state_dir);
-        let env = commands::ChildEnv::from_process(&cfg.state_dir, cfg.ssh_key.as_deref());
-        store.set(
-            compartments::Part::Lock,
-            compartments::measure_lock(&cfg.repo_dir, env.vars()),
-        );
         (snapshot, identity, metrics, store)
     });
     let (snapshot, identity, metrics, store) = match first.await {
@@ -161,5 +156,9 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         }
     };
     commands.shutdown().await;
+    let compartments = state.compartments().clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || compartments.flush()).await {
+        tracing::warn!("writing the compartments on exit failed: {e}");
+    }
     stop.code
 }

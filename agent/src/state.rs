@@ -114,6 +114,12 @@ impl AgentState {
         });
     }
 
+    /// Updates the `flake.lock` hash at once (after a pull), without waiting
+    /// for the refresher.
+    pub fn set_lock_hash(&self, lock_hash: Option<String>) {
+        self.snapshot.send_modify(|s| s.lock_hash = lock_hash);
+    }
+
     /// Asks the refresher to re-read the host's facts now.
     pub fn request_refresh(&self) {
         self.refresh.notify_one();

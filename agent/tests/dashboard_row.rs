@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use nixfleet_mock_dashboard::{MockDashboard, Options};
+use nixfleet_mock_dashboard::{MockDashboard, Options, Remote};
 use serde_json::Value;
 
 const HOST: &str = "rowhost";
@@ -115,19 +115,22 @@ async fn a_heartbeat_follows_every_status_at_once() {
     let fx = Fixture::new();
     let fakes = Fakes::new(&fx);
     // an hour between periodic heartbeats: any later one is the status rule's
-    let _a = agent(&dash, &fx, &fakes)
+    let a = agent(&dash, &fx, &fakes)
         .env("NIXFLEET_INTERVAL", "3600")
         .spawn();
     let (_, reg) = wait_register(&dash, HOST, 0).await;
     let (first, hb) = heartbeat_where(&dash, reg, "the first", |_| true).await;
-    assert_eq!(part(&hb, "lock"), "ok", "{hb}");
     assert_eq!(hb["update_status"]["git"]["status"], "");
+    // the Lock measured at start (off the path to register) is written once known
+    assert!(a.log.wait_for("compartments written", WAIT).await);
     for command in ["no-such-command", "test", "stop"] {
         let before = dash.last_seq();
         dash.send_command(HOST, command).await.expect("send");
         let (st, _) = status_after(&dash, before).await;
-        let (beat, _) = heartbeat_where(&dash, st, "the one after the status", |_| true).await;
+        let (beat, hb) = heartbeat_where(&dash, st, "the one after the status", |_| true).await;
         assert!(beat > st && st > first);
+        // measured at start, off the path to register
+        assert_eq!(part(&hb, "lock"), "ok", "{hb}");
     }
     assert_no_violations(&dash);
 }
@@ -215,13 +218,14 @@ async fn pull_switch_test_through_the_lifecycle_with_the_right_compartments() {
         Some(&Value::from("complete"))
     );
     // the service manager starts the agent again
+    let seen = dash.last_seq();
     let _b = isolated(&dash).spawn();
+    let (_, reg) = wait_register(&dash, HOST, seen).await;
     let op = dash.wait_op(&id, WAIT).await.expect("op");
     assert_eq!(op.status, "SUCCESS", "{op:?}");
-    let (_, hb) = heartbeat_where(&dash, before, "System ok after the restart", |hb| {
-        part(hb, "system") == "ok"
-    })
-    .await;
+    // the new process's very first heartbeat already knows (persisted on exit)
+    let (_, hb) = heartbeat_where(&dash, reg, "the first after the restart", |_| true).await;
+    assert_eq!(part(&hb, "system"), "ok", "{hb}");
     assert_eq!(part(&hb, "tests"), "outdated", "{hb}");
 
     // Test: Tests working while it runs, then ok
@@ -320,6 +324,9 @@ async fn a_failed_switch_is_a_system_error() {
         .await
         .expect("op");
     assert_eq!(op.status, "ERROR", "{op:?}");
+    // the hub stores the status's message first, then the heartbeat's System
+    let (st, _) = status_after(&dash, 0).await;
+    heartbeat_where(&dash, st, "the one after the status", |_| true).await;
     let info = dash.host(HOST).expect("host");
     assert_eq!(info.stored.system.status, "error");
     assert_eq!(info.stored.system.message, "Switch failed (exit 1)");
@@ -368,5 +375,49 @@ async fn compartments_survive_a_restart_and_a_corrupt_file_is_replaced() {
     let (_, hb) = heartbeat_where(&dash, reg, "the first after the corruption", |_| true).await;
     assert_eq!(part(&hb, "tests"), "unknown");
     assert!(c.log.wait_for("ignoring the compartments file", WAIT).await);
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
+async fn a_pull_succeeds_against_a_version_tracking_dashboard() {
+    // With a desired state, the hub takes Lock from `lock_hash` and runs the
+    // pull's post-check (Lock ok) at the heartbeat right after the status:
+    // that heartbeat must carry the pulled flake.lock's hash.
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let bare = bare_origin(&fx);
+    let _a = agent(&dash, &fx, &fakes)
+        .without("NIXFLEET_REPO_DIR")
+        .env("NIXFLEET_REPO_URL", bare.to_str().unwrap())
+        .spawn();
+    heartbeat_where(&dash, 0, "the clone", |hb| {
+        hb["generation"] == fx.head.as_str()
+    })
+    .await;
+    std::fs::write(
+        fx.repo.join("flake.lock"),
+        "{\"nodes\":{\"n\":{}},\"version\":7}\n",
+    )
+    .expect("write");
+    let new = commit_file(&fx.repo, "hosts/rowhost/x.nix", "{ }\n");
+    git(&fx.repo, &["push", "-q", "origin", "main"]);
+    dash.set_remote(Some(Remote {
+        commit: new.clone(),
+        lock_hash: sha256_file(&fx.repo.join("flake.lock")),
+    }));
+    let d = dash.dispatch(HOST, "pull", false);
+    assert_eq!(d.status, "EXECUTING", "{d:?}");
+    let op = dash
+        .wait_op(d.command_id.as_deref().unwrap(), WAIT)
+        .await
+        .expect("op");
+    assert_eq!(op.status, "SUCCESS", "{op:?}");
+    let row = dash.host(HOST).expect("host").row;
+    assert_eq!(
+        (row.git.status.as_str(), row.lock.status.as_str()),
+        ("ok", "ok"),
+        "{row:?}"
+    );
     assert_no_violations(&dash);
 }

@@ -778,6 +778,15 @@ impl Run {
                 if after != before {
                     row.pulled_new_commit();
                 }
+                // The heartbeat right after the status must carry the new
+                // lock hash and Lock: a hub with version tracking runs the
+                // pull's post-check (Lock ok) on that heartbeat.
+                let repo = self.inner().config.repo_dir.clone();
+                if let Ok(hash) =
+                    tokio::task::spawn_blocking(move || host::flake_lock_hash(&repo)).await
+                {
+                    self.inner().state.set_lock_hash(hash);
+                }
                 self.commands.refresh_lock().await;
             }
             Err(_) => row.end(Phase::Pull, PhaseEnd::Failed),

@@ -4,9 +4,10 @@
 //!
 //! - **Lock**: the age of the last commit that touched `flake.lock` (≤ 7 whole
 //!   days `ok`, older `outdated`, no history `unknown`), measured with
-//!   `git log` on the blocking pool: before the first `register`, every
-//!   [`LOCK_INTERVAL`] ([`lock_loop`]), and by [`refresh_lock`] before the
-//!   status of a pull or a switch.
+//!   `git log` on the blocking pool: at start (alongside the first
+//!   connection, so that `register` never waits for git; the first heartbeat
+//!   carries the persisted value), every [`LOCK_INTERVAL`] ([`lock_loop`]),
+//!   and by [`refresh_lock`] before the status of a pull.
 //! - **System** and **Tests**: set by the commands (the transition table in
 //!   protocol.md): `working` while a switch or a test runs, `outdated` after a
 //!   pull that moved HEAD, `ok`/`error` after a switch or a test, Tests
@@ -449,6 +450,13 @@ impl Store {
         self.writes.load(Ordering::Relaxed)
     }
 
+    /// Writes the compartments now (blocking): on the way out, so that the
+    /// transitions just before an exit (a switch's `ok` before exit 101)
+    /// reach the next process.
+    pub fn flush(&self) {
+        self.write_now();
+    }
+
     fn write_now(&self) {
         let Some(path) = &self.path else {
             return;
@@ -517,7 +525,7 @@ pub async fn persist_loop(store: std::sync::Arc<Store>) {
     }
 }
 
-/// Measures the lock age at start, every [`LOCK_INTERVAL`] and when asked.
+/// Measures the lock age at once, then every [`LOCK_INTERVAL`] and when asked.
 pub async fn lock_loop(
     store: std::sync::Arc<Store>,
     repo: PathBuf,
@@ -525,11 +533,11 @@ pub async fn lock_loop(
 ) {
     let env = std::sync::Arc::new(env);
     loop {
+        refresh_lock(&store, &repo, &env).await;
         tokio::select! {
             _ = tokio::time::sleep(LOCK_INTERVAL) => {}
             _ = store.lock_asked.notified() => {}
         }
-        refresh_lock(&store, &repo, &env).await;
     }
 }
 

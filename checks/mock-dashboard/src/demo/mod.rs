@@ -23,24 +23,24 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tokio::sync::watch;
 
-use crate::{Event, Frame, MockDashboard, Options, Violation};
+use crate::{Event, Frame, MockDashboard, Op, Options, Violation};
 
 mod find;
 mod fixture;
+mod process;
 mod show;
 
 use find::absolute;
 pub use find::find_agent;
 use fixture::{LOCK_V1, LOCK_V2, REBUILD, T01, T02, git, t03, write_script};
+use process::{Exit, Launch, signal};
 use show::{code, summarize, text};
 
 /// The demo host's name.
@@ -143,15 +143,6 @@ impl Item {
     }
 }
 
-/// How the agent process ended.
-#[derive(Clone)]
-struct Exit {
-    /// As `ExitStatus` shows it, e.g. "exit status: 0".
-    how: String,
-    /// Exit status 0.
-    success: bool,
-}
-
 struct Demo {
     dash: MockDashboard,
     repo: PathBuf,
@@ -162,6 +153,8 @@ struct Demo {
     pid: Option<u32>,
     /// `Some` once the agent exited.
     exited: watch::Receiver<Option<Exit>>,
+    /// How to start the agent (again, after a switch).
+    launch: Launch,
     /// Why the last wait or send came back empty-handed.
     last_miss: Option<String>,
     /// See [`DemoOutcome::unanswered`].
@@ -213,71 +206,39 @@ impl Demo {
         let dash = MockDashboard::start(Options::default())
             .await
             .map_err(|e| format!("starting the dashboard: {e}"))?;
-        let mut cmd = Command::new(&agent);
-        // Nothing from the caller's own agent setup may leak in.
-        for (name, _) in std::env::vars_os() {
-            let n = name.to_string_lossy();
-            if n.starts_with("NIXFLEET_")
-                || matches!(
-                    n.as_ref(),
-                    "CREDENTIALS_DIRECTORY"
-                        | "STATE_DIRECTORY"
-                        | "LOGS_DIRECTORY"
-                        | "JOURNAL_STREAM"
-                )
-            {
-                cmd.env_remove(&name);
-            }
-        }
-        cmd.env("NIXFLEET_URL", dash.ws_url())
-            .env("NIXFLEET_TOKEN", crate::DEFAULT_TOKEN)
-            .env("NIXFLEET_REPO_URL", &repo)
-            .env("NIXFLEET_REPO_DIR", dir.join("clone"))
-            .env("NIXFLEET_STATE_DIR", dir.join("state"))
-            .env("NIXFLEET_HOSTNAME", HOST)
-            .env("NIXFLEET_INTERVAL", "1")
-            .env("NIXFLEET_STOP_GRACE_MS", "2000")
-            .env("NIXFLEET_LOG_LEVEL", "warn")
-            .env("PATH", path)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
-            Ok(child) => child,
+        let env: Vec<(String, OsString)> = [
+            ("NIXFLEET_URL", OsString::from(dash.ws_url())),
+            ("NIXFLEET_TOKEN", OsString::from(crate::DEFAULT_TOKEN)),
+            ("NIXFLEET_REPO_URL", repo.clone().into_os_string()),
+            ("NIXFLEET_REPO_DIR", dir.join("clone").into_os_string()),
+            ("NIXFLEET_STATE_DIR", dir.join("state").into_os_string()),
+            ("NIXFLEET_HOSTNAME", OsString::from(HOST)),
+            ("NIXFLEET_INTERVAL", OsString::from("1")),
+            ("NIXFLEET_STOP_GRACE_MS", OsString::from("2000")),
+            ("NIXFLEET_LOG_LEVEL", OsString::from("warn")),
+            ("PATH", path),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let launch = Launch {
+            agent,
+            dir: dir.to_path_buf(),
+            env,
+        };
+        let process = match launch.start() {
+            Ok(p) => p,
             Err(e) => {
                 dash.shutdown().await;
-                return Err(format!("starting {}: {e}", agent.display()));
+                return Err(e);
             }
         };
-        let pid = child.id();
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(echo_lines(out));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(echo_lines(err));
-        }
-        let (exit_tx, exited) = watch::channel(None);
-        tokio::spawn(async move {
-            let exit = match child.wait().await {
-                Ok(status) => Exit {
-                    how: status.to_string(),
-                    success: status.success(),
-                },
-                Err(e) => Exit {
-                    how: format!("unknown ({e})"),
-                    success: false,
-                },
-            };
-            exit_tx.send_replace(Some(exit));
-        });
-
+        let pid = process.pid;
         println!("NixFleet demo: the agent against a mock dashboard");
         println!("  dashboard      {}", dash.ws_url());
         println!(
             "  agent          {} (pid {})",
-            agent.display(),
+            launch.agent().display(),
             pid.map_or("?".into(), |p| p.to_string())
         );
         println!("  config repo    {} (commit {first})", repo.display());
@@ -292,7 +253,8 @@ impl Demo {
             t0: Instant::now(),
             cursor: 0,
             pid,
-            exited,
+            exited: process.exited,
+            launch,
             last_miss: None,
             unanswered: Vec::new(),
             setup_error: None,
@@ -306,18 +268,19 @@ impl Demo {
             .wait_for(Duration::from_secs(20), |i| i.event("connected").is_some())
             .await;
         if connected.is_some() {
-            self.steps_2_to_5().await;
+            self.show_row();
+            self.steps_2_to_7().await;
         } else {
             self.missed("1. register: the agent did not register");
         }
-        self.step("6. SIGTERM: the agent says goodbye");
+        self.step("8. SIGTERM: the agent says goodbye");
         self.terminate().await;
         let outcome = self.summary();
         self.dash.clone().shutdown().await;
         outcome
     }
 
-    async fn steps_2_to_5(&mut self) {
+    async fn steps_2_to_7(&mut self) {
         self.step("2. heartbeats, every second");
         let mut beats = 0;
         let three = self
@@ -330,22 +293,19 @@ impl Demo {
             self.missed(&format!("2. heartbeats: {beats} of 3"));
         }
 
-        self.step("3. pull: a new commit in the configuration repository");
+        self.step("3. pull (dispatched as the UI does): a new commit in the repository");
         match self.push_commit().await {
             Ok(commit) => {
                 self.note(&format!(
-                    "committed {commit} (adds T03-long.sh, updates flake.lock)"
+                    "committed {commit} (adds T03-long.sh, updates flake.lock); the dashboard's desired state is now {commit}"
                 ));
-                if let Some(status) = self.command_and_status("3.", "pull", 20, |_| ()).await {
-                    self.expect_ok("3. pull", &status);
+                self.show_row();
+                if let Some(status) = self.operation("3.", "pull", 20).await {
                     let generation = text(&status.payload, "generation");
                     let n = generation.len().min(commit.len());
-                    if !generation.is_empty()
-                        && generation.get(..n).is_some_and(|g| commit.starts_with(g))
+                    if generation.is_empty()
+                        || !generation.get(..n).is_some_and(|g| commit.starts_with(g))
                     {
-                        self.note(&format!("the agent is now on {commit}"));
-                    } else {
-                        self.note(&format!("expected generation {commit}, got {generation:?}"));
                         self.missed(&format!(
                             "3. pull: the status has generation {generation:?}, expected {commit}"
                         ));
@@ -358,27 +318,59 @@ impl Demo {
             }
         }
 
-        self.step("4. test: the host's test scripts, with progress");
+        self.step("4. switch (dispatched): activate it; the agent restarts on the new system");
+        self.switch_and_restart().await;
+
+        self.step("5. test (dispatched): the host's test scripts, with progress");
         let mut progress = 0;
+        let mut dots = 0;
         let status = self
-            .command_and_status("4.", "test", 20, |i| {
+            .operation_with("5.", "test", 20, |i| {
                 progress += usize::from(i.frame("test_progress").is_some());
+                dots += usize::from(i.frame("operation_progress").is_some());
             })
             .await;
-        if let Some(status) = status {
-            self.expect_ok("4. test", &status);
-            if progress == 0 {
-                self.missed("4. test: no `test_progress` before the status");
-            }
+        if status.is_some() && (progress == 0 || dots == 0) {
+            self.missed("5. test: no `test_progress` or `operation_progress` before the status");
         }
 
-        self.step("5. a long test run, stopped by the dashboard");
+        self.step("6. the host row now");
+        self.show_row();
+        let expected = [
+            ("agent", "ok"),
+            ("git", "ok"),
+            ("lock", "ok"),
+            ("system", "ok"),
+            ("tests", "ok"),
+        ];
+        match self.dash.host(HOST) {
+            Some(h) => {
+                let row = [
+                    &h.row.agent,
+                    &h.row.git,
+                    &h.row.lock,
+                    &h.row.system,
+                    &h.row.tests,
+                ];
+                for ((name, want), got) in expected.iter().zip(row) {
+                    if got.status != *want {
+                        self.missed(&format!(
+                            "6. row: {name} is {}, expected {want}",
+                            got.status
+                        ));
+                    }
+                }
+            }
+            None => self.missed("6. row: the dashboard does not know the host"),
+        }
+
+        self.step("7. a long test run, stopped by the dashboard");
         if let Err(e) = std::fs::write(&self.flag, "") {
             self.note(&format!("cannot make T03 long: {e}"));
             self.setup_failed(format!("making T03 long failed: {e}"));
         }
         if !self.send("test").await {
-            self.missed("5. test: the command was not sent");
+            self.missed("7. test: the command was not sent");
             return;
         }
         let long_line = self
@@ -391,11 +383,11 @@ impl Demo {
             })
             .await;
         if long_line.is_none() {
-            self.missed("5. test: no output line of the long T03");
+            self.missed("7. test: no output line of the long T03");
             return;
         }
         if !self.send("stop").await {
-            self.missed("5. stop: the command was not sent");
+            self.missed("7. stop: the command was not sent");
             return;
         }
         let status = self
@@ -411,12 +403,193 @@ impl Demo {
                     f.payload["status"]
                 ));
                 self.missed(&format!(
-                    "5. stop: the status is {}, expected \"stopped\"",
+                    "7. stop: the status is {}, expected \"stopped\"",
                     f.payload["status"]
                 ));
             }
-            _ => self.missed("5. stop: no `status` after stop"),
+            _ => self.missed("7. stop: no `status` after stop"),
         }
+    }
+
+    /// Dispatch `op` as the UI does and follow it: its `status`, then the
+    /// operation to its end. Returns the status frame when the operation
+    /// succeeded.
+    async fn operation(&mut self, step: &str, op: &str, timeout_s: u64) -> Option<Frame> {
+        self.operation_with(step, op, timeout_s, |_| ()).await
+    }
+
+    /// [`operation`](Self::operation), showing every item on the way to `seen`.
+    async fn operation_with(
+        &mut self,
+        step: &str,
+        op: &str,
+        timeout_s: u64,
+        seen: impl FnMut(&Item),
+    ) -> Option<Frame> {
+        let id = self.dispatch(step, op)?;
+        let status = self.answer(step, op, timeout_s, seen).await?;
+        self.expect_ok(&format!("{step} {op}"), &status);
+        let done = self.op_end(step, &id, timeout_s).await?;
+        (done.status == "SUCCESS").then_some(status)
+    }
+
+    /// Dispatch `op`; its id, or `None` (recorded) when it was not sent.
+    fn dispatch(&mut self, step: &str, op: &str) -> Option<String> {
+        self.drain();
+        self.last_miss = None;
+        let d = self.dash.dispatch(HOST, op, false);
+        match (&d.command_id, d.status.as_str()) {
+            (Some(id), "EXECUTING") => {
+                self.line(
+                    "→",
+                    "command",
+                    &format!("{op}   (operation {id}: EXECUTING)"),
+                );
+                Some(id.clone())
+            }
+            _ => {
+                let why = d.message.unwrap_or_default();
+                self.note(&format!(
+                    "the dashboard did not send {op}: {} {why}",
+                    d.status
+                ));
+                self.missed(&format!("{step} {op}: {} ({why})", d.status));
+                None
+            }
+        }
+    }
+
+    /// Wait for the agent's `status` for `command`.
+    async fn answer(
+        &mut self,
+        step: &str,
+        command: &str,
+        timeout_s: u64,
+        mut seen: impl FnMut(&Item),
+    ) -> Option<Frame> {
+        let item = self
+            .wait_for_answer(Duration::from_secs(timeout_s), |i| {
+                seen(i);
+                i.frame("status")
+                    .is_some_and(|f| f.payload["command"] == command)
+            })
+            .await;
+        match item {
+            Some(Item::Frame(f)) => Some(f),
+            _ => {
+                self.missed(&format!("{step} {command}: no `status` for {command}"));
+                None
+            }
+        }
+    }
+
+    /// Wait for operation `id` to end (the hub ends most at the heartbeat
+    /// after their status); print and return it.
+    async fn op_end(&mut self, step: &str, id: &str, timeout_s: u64) -> Option<Op> {
+        let dash = self.dash.clone();
+        let ended = move || dash.op(id).is_some_and(|o| o.is_terminal());
+        let done = ended()
+            || self
+                .wait_for(Duration::from_secs(timeout_s), |_| ended())
+                .await
+                .is_some();
+        let op = self.dash.op(id);
+        match (&op, done) {
+            (Some(o), true) => {
+                let why = o
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                self.note(&format!("operation {id} {}: {}{why}", o.op, o.status));
+                self.show_row();
+                if o.status != "SUCCESS" {
+                    self.missed(&format!("{step} {}: operation {}{why}", o.op, o.status));
+                }
+            }
+            _ => self.missed(&format!(
+                "{step}: operation {id} did not end (it is {})",
+                op.as_ref().map_or("unknown", |o| o.status)
+            )),
+        }
+        op
+    }
+
+    /// Step 4: the switch's status, the agent's exit for a restart, the new
+    /// agent process registering, and the operation's end.
+    async fn switch_and_restart(&mut self) {
+        let Some(id) = self.dispatch("4.", "switch") else {
+            return;
+        };
+        let Some(status) = self.answer("4.", "switch", 20, |_| ()).await else {
+            return;
+        };
+        self.expect_ok("4. switch", &status);
+        let mut exited = self.exited.clone();
+        let exit = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|e| (*e).clone());
+        self.drain();
+        if let Some(op) = self.dash.op(&id) {
+            self.note(&format!("operation {id} switch: {}", op.status));
+        }
+        match exit {
+            Some(e) if e.code == Some(101) => self.note(&format!(
+                "the agent exited with {} (\"switched, restart me\"); starting it again, as systemd would",
+                e.how
+            )),
+            Some(e) => {
+                self.missed(&format!("4. switch: the agent exited with {}, expected 101", e.how));
+                return;
+            }
+            None => {
+                self.missed("4. switch: the agent did not exit for its restart");
+                return;
+            }
+        }
+        match self.launch.start() {
+            Ok(p) => {
+                self.line(
+                    "·",
+                    "agent started",
+                    &format!("pid {}", p.pid.map_or("?".into(), |p| p.to_string())),
+                );
+                self.pid = p.pid;
+                self.exited = p.exited;
+            }
+            Err(e) => {
+                self.setup_failed(format!("restarting the agent failed: {e}"));
+                return;
+            }
+        }
+        self.op_end("4.", &id, 30).await;
+    }
+
+    /// Print the host row as the dashboard's UI would show it.
+    fn show_row(&mut self) {
+        self.drain();
+        let Some(h) = self.dash.host(HOST) else {
+            return;
+        };
+        let r = &h.row;
+        let cell = |name: &str, c: &crate::Check| {
+            if c.status == "ok" || c.message.is_empty() {
+                format!("{name} {}", c.status)
+            } else {
+                format!("{name} {} ({})", c.status, c.message)
+            }
+        };
+        println!(
+            "{:>9}  row: {} · {} · {} · {} · {}",
+            "",
+            cell("Agent", &r.agent),
+            cell("Git", &r.git),
+            cell("Lock", &r.lock),
+            cell("System", &r.system),
+            cell("Tests", &r.tests)
+        );
     }
 
     /// Record a step whose expected answer did not come, with the reason the
@@ -468,37 +641,13 @@ impl Demo {
             ],
         )
         .await?;
+        let full = git(&self.repo, &["rev-parse", "HEAD"]).await?;
+        // The dashboard's desired state, as upstream publishes it in version.json.
+        self.dash.set_remote(Some(crate::Remote {
+            commit: full,
+            lock_hash: sha256_hex(LOCK_V2.as_bytes()),
+        }));
         git(&self.repo, &["rev-parse", "--short=7", "HEAD"]).await
-    }
-
-    /// Send `command` and wait for its `status`, showing every item on the way
-    /// to `seen` as well; `None` (recorded as unanswered under `step`, e.g.
-    /// "3.") when it does not come.
-    async fn command_and_status(
-        &mut self,
-        step: &str,
-        command: &str,
-        timeout_s: u64,
-        mut seen: impl FnMut(&Item),
-    ) -> Option<Frame> {
-        if !self.send(command).await {
-            self.missed(&format!("{step} {command}: the command was not sent"));
-            return None;
-        }
-        let item = self
-            .wait_for_answer(Duration::from_secs(timeout_s), |i| {
-                seen(i);
-                i.frame("status")
-                    .is_some_and(|f| f.payload["command"] == command)
-            })
-            .await;
-        match item {
-            Some(Item::Frame(f)) => Some(f),
-            _ => {
-                self.missed(&format!("{step} {command}: no `status` for {command}"));
-                None
-            }
-        }
     }
 
     /// Send a command and print it; false when it could not be sent.
@@ -557,7 +706,7 @@ impl Demo {
         match exit {
             Some(exit) => {
                 self.note(&format!("the agent exited: {}", exit.how));
-                if !exit.success {
+                if !exit.success() {
                     self.missed(&format!(
                         "6. SIGTERM: the agent exited with {}, expected exit status 0",
                         exit.how
@@ -792,37 +941,26 @@ impl Demo {
     }
 }
 
+/// SHA-256 in lowercase hex.
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Whether `item` shows the agent working on a command.
 fn shows_work(item: &Item) -> bool {
     match item {
         Item::Frame(f) => match f.kind.as_str() {
-            "output" | "status" | "test_progress" | "command_rejected" => true,
+            "output" | "status" | "test_progress" | "operation_progress" | "command_rejected" => {
+                true
+            }
             "heartbeat" => f.payload["pending_command"].is_string(),
             _ => false,
         },
         _ => false,
-    }
-}
-
-/// Send a signal with kill(1).
-async fn signal(pid: u32, name: &str) {
-    let result = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
-    if let Err(e) = result {
-        println!("(cannot run kill: {e})");
-    }
-}
-
-/// Print the agent's own output, marked.
-async fn echo_lines(stream: impl tokio::io::AsyncRead + Unpin) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        println!("{:>9}  | {line}", "");
     }
 }
 
