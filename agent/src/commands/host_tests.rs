@@ -47,6 +47,115 @@ pub fn name_of(script: &Path) -> String {
         .unwrap_or_default()
 }
 
+mod run {
+    //! The `test` command's run.
+    use super::super::*;
+
+    impl Run {
+        pub(in crate::commands) async fn test(&mut self) -> Report {
+            let config = self.inner().config.clone();
+            let dir = host_tests::tests_dir(&config.repo_dir, &config.hostname);
+            let scripts = host_tests::discover(&dir);
+            let total = u32::try_from(scripts.len()).unwrap_or(u32::MAX);
+            let out = self.inner().out.clone();
+            let progress = |current: u32, passed: u32, running: bool, result: String| {
+                out.reliable(Outgoing::TestProgress(TestProgress {
+                    current,
+                    total,
+                    passed,
+                    running,
+                    result,
+                }));
+            };
+            self.commands.row().tests_begin(scripts.len());
+            self.test_dots = Some(TestDots::new(scripts.len()));
+            if scripts.is_empty() {
+                self.sink
+                    .note(format!("[nixfleet-agent] no tests in {}", dir.display()))
+                    .await;
+                progress(0, 0, false, "no tests".to_string());
+                return Report::ok("no tests".to_string());
+            }
+            let mut current = 0u32;
+            let mut passed = 0u32;
+            let mut failed: Vec<String> = Vec::new();
+            let mut last_code = NOT_RUN;
+            for script in &scripts {
+                if self.ctl.stop_cause().is_some() {
+                    break;
+                }
+                let name = host_tests::name_of(script);
+                self.sink.note(format!("==> {name}")).await;
+                let spec = Spec {
+                    program: script.as_os_str(),
+                    args: &[],
+                    cwd: &config.repo_dir,
+                };
+                let verdict = match run_step(&self.sink, &self.ctl, &self.inner().env, &spec).await
+                {
+                    Ok(r) if r.code == 0 => {
+                        last_code = 0;
+                        passed += 1;
+                        "passed".to_string()
+                    }
+                    Ok(r) => {
+                        last_code = r.code;
+                        failed.push(name.clone());
+                        format!("FAILED (exit {})", r.code)
+                    }
+                    Err(e) => {
+                        last_code = 127;
+                        failed.push(name.clone());
+                        format!("FAILED (cannot start: {e})")
+                    }
+                };
+                self.sink.note(format!("<== {name} {verdict}")).await;
+                let index = current as usize;
+                current += 1;
+                if let Some(dots) = &mut self.test_dots {
+                    dots.record(index, verdict == "passed");
+                }
+                if self.ctl.stop_cause().is_some() {
+                    break;
+                }
+                if current < total {
+                    progress(current, passed, true, String::new());
+                    if let Some(dots) = &self.test_dots {
+                        self.commands.row().tests_dots(dots, "in_progress");
+                    }
+                }
+            }
+            let stopped = self.ctl.stop_cause().is_some();
+            let summary = format!("{passed}/{total} passed");
+            progress(
+                current,
+                passed,
+                false,
+                if stopped {
+                    format!("{summary} (stopped)")
+                } else {
+                    summary.clone()
+                },
+            );
+            let mut report = if failed.is_empty() && current == total {
+                Report::ok(summary)
+            } else if failed.is_empty() {
+                Report::error(NOT_RUN, summary)
+            } else {
+                Report::error(1, format!("{summary}; failed: {}", failed.join(", ")))
+            };
+            if stopped {
+                // the exit code of the script the stop ended (128 + signal)
+                report.exit_code = last_code;
+            }
+            report.stop_detail = Some(format!(
+                "{passed}/{total} tests passed, {current} run before the stop"
+            ));
+            report
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

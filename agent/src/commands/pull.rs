@@ -1,0 +1,123 @@
+//! `pull`: fetch and reset the agent's own clone, or `git pull` a checkout.
+
+use super::*;
+
+pub(super) fn is_git_checkout(dir: &Path) -> bool {
+    dir.join(".git").exists()
+}
+
+/// Clones the repository (isolated mode).
+pub(super) async fn clone_repo(
+    sink: &Sink,
+    ctl: &Control,
+    env: &ChildEnv,
+    config: &Config,
+    url: &str,
+) -> Result<(), Report> {
+    let dir = &config.repo_dir;
+    let Some(parent) = dir.parent() else {
+        return Err(Report::error(
+            NOT_RUN,
+            format!("Clone failed: {} has no parent directory", dir.display()),
+        ));
+    };
+    if let Err(e) = std::fs::create_dir_all(parent) {
+        return Err(Report::error(
+            NOT_RUN,
+            format!("Clone failed: cannot create {}: {e}", parent.display()),
+        ));
+    }
+    let args: [&OsStr; 6] = [
+        OsStr::new("clone"),
+        OsStr::new("--branch"),
+        OsStr::new(&config.branch),
+        OsStr::new("--"),
+        OsStr::new(url),
+        dir.as_os_str(),
+    ];
+    step(sink, ctl, env, "Clone", OsStr::new("git"), &args, parent)
+        .await
+        .map(|_| ())
+}
+
+impl Run {
+    /// `pull` with its progress dots and the System compartment after it.
+    pub(super) async fn pull(&mut self) -> Result<String, Report> {
+        let commands = self.commands.clone();
+        let row = commands.row();
+        row.begin(Phase::Pull);
+        let before = host::git_head_commit(&self.inner().config.repo_dir).unwrap_or_default();
+        let result = self.pull_steps().await;
+        match &result {
+            Ok(_) => {
+                row.end(Phase::Pull, PhaseEnd::Complete);
+                let after =
+                    host::git_head_commit(&self.inner().config.repo_dir).unwrap_or_default();
+                if after != before {
+                    row.pulled_new_commit();
+                }
+                // The heartbeat right after the status must carry the new
+                // lock hash and Lock: a hub with version tracking runs the
+                // pull's post-check (Lock ok) on that heartbeat.
+                let repo = self.inner().config.repo_dir.clone();
+                if let Ok(hash) =
+                    tokio::task::spawn_blocking(move || host::flake_lock_hash(&repo)).await
+                {
+                    self.inner().state.set_lock_hash(hash);
+                }
+                self.commands.refresh_lock().await;
+            }
+            Err(_) => row.end(Phase::Pull, PhaseEnd::Failed),
+        }
+        result
+    }
+
+    pub(super) async fn pull_steps(&mut self) -> Result<String, Report> {
+        let config = self.inner().config.clone();
+        let repo = &config.repo_dir;
+        let before = host::git_head_commit(repo).unwrap_or_default();
+        match &config.repo_mode {
+            RepoMode::Isolated { url } => {
+                if is_git_checkout(repo) {
+                    let origin = format!("origin/{}", config.branch);
+                    self.git("Pull", &["remote", "set-url", "origin", url])
+                        .await?;
+                    self.git("Pull", &["fetch", "origin", &config.branch])
+                        .await?;
+                    self.git("Pull", &["reset", "--hard", &origin]).await?;
+                    self.git("Pull", &["clean", "-fd"]).await?;
+                } else {
+                    clone_repo(&self.sink, &self.ctl, &self.inner().env, &config, url)
+                        .await
+                        .map_err(|mut r| {
+                            r.message = format!("Pull failed: {}", r.message);
+                            r
+                        })?;
+                }
+            }
+            RepoMode::Legacy => {
+                if !repo.is_dir() {
+                    return Err(Report::error(
+                        NOT_RUN,
+                        format!(
+                            "Pull failed: the repository directory {} does not exist",
+                            repo.display()
+                        ),
+                    ));
+                }
+                self.git("Pull", &["pull"]).await?;
+            }
+        }
+        let after = host::git_head_commit(repo).unwrap_or_default();
+        let state = &self.inner().state;
+        state.set_generation(&after);
+        state.request_refresh();
+        Ok(if after.is_empty() {
+            "Pull: done".to_string()
+        } else if after == before {
+            format!("Pull: Already at {}", short(&after))
+        } else {
+            format!("Pull: Updated to {}", short(&after))
+        })
+    }
+}

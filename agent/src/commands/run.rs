@@ -1,0 +1,129 @@
+//! One run of a command on its task: its steps, and how it is reported.
+
+use super::*;
+
+/// Runs one step; a non-zero exit or a failed start is the failure report.
+pub(super) async fn step(
+    sink: &Sink,
+    ctl: &Control,
+    env: &ChildEnv,
+    what: &str,
+    program: &OsStr,
+    args: &[&OsStr],
+    cwd: &Path,
+) -> Result<StepResult, Report> {
+    if ctl.stop_cause().is_some() {
+        return Err(Report::error(NOT_RUN, format!("{what}: not started")));
+    }
+    let spec = Spec { program, args, cwd };
+    match run_step(sink, ctl, env, &spec).await {
+        Err(e) => Err(Report::error(
+            127,
+            format!(
+                "{what} failed: cannot start {}: {e}",
+                program.to_string_lossy()
+            ),
+        )),
+        Ok(r) if r.code != 0 => Err(Report::error(
+            r.code,
+            failed_message(
+                what,
+                &spec.label(),
+                r.code,
+                &failure_tail(&r.stderr, &r.stdout),
+            ),
+        )),
+        Ok(r) => Ok(r),
+    }
+}
+
+/// One run of a command on its task.
+pub(super) struct Run {
+    pub(super) commands: Commands,
+    pub(super) sink: Sink,
+    pub(super) ctl: Arc<Control>,
+    /// The switch record this run started or adopted, marked reported at the end.
+    pub(super) record: Option<Record>,
+    /// Whether the run began a system phase (System is `working`).
+    pub(super) switched: bool,
+    /// The test run's dots, once it began.
+    pub(super) test_dots: Option<TestDots>,
+}
+
+impl Run {
+    pub(super) fn inner(&self) -> &Inner {
+        &self.commands.inner
+    }
+
+    pub(super) async fn git(&self, what: &str, args: &[&str]) -> Result<StepResult, Report> {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let inner = self.inner();
+        step(
+            &self.sink,
+            &self.ctl,
+            &inner.env,
+            what,
+            OsStr::new("git"),
+            &args,
+            &inner.config.repo_dir,
+        )
+        .await
+    }
+
+    /// The compartments and the last dots after the run (before its status,
+    /// so that the heartbeat after the status carries them).
+    pub(super) fn settle_row(&self, report: &Report) {
+        let row = self.commands.row();
+        match CommandName::parse(self.ctl.name()) {
+            Some(CommandName::Test) => {
+                if let Some(dots) = &self.test_dots {
+                    row.tests_result(dots, report.outcome, &report.message);
+                }
+            }
+            Some(c) if self.switched => {
+                row.system_result(system_label(c), report.outcome, report.exit_code)
+            }
+            _ => {}
+        }
+    }
+
+    /// Reports the run: the slot is released first, then the status queued,
+    /// then the switch record marked, then (after a successful switch) the
+    /// agent asked to exit for a restart.
+    pub(super) fn finish(self, mut report: Report) {
+        if let Some(cause) = self.ctl.stop_cause()
+            && report.outcome != Outcome::Ok
+        {
+            report.outcome = Outcome::Stopped;
+            report.restart = false;
+            report.message = match &report.stop_detail {
+                Some(detail) => format!("{} ({detail})", stopped_message(cause)),
+                None => stopped_message(cause).to_string(),
+            };
+        }
+        let inner = self.inner();
+        let command = self.ctl.name().to_string();
+        self.sink.log().note(&format!(
+            "[nixfleet-agent] {command} ended: {:?} (exit {}): {}",
+            report.outcome, report.exit_code, report.message
+        ));
+        tracing::info!(
+            "{command} ended: {:?} (exit {})",
+            report.outcome,
+            report.exit_code
+        );
+        self.settle_row(&report);
+        self.commands.release(&self.ctl);
+        let restart = report.restart;
+        self.commands.send_status(report, &command);
+        if let Some(record) = &self.record {
+            record.mark_reported();
+            switch::prune(&inner.config.state_dir.join("switch"), switch::KEEP_RECORDS);
+        }
+        if restart {
+            inner.exiting.store(true, Ordering::SeqCst);
+            inner.state.request_exit(EXIT_RESTART);
+        }
+        self.ctl.finish();
+    }
+}
