@@ -122,6 +122,9 @@ pub struct Timing {
     pub stop_grace: Duration,
     /// How long output waits on a dashboard that makes no progress (5 s).
     pub stall_timeout: Duration,
+    /// How long the host may stay up after a successful reboot command
+    /// before `reboot` reports that it did not happen (120 s).
+    pub reboot_wait: Duration,
 }
 
 impl Default for Timing {
@@ -132,6 +135,7 @@ impl Default for Timing {
             backoff_base: Duration::from_secs(1),
             stop_grace: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(5),
+            reboot_wait: Duration::from_secs(120),
         }
     }
 }
@@ -142,6 +146,12 @@ impl Default for Timing {
 /// "outdated"), so this, not the crate version, is what `register` reports
 /// unless `NIXFLEET_REPORTED_VERSION` says otherwise.
 pub const PROTOCOL_RELEASE: &str = "3.1.5";
+
+/// The running system's profile link on NixOS and nix-darwin.
+pub const CURRENT_SYSTEM: &str = "/run/current-system";
+
+/// Linux's identity of the current boot.
+pub const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
 
 /// Default heartbeat interval: upstream's module and agent default, and the
 /// rhythm the dashboard's "last seen" colours assume (≤ 10 s green).
@@ -192,6 +202,12 @@ pub struct Config {
     pub ca_file: Option<PathBuf>,
     /// Where StaSysMo's metric files are, if not the default.
     pub stasysmo_dir: Option<PathBuf>,
+    /// The running system's profile link (`/run/current-system`), read by
+    /// `refresh-system` and `check-version`.
+    pub current_system: PathBuf,
+    /// What identifies this boot (Linux: `/proc/sys/kernel/random/boot_id`;
+    /// where it does not exist, the boot time is used), read by `reboot`.
+    pub boot_id_file: PathBuf,
     /// Timing knobs.
     pub timing: Timing,
 }
@@ -553,14 +569,11 @@ impl Config {
         let flake = match env.get("NIXFLEET_FLAKE") {
             Some(f) => f.trim().to_string(),
             None => {
-                let target = match switch_tool {
-                    SwitchTool::HomeManager => {
-                        let user = env
-                            .get("NIXFLEET_HOME_MANAGER_USER")
-                            .or_else(|| env.get("USER"))
-                            .unwrap_or_else(|| "root".to_string());
-                        format!("{}@{hostname}", user.trim())
-                    }
+                // Home Manager hosts switch `<repo>#<hostname>` (upstream's
+                // macOS fleet and the dashboard's help text);
+                // NIXFLEET_HOME_MANAGER_USER selects `<repo>#<user>@<hostname>`.
+                let target = match (switch_tool, env.get("NIXFLEET_HOME_MANAGER_USER")) {
+                    (SwitchTool::HomeManager, Some(user)) => format!("{}@{hostname}", user.trim()),
                     _ => hostname.clone(),
                 };
                 format!("{}#{target}", repo_dir.display())
@@ -598,6 +611,7 @@ impl Config {
             backoff_base: millis(&env, "NIXFLEET_BACKOFF_BASE_MS", defaults.backoff_base)?,
             stop_grace: millis(&env, "NIXFLEET_STOP_GRACE_MS", defaults.stop_grace)?,
             stall_timeout: millis(&env, "NIXFLEET_STALL_TIMEOUT_MS", defaults.stall_timeout)?,
+            reboot_wait: millis(&env, "NIXFLEET_REBOOT_WAIT_MS", defaults.reboot_wait)?,
         };
 
         Ok(Config {
@@ -624,6 +638,14 @@ impl Config {
             log_dir,
             ca_file,
             stasysmo_dir: env.get("NIXFLEET_STASYSMO_DIR").map(PathBuf::from),
+            current_system: env
+                .get("NIXFLEET_CURRENT_SYSTEM")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(CURRENT_SYSTEM)),
+            boot_id_file: env
+                .get("NIXFLEET_BOOT_ID_FILE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(BOOT_ID_FILE)),
             timing,
         })
     }
@@ -730,6 +752,8 @@ mod tests {
 
     #[test]
     fn home_manager_flake() {
+        let c = with(&[("NIXFLEET_SWITCH_TOOL", "home-manager")]).unwrap();
+        assert_eq!(c.flake, "/etc/nixos#hsb0", "upstream's <repo>#<hostname>");
         let c = with(&[
             ("NIXFLEET_SWITCH_TOOL", "home-manager"),
             ("NIXFLEET_HOME_MANAGER_USER", "mba"),

@@ -5,13 +5,19 @@
 //! | VM scenario (`checks/vm/*.nix`) | cargo twin |
 //! | --- | --- |
 //! | `register` | [`vm_register_twin`] (isolated mode, clone, fields, online, private dirs); `connection.rs`: `registers_with_every_field_then_heartbeats_at_once`, `five_heartbeats_in_five_seconds_and_generation_is_reread` |
-//! | `host-tests` | `commands.rs`: `test_runs_all_pass_some_fail_and_none` |
+//! | `host-tests` | `commands.rs`: `test_runs_all_pass_some_fail_and_none`; `operations.rs`: `tests_are_every_executable_sh_and_the_others_are_listed_as_skipped` |
 //! | `pull` | `commands.rs`: `pull_updates_the_generation` |
 //! | `stop` | `commands.rs`: `stop_kills_the_process_tree_and_the_agent_takes_a_new_command`, `a_second_command_is_rejected`, `heartbeats_carry_the_running_command` |
 //! | `restart` | [`vm_restart_twin`] |
 //! | `config-error` | `cli.rs`: `invalid_configuration_exits_78_naming_the_variable` |
 //! | `dashboard-restart` | `connection.rs`: `dashboard_restarted_agent_registers_again` |
 //! | `token-secrecy` | [`vm_token_secrecy_twin`]; `connection.rs`: `the_token_never_reaches_the_log` |
+//! | `rollback` | `operations.rs`: `rollback_runs_the_tool_detached_and_restarts`, `a_rollback_survives_an_agent_restart_and_is_reported_once` |
+//! | `reboot` | `operations.rs`: `reboot_while_a_test_runs_stops_it_then_reports_after_the_boot`, `reboot_failures_are_reported_with_their_output` |
+//!
+//! [`every_vm_scenario_has_a_twin_that_exists`] keeps this table true: every
+//! scenario of `checks/vm/default.nix` is listed, and every test it names
+//! exists in the file it names.
 
 mod common;
 
@@ -188,4 +194,42 @@ async fn vm_token_secrecy_twin() {
         String::from_utf8_lossy(&grep.stdout)
     );
     assert_no_violations(&dash);
+}
+
+#[test]
+fn every_vm_scenario_has_a_twin_that_exists() {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let vm = std::fs::read_to_string(here.join("../checks/vm/default.nix")).unwrap();
+    let scenarios: Vec<&str> = vm
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("vm-"))
+        .filter_map(|l| l.split_once(" = scenario ").map(|(name, _)| name))
+        .collect();
+    assert!(scenarios.len() >= 10, "{scenarios:?}");
+    let table = include_str!("vm_twins.rs");
+    for name in scenarios {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("//! | `{name}` |")))
+            .unwrap_or_else(|| panic!("VM scenario {name} has no twin in the table"));
+        let twins = row.rsplit('|').nth(1).unwrap_or_default();
+        // "`file.rs`: `a`, `b`; `other.rs`: `c`" and "[`in_this_file`] (notes)":
+        // code spans ending in .rs name the file of the spans after them
+        let mut file = "vm_twins.rs".to_string();
+        let mut named = 0;
+        for span in twins.split('`').skip(1).step_by(2) {
+            if span.ends_with(".rs") {
+                file = span.to_string();
+                continue;
+            }
+            let source = std::fs::read_to_string(here.join("tests").join(&file))
+                .unwrap_or_else(|e| panic!("{name}: twin file {file}: {e}"));
+            assert!(
+                source.contains(&format!("async fn {span}(")),
+                "{name}: no test {span} in {file}"
+            );
+            named += 1;
+        }
+        assert!(named > 0, "{name}: the row names no test");
+    }
 }

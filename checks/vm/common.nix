@@ -20,7 +20,11 @@
   version,
 }:
 
-{ name, testScript }:
+{
+  name,
+  testScript,
+  agentConfig ? { },
+}:
 
 let
   inherit (pkgs) lib;
@@ -32,7 +36,7 @@ let
   hostTest = name: text: pkgs.writeText name text;
 
   # hosts/agent/tests of the fixture repository. `test` must run exactly
-  # the executable T*.sh files, in name order: T00, T01, T02.
+  # the executable *.sh files, in name order: T00, T01, T02, helper.
   hostTests = {
     # `stop` needs a long-running command. This test sleeps only while the
     # flag file exists, so the `stop` scenario creates the flag, sends
@@ -61,10 +65,11 @@ let
       #!/bin/sh
       touch ${flagDir}/T03.ran
     '';
-    # Executable, but not T*.sh: must not run.
+    # Executable and not T*.sh: runs too, as upstream runs every *.sh.
     "helper.sh" = hostTest "helper.sh" ''
       #!/bin/sh
       touch ${flagDir}/helper.ran
+      echo "helper ok"
     '';
   };
 
@@ -142,9 +147,10 @@ let
         assert violations == [], f"protocol violations: {violations}"
 
 
-    def start():
+    def start(allow_reboot=False):
         """Boots both machines, enrolls the agent's token and waits for it to connect."""
-        start_all()
+        dashboard.start()
+        agent.start(allow_reboot=allow_reboot)
         agent.wait_for_unit(UNIT)
         token = agent.succeed(f"cat {TOKEN_FILE}").strip()
         assert len(token) >= 32, "the token oneshot wrote no token"
@@ -188,7 +194,10 @@ pkgs.testers.runNixOSTest {
     agent =
       { pkgs, ... }:
       {
-        imports = [ nixosModule ];
+        imports = [
+          nixosModule
+          agentConfig
+        ];
 
         environment.systemPackages = [
           pkgs.git

@@ -1,6 +1,7 @@
-# `test` runs the executable hosts/agent/tests/T*.sh of the repository in
-# name order, streams their output, reports progress after each script and
-# a final result; a non-executable T*.sh and other scripts do not run.
+# `test` runs every executable hosts/agent/tests/*.sh of the repository in
+# name order (as upstream does), streams their output, reports progress after
+# each script and a final result; a non-executable *.sh does not run and is
+# listed as skipped.
 { mkTest }:
 
 mkTest {
@@ -13,12 +14,12 @@ mkTest {
     send("test")
 
     final = wait_frame("test_progress", after, ".payload.running == false")["payload"]
-    assert final["total"] == 3 and final["passed"] == 2, final
-    assert final["result"] == "2/3 passed", final
+    assert final["total"] == 4 and final["passed"] == 3, final
+    assert final["result"] == "3/4 passed", final
 
     progress = [f["payload"] for f in frames("test_progress", after)]
-    assert [q["current"] for q in progress] == [1, 2, 3], progress
-    assert [q["running"] for q in progress] == [True, True, False], progress
+    assert [q["current"] for q in progress] == [1, 2, 3, 4], progress
+    assert [q["running"] for q in progress] == [True, True, True, False], progress
 
     done = wait_frame("status", after, '.payload.command == "test"')
     status = done["payload"]
@@ -30,10 +31,11 @@ mkTest {
         err = wait_frame("output", after, '.payload.line == "T02: failing on purpose"')["payload"]
         assert err["stream"] == "stderr" and err["is_error"] is True, err
 
-    with subtest("only executable T*.sh files ran"):
+    with subtest("every executable *.sh ran; the other is listed as skipped"):
         agent.succeed(f"test -e {FLAGS}/T01.env")
+        agent.succeed(f"test -e {FLAGS}/helper.ran")
         agent.fail(f"test -e {FLAGS}/T03.ran")
-        agent.fail(f"test -e {FLAGS}/helper.ran")
+        wait_frame("output", after, '.payload.line == "[nixfleet-agent] skipped (not executable): T03-disabled.sh"')
 
     with subtest("back to idle"):
         wait_frame("heartbeat", done["seq"], ".payload.pending_command == null and .payload.command_pid == null")

@@ -1,30 +1,51 @@
 //! The commands that switch the system: `switch`, `pull-switch`, `update`,
-//! and the switches an earlier agent process left behind.
+//! `rollback`, and the switches an earlier agent process left behind. Each
+//! runs detached under the switch supervisor (`commands/switch.rs`), so it
+//! survives the agent's own restart and its result is reported once.
+//!
+//! `rollback` switches to the previous generation: NixOS `nixos-rebuild
+//! switch --rollback`, nix-darwin `darwin-rebuild switch --rollback`, Home
+//! Manager the `activate` of the generation before the current one in
+//! `~/.local/state/nix/profiles`. Like a switch it exits
+//! [`EXIT_RESTART`](crate::config::EXIT_RESTART) after reporting success, so
+//! that the agent runs the rolled-back binary: the hub completes a `rollback`
+//! at the heartbeat after its status (its post-check wants System `ok`),
+//! which the agent sends before it exits.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::config::SwitchTool;
 
 /// How the System compartment names a command's system phase.
 pub(super) fn system_label(command: CommandName) -> &'static str {
     match command {
         CommandName::PullSwitch => "Pull+Switch",
         CommandName::Update => "Update+Switch",
+        CommandName::Rollback => "Rollback",
         _ => "Switch",
     }
 }
 
 /// The outcome of a followed switch: `Ok(message)` or the failure report.
 pub(super) fn switch_report(record: &Record, ended: Ended) -> Result<String, Report> {
+    let what = if record.command() == CommandName::Rollback.as_str() {
+        "Rollback"
+    } else {
+        "Switch"
+    };
     match ended {
-        Ended::Exit(0) => Ok("Switch succeeded".to_string()),
+        Ended::Exit(0) => Ok(format!("{what} succeeded")),
         Ended::Exit(code) => Err(Report::error(
             code,
-            failed_message("Switch", &record.label(), code, &record.tail()),
+            failed_message(what, &record.label(), code, &record.tail()),
         )),
         Ended::Vanished => {
             let tail = record.tail();
-            let mut message =
-                "Switch failed: the switch supervisor ended without recording an exit code"
-                    .to_string();
+            let mut message = format!(
+                "{what} failed: the switch supervisor ended without recording an exit code"
+            );
             if !tail.is_empty() {
                 message.push_str(":\n");
                 message.push_str(&tail);
@@ -36,19 +57,59 @@ pub(super) fn switch_report(record: &Record, ended: Ended) -> Result<String, Rep
 
 impl Run {
     pub(super) async fn switch(&mut self, command: CommandName) -> Result<String, Report> {
+        let config = self.inner().config.clone();
+        let argv = switch::argv(config.switch_tool.program(), &config.flake);
+        self.detached(command, argv).await
+    }
+
+    pub(super) async fn rollback(&mut self) -> Result<Report, Report> {
+        let config = self.inner().config.clone();
+        let argv = match config.switch_tool {
+            SwitchTool::HomeManager => {
+                let home = self.inner().env.get("HOME").map(PathBuf::from);
+                let activate = previous_home_manager_generation(home.as_deref())
+                    .map_err(|why| Report::error(NOT_RUN, format!("Rollback failed: {why}")))?;
+                self.sink
+                    .note(format!(
+                        "[nixfleet-agent] rolling back to {}",
+                        activate.display()
+                    ))
+                    .await;
+                vec![activate.into_os_string()]
+            }
+            tool => [tool.program(), "switch", "--rollback"]
+                .iter()
+                .map(OsString::from)
+                .collect(),
+        };
+        self.detached(CommandName::Rollback, argv)
+            .await
+            .map(|m| Report::ok(m).with_restart())
+    }
+
+    /// Runs `argv` under the switch supervisor and follows it to its end.
+    async fn detached(
+        &mut self,
+        command: CommandName,
+        argv: Vec<OsString>,
+    ) -> Result<String, Report> {
+        let what = if command == CommandName::Rollback {
+            "Rollback"
+        } else {
+            "Switch"
+        };
         if self.ctl.stop_cause().is_some() {
-            return Err(Report::error(NOT_RUN, "Switch: not started".to_string()));
+            return Err(Report::error(NOT_RUN, format!("{what}: not started")));
         }
         self.commands.row().begin(Phase::System);
         self.switched = true;
         let config = self.inner().config.clone();
-        let argv = switch::argv(config.switch_tool.program(), &config.flake);
         let root = config.state_dir.join("switch");
         let record = Record::create(&root, command.as_str(), &argv).map_err(|e| {
             Report::error(
                 NOT_RUN,
                 format!(
-                    "Switch failed: cannot prepare the switch record in {}: {e}",
+                    "{what} failed: cannot prepare the switch record in {}: {e}",
                     root.display()
                 ),
             )
@@ -60,7 +121,7 @@ impl Run {
             .map_err(|e| {
                 Report::error(
                     127,
-                    format!("Switch failed: cannot start the switch supervisor: {e}"),
+                    format!("{what} failed: cannot start the switch supervisor: {e}"),
                 )
             })?;
         if let Some(pid) = child.id() {
@@ -130,7 +191,7 @@ impl Commands {
 
     pub(super) fn record_command(record: &Record) -> CommandName {
         match CommandName::parse(&record.command()) {
-            Some(c @ (CommandName::Switch | CommandName::PullSwitch | CommandName::Update)) => c,
+            Some(c) if c.switches() => c,
             _ => CommandName::Switch,
         }
     }
@@ -191,5 +252,64 @@ impl Commands {
             run.finish(report);
         });
         true
+    }
+}
+
+/// The `activate` of the Home Manager generation before the current one.
+pub fn previous_home_manager_generation(home: Option<&Path>) -> Result<PathBuf, String> {
+    let dir = home
+        .map(|h| h.join(".local/state/nix/profiles"))
+        .ok_or("HOME is not set: cannot find the Home Manager profile")?;
+    let number = |name: &str| -> Option<u64> {
+        name.strip_prefix("home-manager-")?
+            .strip_suffix("-link")?
+            .parse()
+            .ok()
+    };
+    let current = std::fs::read_link(dir.join("home-manager"))
+        .ok()
+        .and_then(|t| t.file_name().and_then(|n| number(&n.to_string_lossy())))
+        .ok_or_else(|| format!("no Home Manager profile in {}", dir.display()))?;
+    let previous = std::fs::read_dir(&dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .filter_map(|e| number(&e.file_name().to_string_lossy()))
+        .filter(|n| *n < current)
+        .max()
+        .ok_or_else(|| format!("no Home Manager generation before {current}"))?;
+    let activate = dir
+        .join(format!("home-manager-{previous}-link"))
+        .join("activate");
+    if activate.is_file() {
+        Ok(activate)
+    } else {
+        Err(format!("{} is missing", activate.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_home_manager_generation() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join(".local/state/nix/profiles");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(previous_home_manager_generation(Some(home.path())).is_err());
+        for n in [3, 7, 9] {
+            let g = home.path().join(format!("gen{n}"));
+            std::fs::create_dir_all(&g).unwrap();
+            std::fs::write(g.join("activate"), "#!/bin/sh\n").unwrap();
+            std::os::unix::fs::symlink(&g, dir.join(format!("home-manager-{n}-link"))).unwrap();
+        }
+        std::os::unix::fs::symlink("home-manager-9-link", dir.join("home-manager")).unwrap();
+        let prev = previous_home_manager_generation(Some(home.path())).unwrap();
+        assert!(
+            prev.ends_with("home-manager-7-link/activate"),
+            "{}",
+            prev.display()
+        );
+        assert!(previous_home_manager_generation(None).is_err());
     }
 }

@@ -1,10 +1,11 @@
-//! Finding a host's test scripts: every executable `T*.sh` in
-//! `<repo>/hosts/<hostname>/tests/`, in byte order of the file name.
+//! `test`: every executable `*.sh` in `<repo>/hosts/<hostname>/tests/`, in
+//! byte order of the file name, as upstream runs them (`for f in …/*.sh; do
+//! [ -x "$f" ] && "$f"; done`).
 //!
 //! A script is a regular file (symbolic links are followed) with any execute
-//! bit set; anything else — directories, non-executable files, other names — is
-//! skipped. Nothing from the dashboard goes into the path: the host name is
-//! the configured one.
+//! bit set. A `*.sh` that is not executable is listed as skipped in the
+//! output; other names and directories are ignored. Nothing from the
+//! dashboard goes into the path: the host name is the configured one.
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -16,27 +17,41 @@ pub fn tests_dir(repo_dir: &Path, hostname: &str) -> PathBuf {
     repo_dir.join("hosts").join(hostname).join("tests")
 }
 
-/// The test scripts in `dir`, in name order; none if `dir` does not exist.
-pub fn discover(dir: &Path) -> Vec<PathBuf> {
+/// What is in a tests directory.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    /// The scripts to run, in name order.
+    pub scripts: Vec<PathBuf>,
+    /// `*.sh` files that are not executable (or not readable), in name order.
+    pub skipped: Vec<PathBuf>,
+}
+
+/// The test scripts in `dir`; none if `dir` does not exist.
+pub fn discover(dir: &Path) -> Found {
     let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
+        return Found::default();
     };
-    let mut scripts: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.as_bytes();
-            name.len() > 4 && name.starts_with(b"T") && name.ends_with(b".sh")
-        })
-        .map(|e| e.path())
-        .filter(|p| {
-            fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-        .collect();
-    scripts.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-    scripts
+    let mut found = Found::default();
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        let is_sh = path
+            .file_name()
+            .is_some_and(|n| n.len() > 3 && n.as_bytes().ends_with(b".sh"));
+        if !is_sh {
+            continue;
+        }
+        match fs::metadata(&path) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => found.scripts.push(path),
+            Ok(m) if m.is_dir() => {}
+            _ => found.skipped.push(path),
+        }
+    }
+    found
+        .scripts
+        .sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    found
+        .skipped
+        .sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    found
 }
 
 /// A script's file name for messages.
@@ -55,7 +70,16 @@ mod run {
         pub(in crate::commands) async fn test(&mut self) -> Report {
             let config = self.inner().config.clone();
             let dir = host_tests::tests_dir(&config.repo_dir, &config.hostname);
-            let scripts = host_tests::discover(&dir);
+            let found = host_tests::discover(&dir);
+            for skipped in &found.skipped {
+                self.sink
+                    .note(format!(
+                        "[nixfleet-agent] skipped (not executable): {}",
+                        host_tests::name_of(skipped)
+                    ))
+                    .await;
+            }
+            let scripts = found.scripts;
             let total = u32::try_from(scripts.len()).unwrap_or(u32::MAX);
             let out = self.inner().out.clone();
             let progress = |current: u32, passed: u32, running: bool, result: String| {
@@ -167,7 +191,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_executable_t_scripts_in_order() {
+    fn finds_executable_sh_scripts_in_order_and_lists_the_skipped() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tests_dir(tmp.path(), "hsb0");
         fs::create_dir_all(&dir).unwrap();
@@ -175,21 +199,36 @@ mod tests {
         touch(&dir, "T02-b.sh", 0o700);
         touch(&dir, "T01-a.sh", 0o755);
         touch(&dir, "T03-not-executable.sh", 0o644);
-        touch(&dir, "X01-wrong-prefix.sh", 0o755);
+        touch(&dir, "X01-other-prefix.sh", 0o755);
         touch(&dir, "T04-wrong-suffix.bash", 0o755);
         touch(&dir, "helper.sh", 0o755);
         fs::create_dir(dir.join("T05-dir.sh")).unwrap();
         std::os::unix::fs::symlink(dir.join("T01-a.sh"), dir.join("T06-link.sh")).unwrap();
         std::os::unix::fs::symlink("/nonexistent", dir.join("T07-dangling.sh")).unwrap();
-        let names: Vec<String> = discover(&dir).iter().map(|p| name_of(p)).collect();
+        let found = discover(&dir);
+        let names = |v: &[PathBuf]| v.iter().map(|p| name_of(p)).collect::<Vec<_>>();
         assert_eq!(
-            names,
-            ["T01-a.sh", "T02-b.sh", "T06-link.sh", "T10-late.sh"]
+            names(&found.scripts),
+            [
+                "T01-a.sh",
+                "T02-b.sh",
+                "T06-link.sh",
+                "T10-late.sh",
+                "X01-other-prefix.sh",
+                "helper.sh"
+            ]
+        );
+        assert_eq!(
+            names(&found.skipped),
+            ["T03-not-executable.sh", "T07-dangling.sh"]
         );
     }
 
     #[test]
     fn missing_dir_means_no_tests() {
-        assert!(discover(Path::new("/nonexistent/hosts/x/tests")).is_empty());
+        assert_eq!(
+            discover(Path::new("/nonexistent/hosts/x/tests")),
+            Found::default()
+        );
     }
 }

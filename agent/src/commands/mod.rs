@@ -1,53 +1,39 @@
-//! The fleet operations the dashboard asks for: `pull`, `switch`,
-//! `pull-switch`, `update`, `test`, `stop`, `restart`, and `kill_command`.
+//! The fleet operations the dashboard asks for (protocol.md's command table;
+//! `docs/commands.md` for what each runs on NixOS, nix-darwin and Home
+//! Manager hosts).
 //!
-//! ## The command set
+//! ## The command set, and one dispatcher
 //!
 //! [`CommandName`] is a closed set matched by exact name. Anything else — a
-//! path, shell text, a name with a space — is answered with status `error`
-//! "unknown command" and nothing runs. A name is never used as a path, an
-//! argument or shell text: every program, argument and path comes from the
-//! configuration (`Config`), never from the dashboard.
+//! path, shell text, a name with a space, `bump-flake` — is answered with
+//! status `error` "unknown command" and nothing runs. A name is never used as
+//! a path, an argument or shell text: every program, argument and path comes
+//! from the configuration (`Config`) or the host, never from the dashboard.
 //!
-//! ## One command at a time
+//! [`Commands::handle`] is the one dispatcher; the busy rules live in one
+//! table, [`CommandName::busy`]: a run holds the *slot* from the moment its
+//! frame is handled until its `status` is queued, and a second command
+//! meanwhile gets `command_rejected` (with the running command's name and
+//! PID); `stop` and `kill` act on the running command, `restart` and `reboot`
+//! work while busy and end it first. [`Commands::handle`] never waits: the
+//! work runs on its own tokio task.
 //!
-//! A run holds the *slot* from the moment its frame is handled until its
-//! `status` is queued. A second command meanwhile gets `command_rejected`
-//! (with the running command's name and PID) and the running one is not
-//! touched; `stop`, `kill_command` and `restart` work while busy.
-//! [`Commands::handle`] never waits: the work runs on its own tokio task.
+//! One module per operation:
 //!
-//! ## What each command does
-//!
-//! - `pull`, isolated mode: `git remote set-url origin <url>` (so a changed
-//!   `NIXFLEET_REPO_URL` takes effect), `git fetch origin <branch>`,
-//!   `git reset --hard origin/<branch>`, `git clean -fd` in the agent's clone,
-//!   which is made with `git clone --branch <branch> -- <url> <dir>` when
-//!   missing (at startup, or by `pull`). Legacy mode: `git pull` in the
-//!   configured checkout. The message reads "Pull: Updated to abc1234" or
-//!   "Pull: Already at abc1234"; the generation is published at once.
-//! - `switch`: `<tool> switch --flake <flake>` as a detached switch (see
-//!   `commands/switch.rs` for how it survives the agent), then exit
-//!   [`EXIT_RESTART`] so that the service manager restarts the agent on the new
-//!   binary.
-//! - `pull-switch`: pull, then switch only if the pull succeeded.
-//! - `update`: `nix --extra-experimental-features "nix-command flakes" flake
-//!   update` in the repository, then switch.
-//! - `test`: every executable `hosts/<hostname>/tests/T*.sh`, in name order,
-//!   each in its own process group with the repository as working directory;
-//!   a `test_progress` after each; final "p/N passed" (with the failed names),
-//!   or "no tests" (status `ok`).
-//! - `stop`: SIGTERM to the running command's process group, SIGKILL after
-//!   `NIXFLEET_STOP_GRACE_MS`; no further step of a multi-step command starts;
-//!   status `stopped` "Stopped by user". A test run keeps its partial results
-//!   (a last `test_progress` with `running: false`). Nothing running: status
-//!   `error` "no command running" for command `stop`.
-//! - `kill_command`: like `stop` with the dashboard's signal (`SIGTERM` or
-//!   `SIGKILL` only), and only for the agent's own running command: PID 0, or
-//!   a PID this run started. Anything else is refused with a status `error`
-//!   for command `kill_command`, and nothing is signalled.
-//! - `restart`: stops a running command (not a detached switch, which the next
-//!   agent process adopts), reports status `ok`, then exits [`EXIT_RESTART`].
+//! - `pull.rs`: `pull` (isolated mode: fetch, `reset --hard`, `clean -fd` in
+//!   the agent's own clone; legacy mode: `git pull`).
+//! - `deploy.rs`: `switch`, `pull-switch`, `update`, `rollback`, detached under
+//!   the switch supervisor (`switch.rs`) and followed by exit
+//!   [`EXIT_RESTART`]; the switches an earlier agent process left behind.
+//! - `host_tests.rs`: `test`.
+//! - `reboot.rs`: `reboot`.
+//! - `refresh.rs`: `refresh-lock`, `refresh-system`, `refresh-git`.
+//! - `check_version.rs`: `check-version`.
+//! - here: `stop`/`kill` (SIGTERM to the running command's process group,
+//!   SIGKILL after `NIXFLEET_STOP_GRACE_MS`; status `stopped`; idle: error
+//!   "no command running"), `restart`, and `kill_command` (the dashboard's
+//!   signal, `SIGTERM` or `SIGKILL`, only for the agent's own running
+//!   command: PID 0 or a PID this run started; anything else is refused).
 //!
 //! ## Statuses
 //!
@@ -61,11 +47,14 @@
 //!
 //! Every run writes its output to a log file of its own (see `commands/runlog.rs`).
 
+mod check_version;
 mod deploy;
 mod env;
 mod host_tests;
 mod names;
 mod pull;
+mod reboot;
+mod refresh;
 mod report;
 mod row;
 mod run;
@@ -93,7 +82,7 @@ use runner::{Control, Sink, Spec, StepResult, StopCause, clip, failure_tail, run
 use switch::{Ended, Record};
 
 use deploy::system_label;
-pub use names::CommandName;
+pub use names::{Busy, CommandName};
 use pull::{clone_repo, is_git_checkout};
 use report::{Report, failed_message, short, stopped_message};
 use run::{Run, step};
@@ -122,6 +111,8 @@ struct Inner {
     env: ChildEnv,
     slot: Mutex<Option<Arc<Control>>>,
     exiting: AtomicBool,
+    /// A `reboot` is under way (it never runs twice at once).
+    rebooting: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -140,6 +131,7 @@ impl Commands {
                 env,
                 slot: Mutex::new(None),
                 exiting: AtomicBool::new(false),
+                rebooting: AtomicBool::new(false),
             }),
         }
     }
@@ -151,6 +143,7 @@ impl Commands {
     /// missing (a failure is logged; `pull` tries again).
     pub async fn startup(&self) {
         self.recover_switches();
+        self.report_reboot();
         let config = self.inner.config.clone();
         let RepoMode::Isolated { url } = &config.repo_mode else {
             return;
@@ -224,13 +217,14 @@ impl Commands {
             return;
         };
         tracing::info!("command {}", command.as_str());
-        match command {
-            CommandName::Stop => match self.current() {
+        match (command.busy(), command) {
+            (Busy::OnRunning, _) => match self.current() {
                 Some(ctl) => self.stop_run(ctl, StopCause::User, libc::SIGTERM),
-                None => self.reply_error("stop", "no command running".to_string()),
+                None => self.reply_error(command.as_str(), "no command running".to_string()),
             },
-            CommandName::Restart => self.restart(),
-            _ => self.start(command),
+            (Busy::Preempts, CommandName::Reboot) => self.reboot(),
+            (Busy::Preempts, _) => self.restart(),
+            (Busy::Exclusive, _) => self.start(command),
         }
     }
 
@@ -423,11 +417,18 @@ impl Commands {
                 .map(|m| Report::ok(m).with_restart()),
             CommandName::PullSwitch => run.pull_switch().await,
             CommandName::Update => run.update().await,
+            CommandName::Rollback => run.rollback().await,
             CommandName::Test => Ok(run.test().await),
-            CommandName::Stop | CommandName::Restart => Err(Report::error(
-                NOT_RUN,
-                format!("{} is not a run", command.as_str()),
-            )),
+            CommandName::CheckVersion => run.check_version().await,
+            CommandName::RefreshLock => Ok(run.refresh_lock().await),
+            CommandName::RefreshSystem => Ok(run.refresh_system().await),
+            CommandName::RefreshGit => Ok(run.refresh_git().await),
+            CommandName::Stop | CommandName::Kill | CommandName::Restart | CommandName::Reboot => {
+                Err(Report::error(
+                    NOT_RUN,
+                    format!("{} is not a run", command.as_str()),
+                ))
+            }
         };
         let report = report.unwrap_or_else(|r| r);
         run.finish(report);

@@ -62,6 +62,7 @@ pub(super) fn stopped_message(cause: StopCause) -> &'static str {
         StopCause::User => "Stopped by user",
         StopCause::Shutdown => "Stopped: the agent is shutting down",
         StopCause::Restart => "Stopped: the agent is restarting",
+        StopCause::Reboot => "Stopped: the host reboots (reboot)",
     }
 }
 

@@ -229,6 +229,8 @@ pub enum StopCause {
     Shutdown,
     /// The agent is restarting (`restart`).
     Restart,
+    /// The host is about to reboot (`reboot`).
+    Reboot,
 }
 
 /// The handle of one command run: its name, its current process group, and
@@ -439,10 +441,17 @@ impl Sink {
         }
     }
 
-    /// A line written by the agent itself (a test's name, a resumed switch).
+    /// Text written by the agent itself (a test's name, a resumed switch):
+    /// one `output` frame per line, as the protocol wants.
     pub async fn note(&self, text: String) {
-        self.log.note(&text);
-        self.send(Stream::Stdout, text).await;
+        if !text.contains(['\n', '\r']) {
+            self.log.note(&text);
+            return self.send(Stream::Stdout, text).await;
+        }
+        for line in text.lines() {
+            self.log.note(line);
+            self.send(Stream::Stdout, line.to_string()).await;
+        }
     }
 
     async fn send(&self, stream: Stream, text: String) {

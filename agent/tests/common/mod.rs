@@ -347,3 +347,36 @@ pub fn sha256_file(path: &Path) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// Waits for a file to appear (written by a fake tool or a test script).
+pub async fn file_appears(path: &Path) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// True once `pid` is gone or a zombie (an orphan waiting to be reaped).
+pub async fn pid_gone(pid: i32) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        };
+        if gone {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

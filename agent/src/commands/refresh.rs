@@ -1,0 +1,172 @@
+//! The compartment clicks of the UI: `refresh-lock`, `refresh-system`,
+//! `refresh-git` (upstream `commands.go`, `status.go`).
+//!
+//! - `refresh-lock` measures the Lock compartment now, prints it, status `ok`.
+//! - `refresh-system` decides, by evaluation only (no build), whether the
+//!   running system is what the repository's configuration builds: `nix eval
+//!   --raw` of the configuration's output path (`nixosConfigurations.<name>
+//!   .config.system.build.toplevel`, `darwinConfigurations.<name>.system`, or
+//!   `homeConfigurations.<name>.activationPackage`) against the store path of
+//!   `/run/current-system` (Home Manager: the current generation). System
+//!   becomes `ok`, `outdated`, or `error` with the evaluation's tail; the
+//!   status is `ok` with the result. It runs like any command: output
+//!   streamed, stoppable, one at a time.
+//! - `refresh-git`: git status is computed by the dashboard; status `ok`.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::compartments::{Check, Level, Part};
+use crate::config::SwitchTool;
+
+/// The attribute under the flake whose `outPath` is the system `tool` would
+/// switch to, for the configuration `name`.
+pub fn system_attr(tool: SwitchTool, name: &str) -> String {
+    let quoted = format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""));
+    match tool {
+        SwitchTool::NixosRebuild => {
+            format!("nixosConfigurations.{quoted}.config.system.build.toplevel.outPath")
+        }
+        SwitchTool::DarwinRebuild => format!("darwinConfigurations.{quoted}.system.outPath"),
+        SwitchTool::HomeManager => {
+            format!("homeConfigurations.{quoted}.activationPackage.outPath")
+        }
+    }
+}
+
+/// The store path the host runs now: `current_system`'s target, or for Home
+/// Manager the current generation of `~/.local/state/nix/profiles/home-manager`.
+pub fn running_system(
+    tool: SwitchTool,
+    current_system: &Path,
+    home: Option<&Path>,
+) -> Option<PathBuf> {
+    let link = match tool {
+        SwitchTool::HomeManager => home?.join(".local/state/nix/profiles/home-manager"),
+        _ => current_system.to_path_buf(),
+    };
+    std::fs::canonicalize(link).ok()
+}
+
+fn short_path(p: &str) -> &str {
+    p.strip_prefix("/nix/store/").unwrap_or(p)
+}
+
+impl Run {
+    pub(super) async fn refresh_lock(&mut self) -> Report {
+        self.sink
+            .note("[nixfleet-agent] refreshing the lock status…".to_string())
+            .await;
+        let check = self.commands.refresh_lock().await;
+        let text = format!("Lock: {} ({})", check.status.as_str(), check.message);
+        self.sink.note(format!("[nixfleet-agent] {text}")).await;
+        Report::ok(text)
+    }
+
+    pub(super) async fn refresh_git(&mut self) -> Report {
+        let text = "git status is computed by the dashboard";
+        self.sink.note(format!("[nixfleet-agent] {text}")).await;
+        Report::ok(text.to_string())
+    }
+
+    pub(super) async fn refresh_system(&mut self) -> Report {
+        let config = self.inner().config.clone();
+        let store = self.inner().state.compartments().clone();
+        let (repo, name) = match config.flake.rsplit_once('#') {
+            Some((repo, name)) => (repo.to_string(), name.to_string()),
+            None => (config.flake.clone(), config.hostname.clone()),
+        };
+        let installable = format!("{repo}#{}", system_attr(config.switch_tool, &name));
+        let args: [&OsStr; 5] = [
+            OsStr::new("--extra-experimental-features"),
+            OsStr::new("nix-command flakes"),
+            OsStr::new("eval"),
+            OsStr::new("--raw"),
+            OsStr::new(&installable),
+        ];
+        let inner = self.inner();
+        let wanted = step(
+            &self.sink,
+            &self.ctl,
+            &inner.env,
+            "Evaluation",
+            OsStr::new("nix"),
+            &args,
+            &config.repo_dir,
+        )
+        .await;
+        let home = inner.env.get("HOME").map(PathBuf::from);
+        let running = running_system(config.switch_tool, &config.current_system, home.as_deref());
+        let check = match (&wanted, &running) {
+            (Err(r), _) => Check::now(Level::Error, r.message.clone()),
+            (Ok(out), Some(running)) => {
+                let wanted = out.stdout.text();
+                let wanted = wanted.trim();
+                let running = running.to_string_lossy();
+                if wanted == running {
+                    Check::now(
+                        Level::Ok,
+                        format!(
+                            "System is the repository's configuration ({})",
+                            short_path(wanted)
+                        ),
+                    )
+                } else {
+                    Check::now(
+                        Level::Outdated,
+                        format!(
+                            "System differs from the repository's configuration: running {}, the configuration is {}",
+                            short_path(&running),
+                            short_path(wanted)
+                        ),
+                    )
+                }
+            }
+            (Ok(_), None) => Check::now(
+                Level::Error,
+                format!(
+                    "cannot read the running system ({})",
+                    match config.switch_tool {
+                        SwitchTool::HomeManager =>
+                            "~/.local/state/nix/profiles/home-manager".to_string(),
+                        _ => config.current_system.display().to_string(),
+                    }
+                ),
+            ),
+        };
+        if self.ctl.stop_cause().is_some() {
+            // stopped: finish() reports it; the compartment keeps what it had
+            return Report::error(NOT_RUN, "System check stopped".to_string());
+        }
+        let text = format!("System: {} ({})", check.status.as_str(), check.message);
+        store.set(Part::System, check);
+        self.sink.note(format!("[nixfleet-agent] {text}")).await;
+        Report::ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_per_tool_with_the_name_quoted() {
+        assert_eq!(
+            system_attr(SwitchTool::NixosRebuild, "hsb0"),
+            "nixosConfigurations.\"hsb0\".config.system.build.toplevel.outPath"
+        );
+        assert_eq!(
+            system_attr(SwitchTool::DarwinRebuild, "mba"),
+            "darwinConfigurations.\"mba\".system.outPath"
+        );
+        assert_eq!(
+            system_attr(SwitchTool::HomeManager, "me@mba"),
+            "homeConfigurations.\"me@mba\".activationPackage.outPath"
+        );
+        assert_eq!(
+            system_attr(SwitchTool::NixosRebuild, "a\"b"),
+            "nixosConfigurations.\"a\\\"b\".config.system.build.toplevel.outPath"
+        );
+    }
+}
