@@ -421,3 +421,64 @@ async fn a_pull_succeeds_against_a_version_tracking_dashboard() {
     );
     assert_no_violations(&dash);
 }
+
+#[tokio::test]
+async fn pull_switch_moves_system_through_outdated_and_working_to_ok() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let bare = bare_origin(&fx);
+    let mut a = agent(&dash, &fx, &fakes)
+        .without("NIXFLEET_REPO_DIR")
+        .env("NIXFLEET_REPO_URL", bare.to_str().unwrap())
+        .spawn();
+    heartbeat_where(&dash, 0, "the clone", |hb| {
+        hb["generation"] == fx.head.as_str()
+    })
+    .await;
+    commit_file(&fx.repo, "hosts/rowhost/y.nix", "{ }\n");
+    git(&fx.repo, &["push", "-q", "origin", "main"]);
+    fakes.touch("rebuild.wait");
+    let before = dash.last_seq();
+    dash.send_command(HOST, "pull-switch").await.expect("send");
+    heartbeat_where(&dash, before, "System working", |hb| {
+        part(hb, "system") == "working"
+    })
+    .await;
+    fakes.touch("rebuild.go");
+    let (st, status) = status_after(&dash, before).await;
+    assert_eq!(status["status"], "ok", "{status}");
+    let (_, hb) = heartbeat_where(&dash, st, "the one after the status", |_| true).await;
+    assert_eq!(part(&hb, "system"), "ok", "{hb}");
+    assert_eq!(
+        hb["update_status"]["system"]["message"],
+        "Pull+Switch succeeded"
+    );
+    assert_eq!(part(&hb, "tests"), "outdated", "{hb}");
+    // the pull phase's dots come before the system phase's
+    let phases: Vec<String> = dash
+        .frames(HOST, Some("operation_progress"))
+        .into_iter()
+        .filter(|f| f.seq > before && f.seq < st)
+        .map(|f| {
+            let p = &f.payload["progress"];
+            let (name, v) = if p["pull"].is_object() {
+                ("pull", &p["pull"])
+            } else {
+                ("system", &p["system"])
+            };
+            format!("{name} {}", v["status"].as_str().unwrap_or("?"))
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "pull in_progress",
+            "pull complete",
+            "system in_progress",
+            "system complete"
+        ]
+    );
+    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101));
+    assert_no_violations(&dash);
+}

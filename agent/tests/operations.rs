@@ -241,6 +241,29 @@ async fn reboot_failures_are_reported_with_their_output() {
 }
 
 #[tokio::test]
+async fn macos_reboots_with_shutdown() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let boot_id = fx.tmp.path().join("boot_id");
+    std::fs::write(&boot_id, "first-boot\n").unwrap();
+    fake_reboot(&fakes, &boot_id, "fail");
+    let _a = reboot_agent(&dash, &fx, &fakes, &boot_id)
+        .env("NIXFLEET_HOST_TYPE", "macos")
+        .spawn();
+    wait_register(&dash, HOST, 0).await;
+    let st = status_of(&dash, "reboot", send(&dash, "reboot").await).await;
+    assert_eq!(s(&st.payload, "status"), "error");
+    assert_eq!(fakes.read("reboot.argv"), "-r\nnow\n");
+    assert!(
+        s(&st.payload, "message").contains("`shutdown -r now` exited with 1"),
+        "{}",
+        st.payload
+    );
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
 async fn reboot_while_a_test_runs_stops_it_then_reports_after_the_boot() {
     let dash = dashboard().await;
     let fx = Fixture::new();
@@ -413,8 +436,14 @@ async fn check_version_equal_mismatched_and_missing() {
     );
     assert_eq!(st.payload["exit_code"], 0);
 
-    // nothing installed anywhere
+    // no unit: the first nixfleet-agent on the children's PATH
     std::fs::remove_file(unit_dir.join("nixfleet-agent.service")).unwrap();
+    let on_path = installed_copy(&fakes.bin);
+    let st = status_of(&dash, "check-version", send(&dash, "check-version").await).await;
+    assert_eq!(s(&st.payload, "status"), "ok", "{}", st.payload);
+    std::fs::remove_file(on_path).unwrap();
+
+    // nothing installed anywhere
     let st = status_of(&dash, "check-version", send(&dash, "check-version").await).await;
     assert_eq!(s(&st.payload, "status"), "error", "{}", st.payload);
     assert!(
