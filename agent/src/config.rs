@@ -370,9 +370,53 @@ fn url(env: &Env<'_>) -> Result<String, ConfigError> {
         Some(rest) if !rest.is_empty() && !rest.starts_with('/') && !rest.contains(' ') => Ok(url),
         _ => Err(err(
             "NIXFLEET_URL",
-            format!("{url:?} is not a ws:// or wss:// URL; use e.g. wss://fleet.example.com/ws"),
+            format!(
+                "{:?} is not a ws:// or wss:// URL; use e.g. wss://fleet.example.com/ws",
+                redact_url(&url)
+            ),
         )),
     }
+}
+
+/// `url` fit for a log line, an error or `--check`: a password or token in
+/// it is replaced by `***` — the user-info part (`user:password@`), and the
+/// value of every query parameter.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let (authority_and_path, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match authority_and_path.find('/') {
+        Some(i) => authority_and_path.split_at(i),
+        None => (authority_and_path, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let mut out = String::new();
+    if let Some(s) = scheme {
+        out.push_str(s);
+        out.push_str("://");
+    }
+    out.push_str(&authority);
+    out.push_str(path);
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) => format!("{k}=***"),
+                None => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 impl Config {
@@ -761,6 +805,25 @@ mod tests {
         .unwrap();
         assert_eq!(c.flake, "/etc/nixos#mba@hsb0");
         assert_eq!(c.switch_tool.program(), "home-manager");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("wss://alice:s3cret@fleet.example.com/ws"),
+            "wss://***@fleet.example.com/ws"
+        );
+        assert_eq!(
+            redact_url("ws://127.0.0.1:8000/ws?token=s3cret&x=1"),
+            "ws://127.0.0.1:8000/ws?token=***&x=***"
+        );
+        assert_eq!(
+            redact_url("wss://fleet.example.com/ws"),
+            "wss://fleet.example.com/ws"
+        );
+        assert_eq!(redact_url("ws://a:b@c@host"), "ws://***@host");
+        let e = with(&[("NIXFLEET_URL", "https://bob:s3cret@x/ws")]).unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 
     #[test]

@@ -125,7 +125,7 @@ impl Connection {
             };
             match dial {
                 Ok(socket) => {
-                    tracing::info!(url = %self.config.url, "connected");
+                    tracing::info!(url = %crate::config::redact_url(&self.config.url), "connected");
                     match self.session(socket, &mut stop, &mut backoff).await {
                         SessionEnd::Stopped(s) => return s,
                         SessionEnd::Lost(why) => tracing::warn!("connection lost: {why}"),
@@ -137,7 +137,10 @@ impl Connection {
                     );
                 }
                 Err(DialError::Other(why)) => {
-                    tracing::warn!("cannot connect to {}: {why}", self.config.url);
+                    tracing::warn!(
+                        "cannot connect to {}: {why}",
+                        crate::config::redact_url(&self.config.url)
+                    );
                 }
             }
             self.out.set_connected(false);

@@ -162,7 +162,10 @@ fn print_check(config: &Config) -> i32 {
         "  reported version: {} (the agent_version the dashboard compares with its release)",
         config.reported_version
     );
-    println!("  dashboard:        {}", config.url);
+    println!(
+        "  dashboard:        {}",
+        nixfleet_agent::config::redact_url(&config.url)
+    );
     println!(
         "  token:            {} (from the configured source)",
         config.token

@@ -411,3 +411,52 @@ async fn the_token_never_reaches_the_log() {
     );
     assert!(!log.contains(TOKEN), "token leaked into the log");
 }
+
+#[tokio::test]
+async fn a_password_in_the_dashboard_url_is_never_logged() {
+    const PASSWORD: &str = "url-pass-7c1e";
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let with_password = |addr: &str| format!("ws://alice:{PASSWORD}@{addr}/ws");
+    // connected: the "connected" line names the dashboard without it
+    let mut agent = AgentBuilder::new(&with_password(&dash.addr().to_string()), "urlpw", &fx)
+        .env("NIXFLEET_LOG_LEVEL", "trace")
+        .spawn();
+    wait_register(&dash, "urlpw", 0).await;
+    assert!(agent.log.wait_for("connected", WAIT).await);
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(Duration::from_secs(10)).await;
+    assert!(agent.log.wait_closed(WAIT).await, "stderr never ended");
+    let log = agent.log.text();
+    assert!(log.contains("***@"), "the URL is shown, redacted: {log}");
+    assert!(
+        !log.contains(PASSWORD),
+        "password leaked into the log: {log}"
+    );
+
+    // unreachable: "cannot connect to …" without it
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let agent = AgentBuilder::new(&with_password(&addr), "urlpw", &fx).spawn();
+    assert!(
+        agent
+            .log
+            .wait_for("cannot connect to ws://***@", WAIT)
+            .await,
+        "{}",
+        agent.log.text()
+    );
+    assert!(!agent.log.text().contains(PASSWORD));
+
+    // --check
+    let out = AgentBuilder::new(&with_password(&addr), "urlpw", &fx)
+        .command()
+        .arg("--check")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("dashboard:        ws://***@"), "{text}");
+    assert!(!text.contains(PASSWORD) && !String::from_utf8_lossy(&out.stderr).contains(PASSWORD));
+}
