@@ -282,6 +282,45 @@ async fn switch_failure_reports_the_stderr_tail() {
 }
 
 #[tokio::test]
+async fn many_switches_back_to_back_each_get_their_true_status() {
+    // Faults #3: the agent and the switch supervisor both write
+    // supervisor.pid; a shared temporary name made one rename fail and a
+    // failing switch was reported as "cannot write to the switch record".
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let mut agent = agent(&dash, &fx, &fakes).spawn();
+    registered(&dash).await;
+    for round in 0..12 {
+        let fail = round % 3 != 2;
+        if fail {
+            fakes.touch("rebuild.fail");
+        } else {
+            let _ = std::fs::remove_file(fakes.file("rebuild.fail"));
+        }
+        let after = command(&dash, "switch").await;
+        let st = status(&dash, after).await;
+        let p = &st.payload;
+        let msg = s(p, "message");
+        assert!(!msg.contains("cannot write"), "round {round}: {msg}");
+        if fail {
+            assert_eq!(s(p, "status"), "error", "round {round}: {p}");
+            assert_eq!(p["exit_code"], 1, "round {round}: {p}");
+            assert!(msg.contains("frobnicator"), "round {round}: {msg}");
+        } else {
+            assert_eq!(s(p, "status"), "ok", "round {round}: {p}");
+            assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));
+            let seen = dash.last_seq();
+            agent = agent_again(&dash, &fx, &fakes);
+            wait_register(&dash, HOST, seen).await;
+        }
+    }
+    let statuses = dash.frames(HOST, Some("status")).len();
+    assert_eq!(statuses, 12, "exactly one status per switch");
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
 async fn pull_switch_stops_at_a_failed_pull() {
     let dash = dashboard().await;
     let fx = Fixture::new();

@@ -16,7 +16,9 @@
 //! | `exit` | supervisor | the tool's exit code (128 + signal if killed) |
 //! | `reported` | agent | present once the final `status` was queued |
 //!
-//! Small files are written atomically (temporary file, then rename).
+//! Small files are written atomically (a temporary file of the writing
+//! process's own, then rename), so two writers of `supervisor.pid` never
+//! disturb each other.
 //!
 //! The agent then re-executes its own binary as `nixfleet-agent
 //! --supervise-switch <record-dir>` ([`SUPERVISE_FLAG`], dispatched by `main` to
@@ -166,9 +168,16 @@ impl Record {
             .open(self.dir.join(name))
     }
 
-    /// Writes a small file atomically (temporary file, fsync, rename).
+    /// Writes a small file atomically (temporary file, fsync, rename). The
+    /// temporary name is this process's own and this write's own, so that
+    /// the agent and the supervisor (both write `supervisor.pid`, with the
+    /// same content) never rename each other's file away.
     pub fn write_file(&self, name: &str, content: &[u8]) -> std::io::Result<()> {
-        let tmp = self.dir.join(format!(".{name}.tmp"));
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{name}.{}.{n}.tmp", std::process::id()));
         {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -179,7 +188,9 @@ impl Record {
             f.write_all(content)?;
             f.sync_all()?;
         }
-        fs::rename(&tmp, self.dir.join(name))
+        fs::rename(&tmp, self.dir.join(name)).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
     }
 
     fn read_small(&self, name: &str) -> Option<String> {
