@@ -21,7 +21,8 @@
 //! One module per operation:
 //!
 //! - `pull.rs`: `pull` (isolated mode: fetch, `reset --hard`, `clean -fd` in
-//!   the agent's own clone; legacy mode: `git pull`).
+//!   the agent's own clone; legacy mode: `git pull`), with `repair.rs`: stale
+//!   git locks removed first, a broken clone of the agent's own cloned again.
 //! - `deploy.rs`: `switch`, `pull-switch`, `update`, `rollback`, detached under
 //!   the switch supervisor (`switch.rs`) and followed by exit
 //!   [`EXIT_RESTART`]; the switches an earlier agent process left behind.
@@ -55,6 +56,7 @@ mod names;
 mod pull;
 mod reboot;
 mod refresh;
+mod repair;
 mod report;
 mod row;
 mod run;

@@ -76,16 +76,50 @@ impl Run {
         let config = self.inner().config.clone();
         let repo = &config.repo_dir;
         let before = host::git_head_commit(repo).unwrap_or_default();
+        if is_git_checkout(repo) {
+            self.remove_stale_locks().await;
+        }
+        let mut recloned = None;
         match &config.repo_mode {
             RepoMode::Isolated { url } => {
                 if is_git_checkout(repo) {
-                    let origin = format!("origin/{}", config.branch);
-                    self.git("Pull", &["remote", "set-url", "origin", url])
-                        .await?;
-                    self.git("Pull", &["fetch", "origin", &config.branch])
-                        .await?;
-                    self.git("Pull", &["reset", "--hard", &origin]).await?;
-                    self.git("Pull", &["clean", "-fd"]).await?;
+                    if let Err(failed) = self.isolated_pull(url, &config.branch).await {
+                        // an unusable clone of our own is cloned again
+                        let Some(why) = self.broken().await else {
+                            return Err(failed);
+                        };
+                        self.sink
+                            .note(format!(
+                                "[nixfleet-agent] the clone in {} is broken ({why}); cloning it again",
+                                repo.display()
+                            ))
+                            .await;
+                        tracing::warn!(
+                            "the clone in {} is broken ({why}); re-cloning",
+                            repo.display()
+                        );
+                        let dir = repo.clone();
+                        let removed =
+                            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir))
+                                .await
+                                .map_err(std::io::Error::other)
+                                .and_then(|r| r);
+                        if let Err(e) = removed {
+                            return Err(failed.after(&format!(
+                                "the clone is broken ({why}) and cannot be removed: {e}"
+                            )));
+                        }
+                        clone_repo(&self.sink, &self.ctl, &self.inner().env, &config, url)
+                            .await
+                            .map_err(|mut r| {
+                                r.message = format!(
+                                    "Pull failed: the clone was broken ({why}); {}",
+                                    r.message
+                                );
+                                r
+                            })?;
+                        recloned = Some(why);
+                    }
                 } else {
                     clone_repo(&self.sink, &self.ctl, &self.inner().env, &config, url)
                         .await
@@ -105,19 +139,71 @@ impl Run {
                         ),
                     ));
                 }
-                self.git("Pull", &["pull"]).await?;
+                if let Err(failed) = self.git("Pull", &["pull"]).await {
+                    // never delete a checkout the agent does not own
+                    return Err(match self.broken().await {
+                        Some(why) => failed.after(&format!(
+                            "the checkout {} is broken ({why}); the agent never deletes a checkout it does not own: repair it (e.g. `git -C {} fsck`) or clone it again",
+                            repo.display(),
+                            repo.display()
+                        )),
+                        None => failed,
+                    });
+                }
             }
         }
         let after = host::git_head_commit(repo).unwrap_or_default();
         let state = &self.inner().state;
         state.set_generation(&after);
         state.request_refresh();
-        Ok(if after.is_empty() {
+        let message = if after.is_empty() {
             "Pull: done".to_string()
         } else if after == before {
             format!("Pull: Already at {}", short(&after))
         } else {
             format!("Pull: Updated to {}", short(&after))
+        };
+        Ok(match recloned {
+            Some(why) => format!("{message} (cloned again: the old clone was broken: {why})"),
+            None => message,
         })
+    }
+
+    /// `pull` in the agent's own clone.
+    async fn isolated_pull(&mut self, url: &str, branch: &str) -> Result<(), Report> {
+        let origin = format!("origin/{branch}");
+        self.git("Pull", &["remote", "set-url", "origin", url])
+            .await?;
+        self.git("Pull", &["fetch", "origin", branch]).await?;
+        self.git("Pull", &["reset", "--hard", &origin]).await?;
+        self.git("Pull", &["clean", "-fd"]).await?;
+        Ok(())
+    }
+
+    /// Removes the git lock files nobody holds, saying so in the output.
+    async fn remove_stale_locks(&mut self) {
+        let repo = self.inner().config.repo_dir.clone();
+        let env = self.inner().env.vars().to_vec();
+        let removed = tokio::task::spawn_blocking(move || repair::remove_stale_locks(&repo, &env))
+            .await
+            .unwrap_or_default();
+        for lock in removed {
+            self.sink
+                .note(format!(
+                    "[nixfleet-agent] removed a stale git lock: {} (left by a git that did not finish)",
+                    lock.display()
+                ))
+                .await;
+        }
+    }
+
+    /// Why the repository is unusable, if it is.
+    async fn broken(&self) -> Option<String> {
+        let repo = self.inner().config.repo_dir.clone();
+        let env = self.inner().env.vars().to_vec();
+        tokio::task::spawn_blocking(move || repair::broken(&repo, &env))
+            .await
+            .ok()
+            .flatten()
     }
 }

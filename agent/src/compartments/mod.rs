@@ -301,7 +301,7 @@ fn clip(s: &str, max: usize) -> &str {
 }
 
 /// Runs a short-lived program with a time limit (killed when over it).
-fn run_bounded(
+pub(crate) fn run_bounded(
     program: &str,
     args: &[&OsStr],
     env: &[(std::ffi::OsString, std::ffi::OsString)],

@@ -1,0 +1,191 @@
+//! End-to-end: faults the agent recovers from (issue "Faults"), with the real
+//! agent binary against the mock dashboard, asserting on the one true status
+//! each command gets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nixfleet_mock_dashboard::{Frame, MockDashboard};
+
+const HOST: &str = "faulty";
+
+async fn status_of(dash: &MockDashboard, command: &str, after: u64) -> Frame {
+    dash.wait_until(WAIT, |d| {
+        d.frames(HOST, Some("status"))
+            .into_iter()
+            .find(|f| f.seq > after && f.payload["command"] == command)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no status for {command}"))
+}
+
+async fn pull(dash: &MockDashboard) -> (Frame, Vec<String>) {
+    let after = dash.last_seq();
+    dash.send_command(HOST, "pull").await.expect("send");
+    let st = status_of(dash, "pull", after).await;
+    let lines = dash
+        .frames(HOST, Some("output"))
+        .into_iter()
+        .filter(|f| f.seq > after && f.seq < st.seq)
+        .map(|f| f.payload["line"].as_str().unwrap_or("").to_owned())
+        .collect();
+    (st, lines)
+}
+
+fn message(f: &Frame) -> &str {
+    f.payload["message"].as_str().unwrap_or("")
+}
+
+/// An agent in isolated mode on a bare origin of the fixture; returns it with
+/// the path of its clone once it has cloned.
+async fn isolated(dash: &MockDashboard, fx: &Fixture) -> (Agent, std::path::PathBuf) {
+    let bare = bare_origin(fx);
+    let agent = AgentBuilder::new(&dash.ws_url(), HOST, fx)
+        .without("NIXFLEET_REPO_DIR")
+        .env("NIXFLEET_REPO_URL", bare.to_str().unwrap())
+        .spawn();
+    dash.wait_until(WAIT, |d| {
+        d.frames(HOST, Some("heartbeat"))
+            .into_iter()
+            .find(|f| f.payload["generation"] == fx.head.as_str())
+    })
+    .await
+    .expect("cloned");
+    (agent, fx.state.join("repo"))
+}
+
+#[tokio::test]
+async fn locks_left_by_a_killed_git_are_removed_before_a_pull() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let (_agent, clone) = isolated(&dash, &fx).await;
+    // what a git killed mid-pull leaves behind
+    std::fs::write(clone.join(".git/index.lock"), "").unwrap();
+    std::fs::write(clone.join(".git/refs/heads/main.lock"), "").unwrap();
+    let new = commit_file(&fx.repo, "hosts/faulty/a.nix", "{ }\n");
+    git(&fx.repo, &["push", "-q", "origin", "main"]);
+    let (st, lines) = pull(&dash).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    assert_eq!(message(&st), format!("Pull: Updated to {}", &new[..7]));
+    for lock in ["index.lock", "main.lock"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("removed a stale git lock") && l.contains(lock)),
+            "{lock}: {lines:?}"
+        );
+    }
+    assert!(!clone.join(".git/index.lock").exists());
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
+async fn a_lock_a_running_process_holds_is_left_alone() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let (_agent, clone) = isolated(&dash, &fx).await;
+    let lock = clone.join(".git/index.lock");
+    std::fs::write(&lock, "").unwrap();
+    // a "git" still at work: it holds its lock file open
+    let mut holder = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<'{}'; echo ready; exec sleep 300",
+            lock.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let (st, _) = pull(&dash).await;
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    assert!(message(&st).contains("index.lock"), "{}", message(&st));
+    assert!(lock.exists(), "a held lock was removed");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // once nobody holds it, the next pull recovers by itself
+    let (st, _) = pull(&dash).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
+async fn a_broken_clone_of_our_own_is_cloned_again() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let (_agent, clone) = isolated(&dash, &fx).await;
+    let new = commit_file(&fx.repo, "hosts/faulty/b.nix", "{ }\n");
+    git(&fx.repo, &["push", "-q", "origin", "main"]);
+    // garbage HEAD and a corrupt index
+    std::fs::write(clone.join(".git/HEAD"), "garbage\n").unwrap();
+    std::fs::write(clone.join(".git/index"), "not an index").unwrap();
+    let (st, lines) = pull(&dash).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    assert!(
+        message(&st).starts_with(&format!("Pull: Updated to {}", &new[..7])),
+        "{}",
+        message(&st)
+    );
+    assert!(message(&st).contains("cloned again"), "{}", message(&st));
+    assert!(lines.iter().any(|l| l.contains("is broken")), "{lines:?}");
+    assert_eq!(git(&clone, &["rev-parse", "HEAD"]), new);
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
+async fn a_broken_legacy_checkout_is_reported_never_deleted() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let _agent = AgentBuilder::new(&dash.ws_url(), HOST, &fx).spawn();
+    wait_register(&dash, HOST, 0).await;
+    std::fs::write(fx.repo.join(".git/HEAD"), "garbage\n").unwrap();
+    let (st, _) = pull(&dash).await;
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    assert!(
+        message(&st).contains("never deletes a checkout"),
+        "{}",
+        message(&st)
+    );
+    assert!(fx.repo.join(".git").is_dir() && fx.repo.join("flake.lock").is_file());
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
+async fn a_git_killed_mid_pull_does_not_wedge_the_next_pull() {
+    // the real thing: a git fetch killed with SIGKILL while it holds a lock
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let (_agent, clone) = isolated(&dash, &fx).await;
+    let mut git_child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && exec 3>.git/index.lock && echo locked && exec sleep 300",
+            clone.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(git_child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    git_child.kill().unwrap(); // SIGKILL: the lock stays
+    git_child.wait().unwrap();
+    assert!(clone.join(".git/index.lock").exists());
+    let (st, _) = tokio::time::timeout(Duration::from_secs(30), pull(&dash))
+        .await
+        .unwrap();
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    assert_no_violations(&dash);
+}
