@@ -162,8 +162,10 @@ pub const DEFAULT_INTERVAL_SECS: u64 = 5;
 pub struct Config {
     /// Dashboard WebSocket URL (`ws://` or `wss://`).
     pub url: String,
-    /// The agent's token.
+    /// The agent's token, as read at start.
     pub token: Token,
+    /// Where it was read from (read again after a 401 and every minute).
+    pub token_source: TokenSource,
     /// Isolated (own clone) or legacy (existing checkout).
     pub repo_mode: RepoMode,
     /// Local path of the configuration repository.
@@ -336,18 +338,53 @@ fn read_token_file(path: &Path, var: &'static str) -> Result<Token, ConfigError>
     })
 }
 
-fn token(env: &Env<'_>) -> Result<Token, ConfigError> {
+/// Where the token comes from, so that it can be read again after a
+/// rotation (agenix, sops-nix and `NIXFLEET_TOKEN_FILE` rewrite the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A file: `$CREDENTIALS_DIRECTORY/token` or `NIXFLEET_TOKEN_FILE`.
+    File {
+        /// Its path.
+        path: PathBuf,
+        /// The variable that named it, for errors.
+        var: &'static str,
+    },
+    /// `NIXFLEET_TOKEN`: fixed for the life of the process.
+    Environment,
+}
+
+impl TokenSource {
+    /// Reads the token again (blocking; a small file). `None` for a token
+    /// from the environment, which cannot change.
+    pub fn reread(&self) -> Option<Result<Token, ConfigError>> {
+        match self {
+            TokenSource::File { path, var } => Some(read_token_file(path, var)),
+            TokenSource::Environment => None,
+        }
+    }
+}
+
+fn token(env: &Env<'_>) -> Result<(Token, TokenSource), ConfigError> {
     if let Some(dir) = env.get("CREDENTIALS_DIRECTORY") {
         let path = Path::new(&dir).join("token");
         if path.exists() {
-            return read_token_file(&path, "CREDENTIALS_DIRECTORY");
+            let var = "CREDENTIALS_DIRECTORY";
+            return Ok((
+                read_token_file(&path, var)?,
+                TokenSource::File { path, var },
+            ));
         }
     }
     if let Some(file) = env.get("NIXFLEET_TOKEN_FILE") {
-        return read_token_file(Path::new(file.trim()), "NIXFLEET_TOKEN_FILE");
+        let path = PathBuf::from(file.trim());
+        let var = "NIXFLEET_TOKEN_FILE";
+        return Ok((
+            read_token_file(&path, var)?,
+            TokenSource::File { path, var },
+        ));
     }
     if let Some(token) = env.get("NIXFLEET_TOKEN") {
-        return Ok(Token::new(token.trim()));
+        return Ok((Token::new(token.trim()), TokenSource::Environment));
     }
     Err(err(
         "NIXFLEET_TOKEN",
@@ -429,7 +466,7 @@ impl Config {
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let env = Env { lookup };
         let url = url(&env)?;
-        let token = token(&env)?;
+        let (token, token_source) = token(&env)?;
 
         let interval_secs = match env.get("NIXFLEET_INTERVAL") {
             None => DEFAULT_INTERVAL_SECS,
@@ -661,6 +698,7 @@ impl Config {
         Ok(Config {
             url,
             token,
+            token_source,
             repo_mode,
             repo_dir,
             branch,

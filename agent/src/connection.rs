@@ -75,7 +75,16 @@ pub struct Connection {
     identity: Identity,
     on_command: CommandSink,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The token sent now; read again from its source before a dial after a
+    /// 401 and once a minute has passed ([`TOKEN_REREAD`]).
+    token: crate::config::Token,
+    token_read: Instant,
+    unauthorized: bool,
 }
+
+/// How long a token read from a file is used before it is read again (at
+/// the next connection attempt; never while connected).
+pub const TOKEN_REREAD: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 enum SessionEnd {
@@ -100,13 +109,16 @@ impl Connection {
         on_command: CommandSink,
     ) -> Connection {
         Connection {
-            config,
             state,
             out,
             rx,
             identity,
             on_command,
             tls: None,
+            token: config.token.clone(),
+            token_read: Instant::now(),
+            unauthorized: false,
+            config,
         }
     }
 
@@ -119,10 +131,12 @@ impl Connection {
             if let Some(s) = *stop.borrow() {
                 return s;
             }
+            self.refresh_token().await;
             let dial = tokio::select! {
                 r = self.dial() => r,
                 s = wait_stop(&mut stop) => return s,
             };
+            self.unauthorized = matches!(dial, Err(DialError::Unauthorized));
             match dial {
                 Ok(socket) => {
                     tracing::info!(url = %crate::config::redact_url(&self.config.url), "connected");
@@ -160,8 +174,8 @@ impl Connection {
             .as_str()
             .into_client_request()
             .map_err(|e| DialError::Other(format!("bad URL: {e}")))?;
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.config.token.expose()))
-            .map_err(|_| {
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", self.token.expose())).map_err(|_| {
                 DialError::Other("the token holds characters not allowed in an HTTP header".into())
             })?;
         auth.set_sensitive(true);
@@ -206,6 +220,31 @@ impl Connection {
                 response.status()
             ))),
             Ok(Err(e)) => Err(DialError::Other(e.to_string())),
+        }
+    }
+
+    /// Reads the token again from its file after a 401 or once
+    /// [`TOKEN_REREAD`] has passed (off the runtime thread); a rotated secret
+    /// is picked up without a restart. A read that fails keeps the old token.
+    async fn refresh_token(&mut self) {
+        if !self.unauthorized && self.token_read.elapsed() < TOKEN_REREAD {
+            return;
+        }
+        let source = self.config.token_source.clone();
+        let read = tokio::task::spawn_blocking(move || source.reread()).await;
+        self.token_read = Instant::now();
+        match read {
+            Ok(Some(Ok(token))) => {
+                if token.expose() != self.token.expose() {
+                    tracing::info!("the token file changed; using the new token");
+                    self.token = token;
+                }
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!("cannot read the token again: {e}; keeping the current one")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("reading the token again failed: {e}"),
         }
     }
 

@@ -189,3 +189,44 @@ async fn a_git_killed_mid_pull_does_not_wedge_the_next_pull() {
     assert_eq!(st.payload["status"], "ok", "{}", st.payload);
     assert_no_violations(&dash);
 }
+
+#[tokio::test]
+async fn a_rotated_token_file_is_read_again_after_a_401() {
+    let dash = MockDashboard::start(nixfleet_mock_dashboard::Options {
+        tokens: vec!["old-token-1".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let fx = Fixture::new();
+    let file = fx.tmp.path().join("token");
+    std::fs::write(&file, "old-token-1\n").unwrap();
+    let agent = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
+        .without("NIXFLEET_TOKEN")
+        .env("NIXFLEET_TOKEN_FILE", file.to_str().unwrap())
+        .spawn();
+    wait_register(&dash, HOST, 0).await;
+
+    // agenix/sops-nix rewrite the secret; the dashboard takes only the new one
+    std::fs::write(&file, "new-token-2\n").unwrap();
+    dash.add_token("new-token-2");
+    dash.remove_token("old-token-1");
+    let seen = dash.last_seq();
+    dash.disconnect(HOST, 1006).await;
+    let rejected = dash
+        .wait_event("rejected", None, seen, WAIT)
+        .await
+        .expect("the old token is refused once");
+    let connected = dash
+        .wait_event("connected", Some(HOST), rejected.seq, WAIT)
+        .await
+        .expect("the new token is read and accepted");
+    assert!(connected.seq > rejected.seq);
+    assert!(agent.log.wait_for("the token file changed", WAIT).await);
+    let log = agent.log.text();
+    assert!(
+        !log.contains("new-token-2") && !log.contains("old-token-1"),
+        "{log}"
+    );
+    assert_no_violations(&dash);
+}

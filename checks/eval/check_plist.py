@@ -41,6 +41,10 @@ def main():
         f"KeepAlive while /nix/store exists: {plist.get('KeepAlive')}",
     )
     check(plist.get("ThrottleInterval") == 10, f"ThrottleInterval: {plist.get('ThrottleInterval')}")
+    check(
+        plist.get("WatchPaths") == ["/run/agenix/nixfleet-token"],
+        f"WatchPaths on the token file: {plist.get('WatchPaths')}",
+    )
     check(plist.get("RunAtLoad") is True, f"RunAtLoad: {plist.get('RunAtLoad')}")
     check(plist.get("AbandonProcessGroup") is True, f"AbandonProcessGroup: {plist.get('AbandonProcessGroup')}")
     check(plist.get("StandardOutPath") == "/var/log/nixfleet-agent.log", "StandardOutPath")

@@ -56,6 +56,14 @@ def main():
     check("network-online.target" in " ".join(values(u, "Wants")), "Wants=network-online.target")
     check(values(u, "X-StopOnRemoval") == ["false"], "X-StopOnRemoval=false")
     check("multi-user.target" in facts["wantedBy"], "wantedBy multi-user.target")
+    check(
+        facts["tokenPath"] == {"PathChanged": "/run/agenix/nixfleet-token", "Unit": "nixfleet-agent-token-changed.service"},
+        f"a path unit watches the token file: {facts['tokenPath']}",
+    )
+    check(
+        facts["tokenChanged"].endswith("/bin/systemctl try-restart nixfleet-agent.service"),
+        f"a changed token restarts the agent: {facts['tokenChanged']}",
+    )
     check("multi-user.target" in " ".join(values(install, "WantedBy")), "WantedBy=multi-user.target")
 
     check(facts["restartIfChanged"] is False, "restartIfChanged = false")

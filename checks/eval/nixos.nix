@@ -97,6 +97,8 @@ let
     plainWsLoopback = lib.concatMap warningsFor loopbackUrls;
     legacyEnvironment = legacy.config.systemd.services.nixfleet-agent.environment;
     disabledHasService = disabled.config.systemd.services ? nixfleet-agent;
+    tokenPath = host.config.systemd.paths.nixfleet-agent-token.pathConfig;
+    tokenChanged = host.config.systemd.services.nixfleet-agent-token-changed.serviceConfig.ExecStart;
   };
 in
 pkgs.runCommand "nixfleet-nixos-module-check"

@@ -76,6 +76,11 @@ in
         # seconds; the log says why.
         KeepAlive.PathState."/nix/store" = true;
         ThrottleInterval = 10;
+        # Start the agent the moment its secret appears or changes (as
+        # nix-darwin's cachix-agent does), instead of retrying exit 78 every
+        # ThrottleInterval until agenix or sops-nix have written it. A
+        # running agent reads a rotated token file by itself.
+        WatchPaths = [ cfg.tokenFile ];
         # When the daemon stops or is reloaded (darwin-rebuild reloads it when
         # its plist changes), launchd would kill its whole process group. A
         # running `darwin-rebuild switch` must survive that, so leave the

@@ -145,5 +145,26 @@ in
         #   `update` creates would become unreadable to other users.
       };
     };
+
+    # LoadCredential copies the token only when the service starts. When
+    # agenix or sops-nix rewrite the secret, restart the agent so that it
+    # gets the new one (as nixpkgs' hercules-ci-agent module does for its
+    # secrets). A running switch survives the restart (KillMode=process) and
+    # is adopted by the new process.
+    systemd.paths.nixfleet-agent-token = {
+      description = "Watch the NixFleet agent's token file";
+      wantedBy = [ "multi-user.target" ];
+      pathConfig = {
+        PathChanged = cfg.tokenFile;
+        Unit = "nixfleet-agent-token-changed.service";
+      };
+    };
+    systemd.services.nixfleet-agent-token-changed = {
+      description = "Restart the NixFleet agent for its new token";
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${config.systemd.package}/bin/systemctl try-restart nixfleet-agent.service";
+      };
+    };
   };
 }

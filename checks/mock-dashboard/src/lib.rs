@@ -350,6 +350,12 @@ impl MockDashboard {
         tracing::info!("token added");
     }
 
+    /// Stop accepting a bearer token (a rotated secret); live connections stay.
+    pub fn remove_token(&self, token: &str) {
+        lock(&self.inner.tokens).remove(token);
+        tracing::info!("token removed");
+    }
+
     /// Every host that ever registered, sorted by name.
     pub fn hosts(&self) -> Vec<HostInfo> {
         lock(&self.inner.state).host_infos(&self.inner.dashboard_version)
