@@ -41,7 +41,8 @@ pub const MAX_INCOMING_FRAME: usize = 64 * 1024;
 const OUTPUT_BATCH: usize = 256;
 /// How long a shutdown waits for the dashboard's close reply.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
-/// How long a shutdown spends delivering what is already in the outbox.
+/// How long a shutdown spends delivering what is already in the outbox (and
+/// waiting for the dashboard's pong that confirms it).
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -140,7 +141,10 @@ impl Connection {
             match dial {
                 Ok(socket) => {
                     tracing::info!(url = %crate::config::redact_url(&self.config.url), "connected");
-                    match self.session(socket, &mut stop, &mut backoff).await {
+                    let end = self.session(socket, &mut stop, &mut backoff).await;
+                    // what the dashboard may not have read is written again
+                    self.out.requeue_unconfirmed();
+                    match end {
                         SessionEnd::Stopped(s) => return s,
                         SessionEnd::Lost(why) => tracing::warn!("connection lost: {why}"),
                     }
@@ -289,6 +293,7 @@ impl Connection {
             heard.clone(),
             events_tx,
             self.on_command.clone(),
+            self.out.clone(),
         ));
         let _abort_reader = AbortOnDrop(reader);
         let deadline = Deadline {
@@ -368,6 +373,12 @@ impl Connection {
                     }
                     if r.is_ok() {
                         self.out.outbox_done();
+                        if let Some(Outgoing::Status(st)) = &ready {
+                            tracing::debug!(
+                                "status of {} written; it counts once the dashboard confirms it",
+                                st.command
+                            );
+                        }
                     }
                     // The hub completes an operation only at the heartbeat
                     // after its status (upstream lifecycle.go), so one follows
@@ -375,6 +386,14 @@ impl Connection {
                     if r.is_ok() && matches!(ready, Some(Outgoing::Status(_))) {
                         let frame = self.heartbeat_frame();
                         r = guarded(sink.send(text(&frame)), &deadline, &mut events).await;
+                    }
+                    // once the outbox is written out, ask for the proof that
+                    // the dashboard read it
+                    if r.is_ok()
+                        && self.out.outbox_ready().is_none()
+                        && let Some(payload) = self.out.confirmation_ping()
+                    {
+                        r = guarded(sink.send(Message::Ping(payload.into())), &deadline, &mut events).await;
                     }
                     r
                 }
@@ -421,6 +440,20 @@ impl Connection {
                     if matches!(frame, Outgoing::Status(_)) {
                         let beat = self.heartbeat_frame();
                         guarded(sink.send(text(&beat)), deadline, events).await?;
+                    }
+                } else if let Some(payload) = self.out.confirmation_ping() {
+                    guarded(sink.send(Message::Ping(payload.into())), deadline, events).await?;
+                } else if self.out.unconfirmed() > 0 {
+                    // the pong arrives on the reader; wait for it (or for the
+                    // end of the drain: unconfirmed frames are then kept)
+                    let confirmed = self.out.confirmation();
+                    tokio::pin!(confirmed);
+                    confirmed.as_mut().enable();
+                    if self.out.unconfirmed() > 0 {
+                        tokio::select! {
+                            _ = confirmed => {}
+                            ev = events.recv() => return Err(lost(ev)),
+                        }
                     }
                 } else if self.out.outbox_waiting() {
                     let mut batch = Vec::new();
@@ -573,6 +606,7 @@ async fn read_loop(
     heard: Arc<AtomicU64>,
     events: mpsc::Sender<ReaderEvent>,
     on_command: CommandSink,
+    out: Arc<Outbound>,
 ) {
     loop {
         let msg = match stream.next().await {
@@ -614,7 +648,9 @@ async fn read_loop(
             Message::Close(frame) => {
                 let _ = events.send(ReaderEvent::Closed(frame)).await;
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            // the dashboard read everything written before our ping
+            Message::Pong(data) => out.pong(&data),
+            Message::Ping(_) | Message::Frame(_) => {}
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod outbound;
 pub mod protocol;
 pub mod state;
 pub mod tls;
+pub mod undelivered;
 
 use std::sync::Arc;
 
@@ -83,15 +84,22 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         let snapshot = heartbeat::read_snapshot(&cfg, &mut metrics);
         let identity = identity(&cfg, host::binary_freshness());
         let store = compartments::Store::load(&cfg.state_dir);
-        (snapshot, identity, metrics, store)
+        let undelivered = undelivered::load(&cfg.state_dir);
+        (snapshot, identity, metrics, store, undelivered)
     });
-    let (snapshot, identity, metrics, store) = match first.await {
+    let (snapshot, identity, metrics, store, undelivered) = match first.await {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("reading host facts failed: {e}");
             return 1;
         }
     };
+    // statuses an earlier process could not deliver go first
+    out.restore(undelivered);
+    tokio::spawn(undelivered::persist_loop(
+        out.clone(),
+        config.state_dir.clone(),
+    ));
     let store = Arc::new(store);
     let state = Arc::new(AgentState::with_compartments(store.clone()));
     state.publish(snapshot);
@@ -157,8 +165,13 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
     };
     commands.shutdown().await;
     let compartments = state.compartments().clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || compartments.flush()).await {
-        tracing::warn!("writing the compartments on exit failed: {e}");
+    let (o, dir) = (out.clone(), config.state_dir.clone());
+    let flushed = tokio::task::spawn_blocking(move || {
+        compartments.flush();
+        undelivered::flush(&o, &dir);
+    });
+    if let Err(e) = flushed.await {
+        tracing::warn!("writing the state on exit failed: {e}");
     }
     stop.code
 }

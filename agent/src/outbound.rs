@@ -8,10 +8,17 @@
 //!   ordinary pipe backpressure); once the writer has made no progress for the
 //!   stall timeout, lines are dropped and counted, and the writer later sends a
 //!   marker line with the count. A stuck dashboard never stalls a build.
-//! - **outbox**: `status` and `test_progress`. Never dropped (bounded by the
-//!   number of commands, with a cap), delivered in order after every output line
-//!   that was queued before them, and kept across reconnects: a command that
-//!   ends while the dashboard is unreachable is reported after re-registering.
+//! - **outbox**: `status`, `test_progress` and `operation_progress`. Never
+//!   dropped (bounded by the number of commands, with a cap), delivered in
+//!   order after every output line that was queued before them, and kept
+//!   across reconnects: a command that ends while the dashboard is
+//!   unreachable is reported after re-registering. A written frame counts as
+//!   delivered only once the dashboard answered a ping written after it (the
+//!   hub reads in order, so the pong proves it read the frame); until then it
+//!   is *unconfirmed*, and a connection that dies puts it back at the front of
+//!   the outbox ([`Outbound::requeue_unconfirmed`]) to be written again after
+//!   the next registration. Statuses not yet confirmed are also kept in the
+//!   state directory (`commands`' caller persists [`Outbound::undelivered`]).
 //!
 //! Heartbeats do not pass through here: the writer builds them itself on its
 //! own ticker, ahead of everything else.
@@ -67,8 +74,12 @@ impl Line {
 pub struct Outbound {
     control: mpsc::Sender<Outgoing>,
     output: mpsc::Sender<Line>,
-    outbox: Mutex<VecDeque<(u64, Outgoing)>>,
+    outbox: Mutex<Outbox>,
     outbox_changed: Notify,
+    /// Woken when frames were confirmed.
+    confirmed: Notify,
+    /// Woken when the undelivered statuses changed (queued or confirmed).
+    undelivered: Notify,
     stall_timeout: Duration,
     connected: AtomicBool,
     enqueued: AtomicU64,
@@ -97,8 +108,10 @@ pub fn lanes(stall_timeout: Duration) -> (std::sync::Arc<Outbound>, OutboundRx) 
     let outbound = Outbound {
         control: control_tx,
         output: output_tx,
-        outbox: Mutex::new(VecDeque::new()),
+        outbox: Mutex::new(Outbox::default()),
         outbox_changed: Notify::new(),
+        confirmed: Notify::new(),
+        undelivered: Notify::new(),
         stall_timeout,
         connected: AtomicBool::new(false),
         enqueued: AtomicU64::new(0),
@@ -119,6 +132,34 @@ pub fn lanes(stall_timeout: Duration) -> (std::sync::Arc<Outbound>, OutboundRx) 
     )
 }
 
+/// The outbox: frames waiting to be written, and frames written but not yet
+/// confirmed by a pong.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// `(output lines enqueued before it, frame)`, in order.
+    queue: VecDeque<(u64, Outgoing)>,
+    /// Written on this connection, not yet confirmed, in order.
+    unconfirmed: VecDeque<Outgoing>,
+    /// Frames ever moved to `unconfirmed` / ever confirmed (on this connection).
+    written: u64,
+    confirmed: u64,
+    /// Confirmation pings written: `(number, written when it was written)`.
+    pings: VecDeque<(u64, u64)>,
+    next_ping: u64,
+}
+
+/// The payload prefix of the agent's confirmation pings.
+const ACK_PREFIX: &[u8] = b"nixfleet-ack:";
+/// Confirmation pings remembered at most (older ones are forgotten; a later
+/// pong confirms everything before it anyway).
+const MAX_PINGS: usize = 64;
+
+impl Outbox {
+    fn len(&self) -> usize {
+        self.queue.len() + self.unconfirmed.len()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -136,16 +177,52 @@ impl Outbound {
     /// the next.
     pub fn reliable(&self, frame: Outgoing) {
         let after = self.enqueued.load(Ordering::SeqCst);
+        let is_status = matches!(frame, Outgoing::Status(_));
         {
             let mut outbox = lock(&self.outbox);
             if outbox.len() >= OUTBOX_CAPACITY
-                && let Some((_, old)) = outbox.pop_front()
+                && let Some((_, old)) = outbox.queue.pop_front()
             {
                 tracing::warn!("outbox full, dropping the oldest {} frame", old.kind());
             }
-            outbox.push_back((after, frame));
+            outbox.queue.push_back((after, frame));
         }
         self.outbox_changed.notify_one();
+        if is_status {
+            self.undelivered.notify_one();
+        }
+    }
+
+    /// Puts statuses an earlier agent process could not deliver first in the
+    /// outbox (at start, before anything else is queued).
+    pub fn restore(&self, frames: Vec<Outgoing>) {
+        let mut outbox = lock(&self.outbox);
+        for frame in frames.into_iter().rev() {
+            outbox.queue.push_front((0, frame));
+        }
+        drop(outbox);
+        self.outbox_changed.notify_one();
+    }
+
+    /// The statuses not yet confirmed by the dashboard (queued or written),
+    /// in order: what must survive a restart.
+    pub fn undelivered(&self) -> Vec<crate::protocol::Status> {
+        let outbox = lock(&self.outbox);
+        outbox
+            .unconfirmed
+            .iter()
+            .chain(outbox.queue.iter().map(|(_, f)| f))
+            .filter_map(|f| match f {
+                Outgoing::Status(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Resolves when statuses were queued or confirmed (the undelivered set
+    /// may have changed).
+    pub async fn undelivered_changed(&self) {
+        self.undelivered.notified().await;
     }
 
     /// Sends one line of output, waiting while the writer makes progress and
@@ -262,7 +339,7 @@ impl Outbound {
     pub fn outbox_ready(&self) -> Option<Outgoing> {
         let consumed = self.consumed.load(Ordering::SeqCst);
         let outbox = lock(&self.outbox);
-        match outbox.front() {
+        match outbox.queue.front() {
             Some((after, frame)) if *after <= consumed => Some(frame.clone()),
             _ => None,
         }
@@ -270,12 +347,105 @@ impl Outbound {
 
     /// True if the outbox holds a frame still waiting for earlier output.
     pub fn outbox_waiting(&self) -> bool {
-        !lock(&self.outbox).is_empty()
+        !lock(&self.outbox).queue.is_empty()
     }
 
-    /// Removes the frame [`Outbound::outbox_ready`] returned, after writing it.
+    /// After writing the frame [`Outbound::outbox_ready`] returned: it is
+    /// now unconfirmed until a pong confirms it.
     pub fn outbox_done(&self) {
-        lock(&self.outbox).pop_front();
+        let mut outbox = lock(&self.outbox);
+        if let Some((_, frame)) = outbox.queue.pop_front() {
+            outbox.unconfirmed.push_back(frame);
+            outbox.written += 1;
+        }
+    }
+
+    /// The payload of a ping to write now so that the frames written since
+    /// the last one get confirmed; `None` when nothing waits for one.
+    pub fn confirmation_ping(&self) -> Option<Vec<u8>> {
+        let mut outbox = lock(&self.outbox);
+        let written = outbox.written;
+        if outbox.unconfirmed.is_empty() || outbox.pings.back().is_some_and(|p| p.1 == written) {
+            return None;
+        }
+        outbox.next_ping += 1;
+        let n = outbox.next_ping;
+        if outbox.pings.len() >= MAX_PINGS {
+            outbox.pings.pop_front();
+        }
+        outbox.pings.push_back((n, written));
+        let mut payload = ACK_PREFIX.to_vec();
+        payload.extend_from_slice(n.to_string().as_bytes());
+        Some(payload)
+    }
+
+    /// A pong arrived: the frames written before the ping it answers are
+    /// delivered.
+    pub fn pong(&self, payload: &[u8]) {
+        let Some(n) = payload
+            .strip_prefix(ACK_PREFIX)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| d.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let mut outbox = lock(&self.outbox);
+        let mut upto = None;
+        while let Some(&(ping, written)) = outbox.pings.front() {
+            if ping > n {
+                break;
+            }
+            upto = Some(written);
+            outbox.pings.pop_front();
+        }
+        let Some(upto) = upto else {
+            return;
+        };
+        let mut any = false;
+        while outbox.confirmed < upto {
+            if outbox.unconfirmed.pop_front().is_none() {
+                break;
+            }
+            outbox.confirmed += 1;
+            any = true;
+        }
+        drop(outbox);
+        if any {
+            self.confirmed.notify_waiters();
+            self.undelivered.notify_one();
+        }
+    }
+
+    /// How many written frames wait for a pong.
+    pub fn unconfirmed(&self) -> usize {
+        lock(&self.outbox).unconfirmed.len()
+    }
+
+    /// Resolves when frames were confirmed; enable it
+    /// before looking at [`Outbound::unconfirmed`] so that no wake-up is lost.
+    pub fn confirmation(&self) -> tokio::sync::futures::Notified<'_> {
+        self.confirmed.notified()
+    }
+
+    /// The connection ended: whatever was written and not confirmed goes
+    /// back to the front of the outbox, in order, to be written again.
+    pub fn requeue_unconfirmed(&self) {
+        let mut outbox = lock(&self.outbox);
+        let back: Vec<Outgoing> = outbox.unconfirmed.drain(..).collect();
+        if !back.is_empty() {
+            tracing::info!(
+                "{} frame(s) written but not confirmed by the dashboard are sent again after reconnecting",
+                back.len()
+            );
+        }
+        for frame in back.into_iter().rev() {
+            outbox.queue.push_front((0, frame));
+        }
+        outbox.pings.clear();
+        outbox.written = 0;
+        outbox.confirmed = 0;
+        drop(outbox);
+        self.outbox_changed.notify_one();
     }
 
     /// Takes the dropped count and returns the marker line for it, if any.
@@ -346,6 +516,48 @@ mod tests {
         assert_eq!(out.outbox_ready(), Some(status(0)));
         out.outbox_done();
         assert!(out.outbox_ready().is_none());
+        // written, not yet confirmed: still undelivered
+        assert_eq!(out.unconfirmed(), 1);
+        assert_eq!(out.undelivered().len(), 1);
+    }
+
+    #[test]
+    fn a_pong_confirms_what_was_written_before_its_ping() {
+        let (out, _rx) = lanes(Duration::from_secs(1));
+        out.reliable(status(1));
+        out.reliable(status(2));
+        out.outbox_done();
+        let first = out.confirmation_ping().expect("a ping for status 1");
+        assert!(out.confirmation_ping().is_none(), "one ping per batch");
+        out.outbox_done();
+        let second = out.confirmation_ping().expect("a ping for status 2");
+        out.pong(b"");
+        out.pong(b"something else");
+        assert_eq!(out.unconfirmed(), 2, "foreign pongs confirm nothing");
+        out.pong(&first);
+        assert_eq!(out.unconfirmed(), 1);
+        out.pong(&second);
+        assert_eq!(out.unconfirmed(), 0);
+        assert!(out.undelivered().is_empty());
+    }
+
+    #[test]
+    fn unconfirmed_frames_go_back_first_when_the_connection_ends() {
+        let (out, _rx) = lanes(Duration::from_secs(1));
+        out.reliable(status(1));
+        out.reliable(status(2));
+        out.outbox_done();
+        out.confirmation_ping();
+        out.requeue_unconfirmed();
+        assert_eq!(out.unconfirmed(), 0);
+        assert_eq!(out.outbox_ready(), Some(status(1)));
+        out.outbox_done();
+        assert_eq!(out.outbox_ready(), Some(status(2)));
+        // a pong of the old connection's ping confirms nothing now
+        out.pong(b"nixfleet-ack:1");
+        assert_eq!(out.unconfirmed(), 1);
+        out.restore(vec![status(0)]);
+        assert_eq!(out.outbox_ready(), Some(status(0)));
     }
 
     #[tokio::test(start_paused = true)]

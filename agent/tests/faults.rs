@@ -230,3 +230,116 @@ async fn a_rotated_token_file_is_read_again_after_a_401() {
     );
     assert_no_violations(&dash);
 }
+
+/// A test script that ends when `flag` appears.
+fn waiting_test(fx: &Fixture, flag: &std::path::Path) {
+    let path = fx
+        .repo
+        .join("hosts")
+        .join(HOST)
+        .join("tests")
+        .join("T01-wait.sh");
+    write_exec(
+        &path,
+        &format!(
+            "#!/bin/sh\necho waiting\nwhile [ ! -e '{}' ]; do sleep 0.02; done\necho done\n",
+            flag.display()
+        ),
+    );
+}
+
+fn statuses_for(dash: &MockDashboard, command: &str) -> Vec<Frame> {
+    dash.frames(HOST, Some("status"))
+        .into_iter()
+        .filter(|f| f.payload["command"] == command)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_status_written_into_a_dying_connection_is_sent_again() {
+    // The status reaches the socket, but the dashboard never reads it (it
+    // stopped reading, then the connection dies): no pong confirms it, so the
+    // agent writes it again after reconnecting.
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let flag = fx.tmp.path().join("go");
+    waiting_test(&fx, &flag);
+    let agent = AgentBuilder::new(&dash.ws_url(), HOST, &fx).spawn();
+    wait_register(&dash, HOST, 0).await;
+    let after = dash.last_seq();
+    dash.send_command(HOST, "test").await.expect("send");
+    dash.wait_until(WAIT, |d| {
+        d.frames(HOST, Some("output"))
+            .into_iter()
+            .find(|f| f.seq > after && f.payload["line"] == "waiting")
+    })
+    .await
+    .expect("the test runs");
+    dash.pause(HOST);
+    std::fs::write(&flag, "").unwrap();
+    // written into the socket, which the paused dashboard does not read
+    assert!(
+        agent.log.wait_for("status of test written", WAIT).await,
+        "{}",
+        agent.log.text()
+    );
+    let seen = dash.last_seq();
+    dash.disconnect(HOST, 1006).await;
+    let (_, reg) = wait_register(&dash, HOST, seen).await;
+    let st = status_of(&dash, "test", reg).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    assert_eq!(statuses_for(&dash, "test").len(), 1, "delivered once");
+    assert!(
+        agent
+            .log
+            .wait_for("sent again after reconnecting", WAIT)
+            .await
+    );
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
+async fn undelivered_statuses_survive_an_agent_restart() {
+    let dash = dashboard().await;
+    let addr = dash.addr();
+    let fx = Fixture::new();
+    let flag = fx.tmp.path().join("go");
+    waiting_test(&fx, &flag);
+    let mut agent = AgentBuilder::new(&dash.ws_url(), HOST, &fx).spawn();
+    wait_register(&dash, HOST, 0).await;
+    dash.send_command(HOST, "test").await.expect("send");
+    dash.wait_until(WAIT, |d| {
+        d.frames(HOST, Some("output"))
+            .into_iter()
+            .find(|f| f.payload["line"] == "waiting")
+    })
+    .await
+    .expect("the test runs");
+    // the dashboard goes away; the test finishes meanwhile
+    dash.clone().shutdown().await;
+    std::fs::write(&flag, "").unwrap();
+    assert!(agent.log.wait_for("test ended", WAIT).await);
+    assert!(agent.log.wait_for("reconnecting in", WAIT).await);
+    // the agent is restarted (an upgrade, a crash, a reboot)
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(WAIT).await;
+    assert!(
+        fx.state.join("undelivered.json").is_file(),
+        "kept in the state directory"
+    );
+    let dash = dashboard_at(addr).await;
+    let again = AgentBuilder::new(&dash.ws_url(), HOST, &fx).spawn();
+    let (_, reg) = wait_register(&dash, HOST, 0).await;
+    let st = status_of(&dash, "test", reg).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    assert_eq!(st.payload["message"], "1/1 passed");
+    // confirmed by the dashboard's pong: the file goes
+    assert!(
+        again.log.wait_for("every status is confirmed", WAIT).await,
+        "{}",
+        again.log.text()
+    );
+    assert!(!fx.state.join("undelivered.json").exists());
+    assert_eq!(statuses_for(&dash, "test").len(), 1);
+    assert_no_violations(&dash);
+}
