@@ -343,3 +343,117 @@ async fn undelivered_statuses_survive_an_agent_restart() {
     assert_eq!(statuses_for(&dash, "test").len(), 1);
     assert_no_violations(&dash);
 }
+
+/// A small tmpfs at a directory, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None`, with a message saying so, where this machine cannot mount.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(dir.to_path_buf())),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs here (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_switch_on_a_disk_that_fills_up_reports_the_tools_real_result() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let state = fx.tmp.path().join("small-state");
+    let Some(_mount) = Tmpfs::mount(&state, "2m") else {
+        return;
+    };
+    // a rebuild that fills the disk the switch record lives on, then succeeds
+    write_exec(
+        &fakes.bin.join("nixos-rebuild"),
+        &format!(
+            "#!/bin/sh\necho building\nhead -c 100000000 /dev/zero > '{}/filler' 2>/dev/null\necho done\nexit 0\n",
+            state.display()
+        ),
+    );
+    let mut agent = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
+        .env("PATH", &fakes.path_env())
+        .env("NIXFLEET_STATE_DIR", state.to_str().unwrap())
+        .spawn();
+    wait_register(&dash, HOST, 0).await;
+    let after = dash.last_seq();
+    dash.send_command(HOST, "switch").await.expect("send");
+    let st = status_of(&dash, "switch", after).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    assert_eq!(st.payload["exit_code"], 0, "{}", st.payload);
+    assert!(
+        message(&st).starts_with("Switch succeeded"),
+        "{}",
+        message(&st)
+    );
+    assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));
+    let _ = std::fs::remove_file(state.join("filler"));
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
+async fn a_switch_whose_result_cannot_be_known_says_unknown_never_failed() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    fakes.touch("rebuild.wait");
+    let _agent = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
+        .env("PATH", &fakes.path_env())
+        .spawn();
+    wait_register(&dash, HOST, 0).await;
+    let after = dash.last_seq();
+    dash.send_command(HOST, "switch").await.expect("send");
+    file_appears(&fakes.file("rebuild.waiting")).await;
+    // the supervisor dies (SIGKILL) without recording anything
+    let record = std::fs::read_dir(fx.state.join("switch"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .expect("the switch record");
+    let supervisor: i32 = std::fs::read_to_string(record.join("supervisor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on a pid this test's agent started; no memory involved.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
+    let st = status_of(&dash, "switch", after).await;
+    assert_eq!(st.payload["status"], "warning", "{}", st.payload);
+    assert!(message(&st).contains("result unknown"), "{}", message(&st));
+    assert!(!message(&st).contains("failed"), "{}", message(&st));
+    let hb = dash
+        .wait_frame(HOST, "heartbeat", st.seq, WAIT)
+        .await
+        .expect("heartbeat");
+    assert_eq!(hb.payload["update_status"]["system"]["status"], "unknown");
+    fakes.touch("rebuild.go");
+    assert_no_violations(&dash);
+}

@@ -37,20 +37,28 @@ pub(super) fn switch_report(record: &Record, ended: Ended) -> Result<String, Rep
     };
     match ended {
         Ended::Exit(0) => Ok(format!("{what} succeeded")),
-        Ended::Exit(code) => Err(Report::error(
+        Ended::Unrecorded(0) => Ok(format!(
+            "{what} succeeded (its exit code reached the agent through the supervisor's exit status: the switch record could not be written)"
+        )),
+        Ended::Exit(code) | Ended::Unrecorded(code) => Err(Report::error(
             code,
             failed_message(what, &record.label(), code, &record.tail()),
         )),
         Ended::Vanished => {
+            // Neither the record nor the supervisor tells how the tool ended:
+            // say so, never "failed".
             let tail = record.tail();
             let mut message = format!(
-                "{what} failed: the switch supervisor ended without recording an exit code"
+                "{what} result unknown: the switch supervisor ended without recording the exit code of `{}`",
+                record.label()
             );
             if !tail.is_empty() {
                 message.push_str(":\n");
                 message.push_str(&tail);
             }
-            Err(Report::error(NOT_RUN, message))
+            let mut report = Report::error(NOT_RUN, message);
+            report.outcome = Outcome::Warning;
+            Err(report)
         }
     }
 }

@@ -122,6 +122,14 @@ impl Row<'_> {
     /// `outcome`; `what` names it for the message ("Switch", "Rollback").
     pub fn system_result(&self, what: &str, outcome: Outcome, exit_code: i32) {
         match outcome {
+            // a switch whose result cannot be known (`warning`)
+            Outcome::Warning if exit_code != 0 => {
+                self.store.set(
+                    Part::System,
+                    Check::now(Level::Unknown, format!("{what} result unknown")),
+                );
+                self.end(Phase::System, PhaseEnd::Failed);
+            }
             Outcome::Ok | Outcome::Warning => {
                 self.store.set(
                     Part::System,

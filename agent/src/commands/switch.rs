@@ -14,6 +14,7 @@
 //! | `supervisor.pid` | agent and supervisor | PID of the supervisor |
 //! | `pid` | supervisor | PID of the tool = its process group |
 //! | `exit` | supervisor | the tool's exit code (128 + signal if killed) |
+//! | `exit.reserve` | agent | room for `exit` on a disk that fills up (freed by the supervisor when writing `exit` fails) |
 //! | `reported` | agent | present once the final `status` was queued |
 //!
 //! Small files are written atomically (a temporary file of the writing
@@ -26,7 +27,9 @@
 //! clean child environment, stdin from `/dev/null` and stdout/stderr appended
 //! to the record's log files — files, not pipes, so that nothing in the switch
 //! gets SIGPIPE when the agent dies. The supervisor starts the tool in its own
-//! process group (the target of `stop`), waits for it and writes `exit`.
+//! process group (the target of `stop`), waits for it, writes `exit`, and
+//! exits with the tool's code itself: the agent that started it learns the
+//! code from the supervisor's exit status when `exit` could not be written.
 //!
 //! The agent follows the record: it polls the log files every [`POLL`] and
 //! streams new lines as output, and reports the final `status` when `exit`
@@ -66,6 +69,12 @@ const TAIL_BYTES: u64 = 16 * 1024;
 
 /// Exit code recorded when the tool could not be started.
 pub const EXIT_NOT_STARTED: i32 = 127;
+
+/// A file of [`RESERVE_BYTES`] made with the record: the room the exit code
+/// needs on a disk that fills up while the switch runs.
+const RESERVE: &str = "exit.reserve";
+/// Several blocks' worth: the exit file, its temporary twin and the rename.
+const RESERVE_BYTES: usize = 16 * 1024;
 
 /// Entry point of the supervisor process (`nixfleet-agent --supervise-switch
 /// <record-dir>`); returns the process's exit status.
@@ -152,6 +161,8 @@ impl Record {
         for name in ["stdout.log", "stderr.log"] {
             record.open_log(name)?;
         }
+        // space for the exit code, freed by the supervisor if the disk fills
+        record.write_file(RESERVE, &[b'.'; RESERVE_BYTES])?;
         Ok(record)
     }
 
@@ -203,12 +214,22 @@ impl Record {
         Some(s.trim().to_string())
     }
 
+    /// Records the tool's exit code and returns it as the supervisor's own
+    /// exit status, so that an agent waiting for the supervisor learns the
+    /// code even when the record cannot be written. A write that fails (a
+    /// full disk) is tried once more after freeing the space reserved for it
+    /// when the record was made.
     fn finish_with(&self, code: i32) -> i32 {
-        if let Err(e) = self.write_file("exit", code.to_string().as_bytes()) {
-            eprintln!("nixfleet-agent: cannot record the switch's exit code {code}: {e}");
-            return 1;
+        let text = code.to_string();
+        if let Err(first) = self.write_file("exit", text.as_bytes()) {
+            let _ = fs::remove_file(self.dir.join(RESERVE));
+            if let Err(e) = self.write_file("exit", text.as_bytes()) {
+                eprintln!(
+                    "nixfleet-agent: cannot record the switch's exit code {code}: {first}; again: {e}"
+                );
+            }
         }
-        0
+        code
     }
 
     /// The command line, program first.
@@ -424,6 +445,9 @@ pub fn prune(root: &Path, keep: usize) {
 pub enum Ended {
     /// The tool exited with this code (128 + signal if killed).
     Exit(i32),
+    /// The record has no exit code, but the supervisor's own exit status
+    /// carried it (the record could not be written).
+    Unrecorded(i32),
     /// The supervisor is gone without recording an exit code.
     Vanished,
 }
@@ -518,15 +542,22 @@ pub async fn follow(
         if let Some(code) = record.exit_code() {
             break Ended::Exit(code);
         }
-        let alive = match own.as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => record.supervisor_alive(),
+        let (alive, own_exit) = match own.as_mut() {
+            Some(child) => match child.try_wait() {
+                Ok(None) => (true, None),
+                Ok(Some(status)) => (false, status.code()),
+                Err(_) => (false, None),
+            },
+            None => (record.supervisor_alive(), None),
         };
         if !alive {
-            // It may have written `exit` just before it ended.
-            match record.exit_code() {
-                Some(code) => break Ended::Exit(code),
-                None => break Ended::Vanished,
+            // It may have written `exit` just before it ended; else its own
+            // exit status carries the tool's code (the record could not be
+            // written, e.g. on a full disk).
+            match (record.exit_code(), own_exit) {
+                (Some(code), _) => break Ended::Exit(code),
+                (None, Some(code)) => break Ended::Unrecorded(code),
+                (None, None) => break Ended::Vanished,
             }
         }
         tokio::time::sleep(POLL).await;
@@ -597,7 +628,7 @@ mod tests {
         ];
         let r = Record::create(&tmp.path().join("switch"), "switch", &argv).unwrap();
         let code = supervise_main(&[r.dir().to_string_lossy().into_owned()]);
-        assert_eq!(code, 0);
+        assert_eq!(code, 7, "the supervisor exits with the tool's code");
         assert_eq!(r.exit_code(), Some(7));
         assert!(r.tool_pid().is_some());
         assert_eq!(r.supervisor_pid(), Some(std::process::id()));
@@ -608,7 +639,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let argv = vec![OsString::from("/nonexistent/nixos-rebuild")];
         let r = Record::create(&tmp.path().join("switch"), "switch", &argv).unwrap();
-        assert_eq!(supervise_main(&[r.dir().to_string_lossy().into_owned()]), 0);
+        assert_eq!(
+            supervise_main(&[r.dir().to_string_lossy().into_owned()]),
+            EXIT_NOT_STARTED
+        );
         assert_eq!(r.exit_code(), Some(EXIT_NOT_STARTED));
         assert_eq!(supervise_main(&[]), 2);
     }
