@@ -207,6 +207,10 @@ pub struct Config {
     /// The running system's profile link (`/run/current-system`), read by
     /// `refresh-system` and `check-version`.
     pub current_system: PathBuf,
+    /// A log file to reopen on SIGHUP (`NIXFLEET_LOG_FILE`, nix-darwin).
+    pub log_file: Option<PathBuf>,
+    /// Where to write the agent's PID (`NIXFLEET_PID_FILE`, for newsyslog).
+    pub pid_file: Option<PathBuf>,
     /// What identifies this boot (Linux: `/proc/sys/kernel/random/boot_id`;
     /// where it does not exist, the boot time is used), read by `reboot`.
     pub boot_id_file: PathBuf,
@@ -410,6 +414,21 @@ fn url(env: &Env<'_>) -> Result<String, ConfigError> {
             format!(
                 "{:?} is not a ws:// or wss:// URL; use e.g. wss://fleet.example.com/ws",
                 redact_url(&url)
+            ),
+        )),
+    }
+}
+
+/// An optional absolute path from `var`.
+fn absolute_path(env: &Env<'_>, var: &'static str) -> Result<Option<PathBuf>, ConfigError> {
+    match env.get(var) {
+        None => Ok(None),
+        Some(v) if Path::new(v.trim()).is_absolute() => Ok(Some(PathBuf::from(v.trim()))),
+        Some(v) => Err(err(
+            var,
+            format!(
+                "{:?} is not an absolute path; use e.g. /var/log/nixfleet-agent.log",
+                v.trim()
             ),
         )),
     }
@@ -724,6 +743,8 @@ impl Config {
                 .get("NIXFLEET_CURRENT_SYSTEM")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(CURRENT_SYSTEM)),
+            log_file: absolute_path(&env, "NIXFLEET_LOG_FILE")?,
+            pid_file: absolute_path(&env, "NIXFLEET_PID_FILE")?,
             boot_id_file: env
                 .get("NIXFLEET_BOOT_ID_FILE")
                 .map(PathBuf::from)
@@ -882,6 +903,8 @@ mod tests {
             ("NIXFLEET_BRANCH", "--upload-pack=x"),
             ("NIXFLEET_PING_INTERVAL_MS", "soon"),
             ("NIXFLEET_REPORTED_VERSION", "3.1.5; rm -rf /"),
+            ("NIXFLEET_LOG_FILE", "relative.log"),
+            ("NIXFLEET_PID_FILE", "agent.pid"),
         ];
         for (var, value) in cases {
             let mut extra = vec![(*var, *value)];

@@ -13,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod heartbeat;
 pub mod host;
+pub mod logfile;
 pub mod outbound;
 pub mod protocol;
 pub mod state;

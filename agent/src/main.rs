@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use nixfleet_agent::config::{self, Config, EXIT_CONFIG, LogLevel};
-use nixfleet_agent::{VERSION, host};
+use nixfleet_agent::{VERSION, host, logfile};
 
 const HELP: &str = "\
 nixfleet-agent — keeps this host connected to the NixFleet dashboard
@@ -77,6 +77,7 @@ fn main() -> ExitCode {
             return exit(1);
         }
     };
+    let pid_file = config.pid_file.clone();
     let code = runtime.block_on(async {
         tracing::info!(
             version = VERSION,
@@ -84,8 +85,17 @@ fn main() -> ExitCode {
             host = %config.hostname,
             "nixfleet-agent starting"
         );
+        tokio::spawn(logfile::reopen_on_hangup(config.log_file.clone()));
+        if let Some(path) = &pid_file
+            && let Err(e) = logfile::write_pid_file(path)
+        {
+            tracing::warn!("cannot write the pid file {}: {e}", path.display());
+        }
         nixfleet_agent::run(config, shutdown_signal()).await
     });
+    if let Some(path) = &pid_file {
+        logfile::remove_pid_file(path);
+    }
     // Don't wait for blocking reads (e.g. a hung disk) on the way out.
     runtime.shutdown_background();
     exit(code)

@@ -457,3 +457,68 @@ async fn a_switch_whose_result_cannot_be_known_says_unknown_never_failed() {
     fakes.touch("rebuild.go");
     assert_no_violations(&dash);
 }
+
+/// Polls for `pred` on a file's content (files give no event to wait on).
+async fn file_holds(path: &std::path::Path, pred: impl Fn(&str) -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if std::fs::read_to_string(path).is_ok_and(|t| pred(&t)) {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_log_file_is_reopened_on_sighup_after_a_rotation() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let log = fx.tmp.path().join("nixfleet-agent.log");
+    let pid_file = fx.tmp.path().join("nixfleet-agent.pid");
+    // launchd's StandardErrorPath: the agent's stderr is the log file
+    let mut child = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
+        .env("NIXFLEET_LOG_FILE", log.to_str().unwrap())
+        .env("NIXFLEET_PID_FILE", pid_file.to_str().unwrap())
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_register(&dash, HOST, 0).await;
+    assert!(file_holds(&log, |t| t.contains("registered")).await);
+    assert!(file_holds(&pid_file, |t| t.trim() == child.id().unwrap().to_string()).await);
+
+    // newsyslog: rename, then signal the pid in the pid file
+    let rotated = fx.tmp.path().join("nixfleet-agent.log.0");
+    std::fs::rename(&log, &rotated).unwrap();
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the agent this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    assert!(
+        file_holds(&log, |t| t.contains("SIGHUP: reopened the log file")).await,
+        "a fresh log file"
+    );
+    // what the agent logs from now on goes to the new file, not the rotated one
+    let rotated_len = std::fs::metadata(&rotated).unwrap().len();
+    dash.send_command(HOST, "refresh-git").await.expect("send");
+    assert!(file_holds(&log, |t| t.contains("command refresh-git")).await);
+    assert_eq!(std::fs::metadata(&rotated).unwrap().len(), rotated_len);
+    // SIGHUP does not end the agent; SIGTERM does, and the pid file goes
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!pid_file.exists());
+    assert_no_violations(&dash);
+}

@@ -64,6 +64,8 @@ def main():
         "NIXFLEET_FLAKE": "/var/lib/nixfleet-agent/repo#mac-1",
         "NIXFLEET_DEVICE_TYPE": "laptop",
         "NIXFLEET_INTERVAL": "5",
+        "NIXFLEET_LOG_FILE": "/var/log/nixfleet-agent.log",
+        "NIXFLEET_PID_FILE": "/var/run/nixfleet-agent.pid",
         "NIXFLEET_NIXPKGS_VERSION": facts["nixpkgsVersion"],
         "HOME": "/var/root",
     }
@@ -93,8 +95,10 @@ def main():
     if entries:
         fields = entries[0]
         check(fields[0] == "/var/log/nixfleet-agent.log", f"newsyslog rotates the log: {fields}")
-        check(len(fields) == 7 and fields[2] == "640", f"newsyslog: mode 640, 7 fields: {fields}")
-        check("N" in fields[6] and "J" not in fields[6] and "Z" not in fields[6], f"newsyslog flags: {fields}")
+        check(len(fields) == 9 and fields[2] == "640", f"newsyslog: mode 640, 9 fields: {fields}")
+        # the agent reopens its log on SIGHUP (1), signalled through its pid file
+        check("N" not in fields[6], f"newsyslog signals the agent: {fields}")
+        check(fields[7:] == ["/var/run/nixfleet-agent.pid", "1"], f"newsyslog pid file and SIGHUP: {fields}")
 
     if failures:
         print("nix-darwin module check failed:", file=sys.stderr)

@@ -37,6 +37,9 @@ let
     ]
   );
 
+  # Where the agent writes its PID for newsyslog's signal.
+  pidFile = "/var/run/nixfleet-agent.pid";
+
   # Only paths and settings: the agent reads the token from its file.
   platformEnvironment = lib.filterAttrs (_: value: value != null) {
     HOME = "/var/root";
@@ -46,6 +49,9 @@ let
     NIXFLEET_SSH_KEY = cfg.sshKeyFile;
     NIXFLEET_STATE_DIR = stateDir;
     NIXFLEET_LOG_DIR = commandLogDir;
+    # Reopened on SIGHUP, which newsyslog sends after a rotation.
+    NIXFLEET_LOG_FILE = logFile;
+    NIXFLEET_PID_FILE = pidFile;
   };
 in
 {
@@ -109,14 +115,14 @@ in
       chmod 0640 ${logFile}
     '';
 
-    # Rotate the daemon's log. launchd keeps the file open, so after a
-    # rotation the agent goes on writing into the rotated file until its next
-    # restart (every switch, `restart` or reboot) opens a fresh one. Hence
-    # no compression (which would unlink a file still being written) and no
-    # signal (N): the agent keeps no pid file and needs none.
+    # Rotate the daemon's log. launchd opened the file for the agent once;
+    # newsyslog renames it, then signals the PID in the agent's pid file with
+    # SIGHUP (1), on which the agent reopens NIXFLEET_LOG_FILE as its stdout
+    # and stderr. Older copies are compressed (J); the agent has let go of
+    # them by then.
     environment.etc."newsyslog.d/nixfleet-agent.conf".text = ''
-      # logfilename                 [owner:group]  mode  count  size(KB)  when  flags
-      ${logFile}   root:wheel     640   5      10240     *     N
+      # logfilename                 [owner:group]  mode  count  size(KB)  when  flags  [pid_file]  [sig_num]
+      ${logFile}   root:wheel     640   5      10240     *     J      ${pidFile}  1
     '';
   };
 }
