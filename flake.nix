@@ -198,6 +198,11 @@
           inherit (self.packages.${system}) nixfleet-agent mock-dashboard;
           demo = pkgs.writeShellApplication {
             name = "nixfleet-demo";
+            # the demo makes a git repository and its fake tools use coreutils
+            runtimeInputs = [
+              pkgs.git
+              pkgs.coreutils
+            ];
             text = ''
               exec ${lib.getExe mock-dashboard} demo --agent ${lib.getExe nixfleet-agent} "$@"
             '';

@@ -60,18 +60,16 @@ let
     || builtins.match "127(\\.[0-9]+){3}" host != null
     || lib.hasSuffix ".localhost" host;
 
-  secretPathAssertion =
-    option: secret: value:
-    {
-      assertion = value == null || (isAbsolute value && !isInStore value);
-      message = ''
-        services.nixfleet-agent.${option} must be an absolute path to a file outside
-        the Nix store, e.g. config.age.secrets.${secret}.path (agenix) or
-        config.sops.secrets."nixfleet/${secret}".path (sops-nix); got "${toString value}".
-        Everything in ${builtins.storeDir} is world-readable, so a secret must never
-        be put there (write the path as a string, not as a Nix path literal).
-      '';
-    };
+  secretPathAssertion = option: secret: value: {
+    assertion = value == null || (isAbsolute value && !isInStore value);
+    message = ''
+      services.nixfleet-agent.${option} must be an absolute path to a file outside
+      the Nix store, e.g. config.age.secrets.${secret}.path (agenix) or
+      config.sops.secrets."nixfleet/${secret}".path (sops-nix); got "${toString value}".
+      Everything in ${builtins.storeDir} is world-readable, so a secret must never
+      be put there (write the path as a string, not as a Nix path literal).
+    '';
+  };
 in
 {
   options.services.nixfleet-agent = {

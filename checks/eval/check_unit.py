@@ -123,6 +123,7 @@ def main():
         "NIXFLEET_NIXPKGS_VERSION": facts["nixpkgsVersion"],
         "NIXFLEET_CA_FILE": "/etc/ssl/certs/fleet-ca.pem",
         "HOME": "/root",
+        "NIX_REMOTE": "daemon",
     }
     for name, value in expected.items():
         check(env.get(name) == value, f"Environment {name}={value!r}, got {env.get(name)!r}")

@@ -96,7 +96,8 @@ let
 
     def api(path, method="GET", body=None):
         """Calls the mock dashboard's control API (on the dashboard machine)."""
-        cmd = f"curl --silent --show-error --fail -X {method} {API}{path}"
+        # quoted: an unquoted `&` would put curl in the background (exit 0 always)
+        cmd = f"curl --silent --show-error --fail -X {method} {shlex.quote(API + path)}"
         if body is not None:
             cmd += " -H 'Content-Type: application/json' --data " + shlex.quote(json.dumps(body))
         out = dashboard.succeed(cmd)
@@ -106,7 +107,7 @@ let
     def wait_api(path, jq_filter, timeout=60):
         """Waits until `jq -e FILTER` holds for GET path; returns jq's output."""
         return dashboard.wait_until_succeeds(
-            f"curl --silent --fail '{API}{path}' | jq -ec {shlex.quote(jq_filter)}",
+            f"curl --silent --fail {shlex.quote(API + path)} | jq -ec {shlex.quote(jq_filter)}",
             timeout=timeout,
         )
 

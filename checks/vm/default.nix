@@ -11,7 +11,12 @@
 
 let
   mkTest = import ./common.nix {
-    inherit pkgs nixosModule mockDashboard version;
+    inherit
+      pkgs
+      nixosModule
+      mockDashboard
+      version
+      ;
   };
   scenario = file: import file { inherit mkTest; };
 in

@@ -56,11 +56,13 @@ mkTest {
     with subtest("not in the Nix store"):
         # The closure of the unit (the agent, its configuration, its PATH)
         # and whatever was added to the store at run time.
-        agent.succeed(f"readlink -f /etc/systemd/system/{UNIT} | grep -q '^/nix/store/'")
-        assert_not_found(
-            f"$(nix-store --query --requisites $(readlink -f /etc/systemd/system/{UNIT}))",
-            "the unit's closure",
-        )
+        unit_path = agent.succeed(f"readlink -f /etc/systemd/system/{UNIT}").strip()
+        assert unit_path.startswith("/nix/store/"), unit_path
+        # its own step: a failing nix-store fails the test here, instead of
+        # leaving grep to search the working directory
+        closure = agent.succeed(f"nix-store --query --requisites {unit_path}").split()
+        assert closure, "an empty closure"
+        assert_not_found(" ".join(closure), "the unit's closure")
         if agent.execute("test -d /nix/.rw-store")[0] == 0:
             assert_not_found("/nix/.rw-store", "store paths added at run time")
 

@@ -52,7 +52,12 @@ in
 
       # Nothing secret here: this ends up in the world-readable unit file.
       environment = lib.mergeAttrsList [
-        { HOME = "/root"; }
+        {
+          HOME = "/root";
+          # Builds of a switch go through nix-daemon (its scheduling, limits
+          # and cgroups), not this unit's, as nix-darwin's darwin-rebuild does.
+          NIX_REMOTE = "daemon";
+        }
         config.networking.proxy.envVars
         cfg.agentEnvironment
         cfg.environment
