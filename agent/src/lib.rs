@@ -6,6 +6,7 @@
 //! signals, and calls [`run`]. The wire contract is in [`protocol`]; the
 //! configuration in [`config`] (documented in `docs/configuration.md`).
 
+pub mod atomic;
 pub mod backoff;
 pub mod commands;
 pub mod compartments;

@@ -10,7 +10,6 @@
 //! Without a log file, SIGHUP is logged and ignored (it no longer ends the
 //! agent).
 
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -35,16 +34,7 @@ pub fn reopen(path: &Path) -> std::io::Result<()> {
 
 /// Writes this process's PID to `path` (temporary file, then rename).
 pub fn write_pid_file(path: &Path) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("pid.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{}", std::process::id())?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::atomic::write(path, format!("{}\n", std::process::id()).as_bytes())
 }
 
 /// Removes the PID file if it is still ours.

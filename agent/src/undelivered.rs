@@ -64,7 +64,6 @@ pub fn load(state_dir: &Path) -> Vec<Outgoing> {
 }
 
 fn write(path: &Path, statuses: &[Status]) -> std::io::Result<()> {
-    use std::io::Write;
     if statuses.is_empty() {
         return match std::fs::remove_file(path) {
             Ok(()) => {
@@ -79,17 +78,7 @@ fn write(path: &Path, statuses: &[Status]) -> std::io::Result<()> {
         };
     }
     let text = serde_json::to_vec(statuses).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::atomic::write(path, &text)
 }
 
 /// Writes the undelivered statuses now (blocking).

@@ -653,7 +653,7 @@ async fn a_second_command_is_rejected() {
         &fx.repo,
         "T01-waits.sh",
         &format!(
-            "echo waiting; while [ ! -e {} ]; do sleep 0.02; done",
+            "echo waiting; while [ ! -e {0} ]; do [ -d \"$(dirname {0})\" ] || exit 1; sleep 0.02; done",
             go.display()
         ),
     );
@@ -826,7 +826,7 @@ async fn output_while_the_dashboard_is_down_then_the_status_after_it_returns() {
         &fx.repo,
         "T01-offline.sh",
         &format!(
-            "echo before; while [ ! -e {} ]; do sleep 0.02; done; for i in $(seq 1 200); do echo during $i; done",
+            "echo before; while [ ! -e {0} ]; do [ -d \"$(dirname {0})\" ] || exit 1; sleep 0.02; done; for i in $(seq 1 200); do echo during $i; done",
             go.display()
         ),
     );

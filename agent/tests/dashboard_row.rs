@@ -233,7 +233,7 @@ async fn pull_switch_test_through_the_lifecycle_with_the_right_compartments() {
         &fx.repo,
         "T01-waits.sh",
         &format!(
-            "while [ ! -e {} ]; do sleep 0.02; done",
+            "while [ ! -e {0} ]; do [ -d \"$(dirname {0})\" ] || exit 1; sleep 0.02; done",
             fakes.file("tests.go").display()
         ),
     );

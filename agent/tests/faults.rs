@@ -12,13 +12,7 @@ use nixfleet_mock_dashboard::{Frame, MockDashboard};
 const HOST: &str = "faulty";
 
 async fn status_of(dash: &MockDashboard, command: &str, after: u64) -> Frame {
-    dash.wait_until(WAIT, |d| {
-        d.frames(HOST, Some("status"))
-            .into_iter()
-            .find(|f| f.seq > after && f.payload["command"] == command)
-    })
-    .await
-    .unwrap_or_else(|| panic!("no status for {command}"))
+    status_for(dash, HOST, command, after).await
 }
 
 async fn pull(dash: &MockDashboard) -> (Frame, Vec<String>) {
@@ -242,8 +236,9 @@ fn waiting_test(fx: &Fixture, flag: &std::path::Path) {
     write_exec(
         &path,
         &format!(
-            "#!/bin/sh\necho waiting\nwhile [ ! -e '{}' ]; do sleep 0.02; done\necho done\n",
-            flag.display()
+            "#!/bin/sh\necho waiting\nwhile [ ! -e '{}' ]; do [ -d '{}' ] || exit 1; sleep 0.02; done\necho done\n",
+            flag.display(),
+            fx.tmp.path().display()
         ),
     );
 }
@@ -454,7 +449,9 @@ async fn a_switch_whose_result_cannot_be_known_says_unknown_never_failed() {
         .await
         .expect("heartbeat");
     assert_eq!(hb.payload["update_status"]["system"]["status"], "unknown");
+    // the orphaned tool goes on; let it finish before its directory goes
     fakes.touch("rebuild.go");
+    file_appears(&fakes.file("rebuild.done")).await;
     assert_no_violations(&dash);
 }
 

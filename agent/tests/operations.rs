@@ -36,13 +36,7 @@ async fn send(dash: &MockDashboard, command: &str) -> u64 {
 
 /// The first `status` after `after` for `command`.
 async fn status_of(dash: &MockDashboard, command: &str, after: u64) -> Frame {
-    dash.wait_until(WAIT, |d| {
-        d.frames(HOST, Some("status"))
-            .into_iter()
-            .find(|f| f.seq > after && f.payload["command"] == command)
-    })
-    .await
-    .unwrap_or_else(|| panic!("no status for {command}"))
+    status_for(dash, HOST, command, after).await
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {

@@ -54,9 +54,7 @@ fn tool(host_type: HostType) -> (&'static str, &'static [&'static str]) {
 
 fn write_record(path: &Path, pending: &Pending) -> std::io::Result<()> {
     let text = serde_json::to_vec(pending).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    crate::atomic::write(path, &text)
 }
 
 fn read_record(path: &Path) -> Option<Result<Pending, String>> {

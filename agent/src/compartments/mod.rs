@@ -495,23 +495,8 @@ fn read_file(path: &Path) -> Result<Option<Compartments>, String> {
 }
 
 fn write_file(path: &Path, c: &Compartments) -> std::io::Result<()> {
-    use std::io::Write;
     let text = serde_json::to_vec_pretty(c).map_err(std::io::Error::other)?;
-    let Some(dir) = path.parent() else {
-        return Err(std::io::Error::other("no parent directory"));
-    };
-    // one writer (persist_loop), and a name of this process's own
-    let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::atomic::write(path, &text)
 }
 
 /// Writes the compartments whenever they change, on the blocking pool.

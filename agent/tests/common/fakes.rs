@@ -33,7 +33,8 @@ echo "building the system configuration..." >&2
 echo "these 3 derivations will be built"
 if [ -e {d}/rebuild.wait ]; then
   touch {d}/rebuild.waiting
-  while [ ! -e {d}/rebuild.go ]; do sleep 0.02; done
+  # ends with its test: gone with the test's directory
+  while [ ! -e {d}/rebuild.go ]; do [ -d {d} ] || exit 1; sleep 0.02; done
   echo "activating the configuration..."
 fi
 if [ -e {d}/rebuild.fail ]; then

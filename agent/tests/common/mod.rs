@@ -380,3 +380,19 @@ pub async fn pid_gone(pid: i32) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The first `status` from `host` after `after` for `command`.
+pub async fn status_for(
+    dash: &MockDashboard,
+    host: &str,
+    command: &str,
+    after: u64,
+) -> nixfleet_mock_dashboard::Frame {
+    dash.wait_until(WAIT, |d| {
+        d.frames(host, Some("status"))
+            .into_iter()
+            .find(|f| f.seq > after && f.payload["command"] == command)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no status from {host} for {command}"))
+}
