@@ -98,6 +98,10 @@ def main():
     check(values(s, "LogsDirectory") == ["nixfleet-agent"], "LogsDirectory=nixfleet-agent")
     check(values(s, "LogsDirectoryMode") == ["0700"], "LogsDirectoryMode=0700")
     check(values(s, "NoNewPrivileges") == ["true"], "NoNewPrivileges=true")
+    check(
+        not values(s, "ExecStartPre"),
+        "no ExecStartPre (it would defeat RestartPreventExitStatus=78)",
+    )
     check(values(s, "ProtectSystem") == ["full"], "ProtectSystem=full")
     for absent in ("PrivateTmp", "ProtectHome", "ProtectKernelTunables", "SystemCallFilter", "User"):
         check(not values(s, absent), f"{absent} is not set (it would break a switch)")

@@ -55,6 +55,9 @@ let
   };
 in
 {
+  # Importing it into a NixOS configuration fails with a clear error.
+  _class = "darwin";
+
   imports = [ ../common.nix ];
 
   config = lib.mkIf cfg.enable {

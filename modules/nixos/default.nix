@@ -16,6 +16,9 @@ let
   sshKeyCredential = lib.optional (cfg.sshKeyFile != null) "ssh-key:${cfg.sshKeyFile}";
 in
 {
+  # Importing it into a nix-darwin configuration fails with a clear error.
+  _class = "nixos";
+
   imports = [ ../common.nix ];
 
   config = lib.mkIf cfg.enable {
@@ -64,6 +67,11 @@ in
       ];
 
       serviceConfig = {
+        # No ExecStartPre=--check: systemd compares RestartPreventExitStatus=
+        # with the main process's status only, so a failing ExecStartPre would
+        # turn a configuration error into a restart loop. The agent itself
+        # exits 78 with one line naming the variable, which `systemctl status`
+        # shows among its last log lines.
         ExecStart = lib.getExe cfg.package;
 
         # The token and the ssh key are copied by systemd into
@@ -98,7 +106,8 @@ in
         # Long enough for the agent's clean shutdown (close frame, at most 5 s).
         TimeoutStopSec = "30s";
 
-        # Hardening. Everything set here is inherited by the commands the
+        # Hardening (each with mkDefault: a host can adjust it without
+        # mkForce). Everything set here is inherited by the commands the
         # agent starts: `nixos-rebuild switch` (which evaluates and builds the
         # system as root, with root's local Nix store and build sandbox, and
         # updates /nix/var/nix/profiles/system; the activation itself runs in a
@@ -108,13 +117,13 @@ in
         # Only what leaves all of them working is enabled:
         # - Everything runs as root already and never gains privileges by
         #   executing setuid or setcap programs:
-        NoNewPrivileges = true;
+        NoNewPrivileges = lib.mkDefault true;
         # - A switch writes /nix, /root and the repository; /etc and /boot are
         #   written only by its transient activation unit:
-        ProtectSystem = "full";
+        ProtectSystem = lib.mkDefault "full";
         # - Neither builds (run as nixbld users) nor tests need realtime
         #   scheduling:
-        RestrictRealtime = true;
+        RestrictRealtime = lib.mkDefault true;
 
         # Deliberately absent, each because it would break a switch, a build
         # or the host's test scripts:
