@@ -41,8 +41,11 @@ async fn registers_with_every_field_then_heartbeats_at_once() {
     assert_eq!(s(&reg, "repo_dir"), fx.repo.to_str().unwrap());
     assert!(reg["os_version"].is_string());
     // freshness: the SHA-256 of the very binary that runs
+    // hashed off this runtime's thread, which also runs the mock dashboard
+    // (blocking it would delay the heartbeat's arrival measured below)
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_nixfleet-agent"));
-    assert_eq!(s(&reg, "binary_hash"), sha256_file(bin));
+    let hash = tokio::task::spawn_blocking(move || sha256_file(bin));
+    assert_eq!(s(&reg, "binary_hash"), hash.await.unwrap());
     assert!(reg.get("store_path").is_none(), "not in /nix/store: {reg}");
 
     // first heartbeat right after `registered`, before any interval elapsed
