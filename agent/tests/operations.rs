@@ -205,7 +205,7 @@ async fn reboot_failures_are_reported_with_their_output() {
     drop(_a);
     let seen = dash.last_seq();
     let _b = reboot_agent(&dash, &fx, &fakes, &boot_id)
-        .env("NIXFLEET_REBOOT_WAIT_MS", "500")
+        .env("NIXFLEET_REBOOT_WAIT_MS", "3000")
         .spawn();
     wait_register(&dash, HOST, seen).await;
     let after = send(&dash, "reboot").await;

@@ -785,7 +785,7 @@ async fn pings_and_the_read_deadline() {
 #[tokio::test]
 async fn operations_follow_the_hubs_lifecycle() {
     let dash = MockDashboard::start(Options {
-        reconnect_timeout: Duration::from_millis(300),
+        reconnect_timeout: Duration::from_millis(2000),
         ..Options::default()
     })
     .await
