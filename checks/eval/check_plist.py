@@ -68,6 +68,8 @@ def main():
         "NIXFLEET_PID_FILE": "/var/run/nixfleet-agent.pid",
         "NIXFLEET_NIXPKGS_VERSION": facts["nixpkgsVersion"],
         "HOME": "/var/root",
+        # the system's bundle (security.pki), not pkgs.cacert's
+        "NIX_SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
     }
     for name, value in expected.items():
         check(env.get(name) == value, f"EnvironmentVariables {name}={value!r}, got {env.get(name)!r}")

@@ -44,7 +44,10 @@ let
   platformEnvironment = lib.filterAttrs (_: value: value != null) {
     HOME = "/var/root";
     PATH = searchPath;
-    NIX_SSL_CERT_FILE = "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt";
+    # The system's bundle, which holds the CAs added with `security.pki`
+    # (nix-darwin sets the same variable for every shell).
+    NIX_SSL_CERT_FILE =
+      config.environment.variables.NIX_SSL_CERT_FILE or "/etc/ssl/certs/ca-certificates.crt";
     NIXFLEET_TOKEN_FILE = cfg.tokenFile;
     NIXFLEET_SSH_KEY = cfg.sshKeyFile;
     NIXFLEET_STATE_DIR = stateDir;
