@@ -182,8 +182,22 @@ in
         Absolute path of a private ssh key outside the Nix store, used for
         `ssh://` and scp-style `repoUrl`s. On NixOS it is handed to the service as
         the systemd credential `ssh-key`, on nix-darwin as `NIXFLEET_SSH_KEY`.
-        The server's host key must be known, e.g. through
-        `programs.ssh.knownHosts`.
+        A server listed in the system's known hosts
+        (`programs.ssh.knownHosts`) is checked strictly against it; any other
+        server is trusted on first use, unless `requireKnownHosts` is set.
+      '';
+    };
+
+    requireKnownHosts = mkOption {
+      type = types.bool;
+      default = false;
+      example = true;
+      description = ''
+        Refuse git servers whose host key is not listed in the system's known
+        hosts ({file}`/etc/ssh/ssh_known_hosts`, written by
+        `programs.ssh.knownHosts`) instead of trusting them on first use
+        (`NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS`). Either way a listed server is
+        checked strictly, and a changed key is always refused.
       '';
     };
 
@@ -313,6 +327,7 @@ in
         NIXFLEET_NIXPKGS_VERSION = cfg.nixpkgsVersion;
         NIXFLEET_LOG_LEVEL = cfg.logLevel;
         NIXFLEET_FLAKE = cfg.flake;
+        NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS = if cfg.requireKnownHosts then "1" else null;
       };
     }
 

@@ -176,8 +176,8 @@ pub struct Config {
     pub interval_secs: u64,
     /// What `register` reports as `agent_version` (default [`PROTOCOL_RELEASE`]).
     pub reported_version: String,
-    /// SSH key for git, if any.
-    pub ssh_key: Option<PathBuf>,
+    /// How git's ssh authenticates and checks host keys.
+    pub ssh: SshSettings,
     /// Log verbosity.
     pub log_level: LogLevel,
     /// Name reported to the dashboard.
@@ -217,6 +217,38 @@ pub struct Config {
     /// Timing knobs.
     pub timing: Timing,
 }
+
+/// git's ssh: the key and the host-key policy.
+///
+/// A server listed in the system's known hosts (`NIXFLEET_SSH_KNOWN_HOSTS`,
+/// default `/etc/ssh/ssh_known_hosts`, written by `programs.ssh.knownHosts`)
+/// is checked strictly against it. Any other server is trusted on first use
+/// and remembered in `<state>/ssh_known_hosts`, unless
+/// `NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS` is set: then only the system's known
+/// hosts count and an unlisted server is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSettings {
+    /// Private key for git, if any.
+    pub key: Option<PathBuf>,
+    /// The system's known hosts file.
+    pub system_known_hosts: PathBuf,
+    /// Refuse servers that are not in the system's known hosts.
+    pub require_known_hosts: bool,
+}
+
+impl Default for SshSettings {
+    /// No key, the system's known hosts, trust on first use for others.
+    fn default() -> SshSettings {
+        SshSettings {
+            key: None,
+            system_known_hosts: PathBuf::from(SYSTEM_KNOWN_HOSTS),
+            require_known_hosts: false,
+        }
+    }
+}
+
+/// The system-wide known hosts file of NixOS and nix-darwin.
+pub const SYSTEM_KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
 
 /// An invalid configuration: which variable, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,6 +320,21 @@ fn millis(env: &Env<'_>, var: &'static str, default: Duration) -> Result<Duratio
                 format!(
                     "{v:?} is not a whole number of milliseconds ≥ 1; unset it to use the default"
                 ),
+            )),
+        },
+    }
+}
+
+/// A yes/no variable: `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`.
+fn flag(env: &Env<'_>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match env.get(var).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) => match v.as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" | "" => Ok(false),
+            _ => Err(err(
+                var,
+                format!("{v:?} is not true or false; use 1 or 0, or unset it"),
             )),
         },
     }
@@ -686,11 +733,16 @@ impl Config {
             ));
         }
 
-        let ssh_key = env.get("NIXFLEET_SSH_KEY").map(PathBuf::from).or_else(|| {
-            env.get("CREDENTIALS_DIRECTORY")
-                .map(|d| Path::new(&d).join("ssh-key"))
-                .filter(|p| p.exists())
-        });
+        let ssh = SshSettings {
+            key: env.get("NIXFLEET_SSH_KEY").map(PathBuf::from).or_else(|| {
+                env.get("CREDENTIALS_DIRECTORY")
+                    .map(|d| Path::new(&d).join("ssh-key"))
+                    .filter(|p| p.exists())
+            }),
+            system_known_hosts: absolute_path(&env, "NIXFLEET_SSH_KNOWN_HOSTS")?
+                .unwrap_or_else(|| PathBuf::from(SYSTEM_KNOWN_HOSTS)),
+            require_known_hosts: flag(&env, "NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS", false)?,
+        };
         let ca_file = env.get("NIXFLEET_CA_FILE").map(PathBuf::from);
         if let Some(ca) = &ca_file
             && let Err(e) = std::fs::metadata(ca)
@@ -723,7 +775,7 @@ impl Config {
             branch,
             interval_secs,
             reported_version,
-            ssh_key,
+            ssh,
             log_level,
             hostname,
             host_type,

@@ -108,7 +108,7 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
     tokio::spawn(heartbeat::refresher(config.clone(), state.clone(), metrics));
     tokio::spawn(compartments::persist_loop(store.clone()));
     {
-        let env = commands::ChildEnv::from_process(&config.state_dir, config.ssh_key.as_deref());
+        let env = commands::ChildEnv::for_config(&config);
         tokio::spawn(compartments::lock_loop(
             store,
             config.repo_dir.clone(),

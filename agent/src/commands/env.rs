@@ -10,8 +10,11 @@
 //!   sets no `HOME` for a root service; git and nix want one).
 //! - `GIT_TERMINAL_PROMPT=0`: git never waits for a password on a terminal that
 //!   is not there.
-//! - `GIT_SSH_COMMAND`, when an SSH key is configured: `ssh -i '<key>'` with the
-//!   key path single-quoted for the shell that git runs it through.
+//! - `GIT_SSH_COMMAND`: `ssh` in batch mode with the host-key policy of
+//!   [`SshSettings`] (strict for servers in the system's known hosts, trust on
+//!   first use into `<state>/ssh_known_hosts` for others unless known hosts are
+//!   required) and, when one is configured, `-i '<key>'`; every path
+//!   single-quoted for the shell that git runs it through.
 //!
 //! Nothing else passes: no `NIXFLEET_*` variable (the token above all), no
 //! `CREDENTIALS_DIRECTORY`, no variable the agent's own service manager set for
@@ -20,6 +23,8 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
+
+use crate::config::SshSettings;
 
 /// Variables passed through from the agent's environment when set.
 pub const PASSED: &[&str] = &[
@@ -72,15 +77,18 @@ pub const EXTRA_PATH: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildEnv {
     vars: Vec<(OsString, OsString)>,
+    /// Run the child as this user and group instead of the agent's.
+    user: Option<(u32, u32)>,
 }
 
 impl ChildEnv {
     /// Builds the environment from the agent's own (`lookup`), the state
-    /// directory (default `HOME`) and the configured SSH key.
+    /// directory (default `HOME`, and the trust-on-first-use known hosts) and
+    /// the ssh settings.
     pub fn build(
         lookup: &dyn Fn(&str) -> Option<OsString>,
         state_dir: &Path,
-        ssh_key: Option<&Path>,
+        ssh: &SshSettings,
     ) -> ChildEnv {
         let mut vars: Vec<(OsString, OsString)> = Vec::new();
         for name in PASSED {
@@ -94,15 +102,70 @@ impl ChildEnv {
             .unwrap_or_else(|| state_dir.as_os_str().to_owned());
         vars.push((OsString::from("HOME"), home));
         vars.push((OsString::from("GIT_TERMINAL_PROMPT"), OsString::from("0")));
-        if let Some(key) = ssh_key {
-            vars.push((OsString::from("GIT_SSH_COMMAND"), ssh_command(key)));
+        vars.push((
+            OsString::from("GIT_SSH_COMMAND"),
+            ssh_command(ssh, state_dir),
+        ));
+        ChildEnv { vars, user: None }
+    }
+
+    /// The same environment with `safe.directory` set to `dir` for every git
+    /// the child runs (`GIT_CONFIG_COUNT`, command scope, which git honours
+    /// for that setting): the agent, as root, reads a checkout that belongs
+    /// to another user without any system git configuration.
+    pub fn with_safe_directory(mut self, dir: &Path) -> ChildEnv {
+        self.vars.extend([
+            (OsString::from("GIT_CONFIG_COUNT"), OsString::from("1")),
+            (
+                OsString::from("GIT_CONFIG_KEY_0"),
+                OsString::from("safe.directory"),
+            ),
+            (
+                OsString::from("GIT_CONFIG_VALUE_0"),
+                dir.as_os_str().to_owned(),
+            ),
+        ]);
+        self
+    }
+
+    /// The environment for a child run as `owner`: its uid and primary group,
+    /// its `HOME`, `USER` and `LOGNAME`, and none of the agent's ssh settings
+    /// (the owner's own ssh configuration, keys and known hosts apply).
+    pub fn as_owner(&self, owner: &super::owner::Account) -> ChildEnv {
+        let mut vars: Vec<(OsString, OsString)> = self
+            .vars
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.to_str(),
+                    Some("HOME" | "USER" | "LOGNAME" | "GIT_SSH_COMMAND")
+                )
+            })
+            .cloned()
+            .collect();
+        vars.push((OsString::from("HOME"), owner.home.clone().into_os_string()));
+        vars.push((OsString::from("USER"), OsString::from(&owner.name)));
+        vars.push((OsString::from("LOGNAME"), OsString::from(&owner.name)));
+        ChildEnv {
+            vars,
+            user: Some((owner.uid, owner.gid)),
         }
-        ChildEnv { vars }
     }
 
     /// Builds the environment from the agent's process environment.
-    pub fn from_process(state_dir: &Path, ssh_key: Option<&Path>) -> ChildEnv {
-        ChildEnv::build(&|name| std::env::var_os(name), state_dir, ssh_key)
+    pub fn from_process(state_dir: &Path, ssh: &SshSettings) -> ChildEnv {
+        ChildEnv::build(&|name| std::env::var_os(name), state_dir, ssh)
+    }
+
+    /// The environment for the agent's children under `config`: from the
+    /// process environment, and in legacy mode with the checkout marked safe
+    /// ([`ChildEnv::with_safe_directory`]).
+    pub fn for_config(config: &crate::config::Config) -> ChildEnv {
+        let env = ChildEnv::from_process(&config.state_dir, &config.ssh);
+        match config.repo_mode {
+            crate::config::RepoMode::Legacy => env.with_safe_directory(&config.repo_dir),
+            crate::config::RepoMode::Isolated { .. } => env,
+        }
     }
 
     /// The variables, in the order they are set.
@@ -118,10 +181,15 @@ impl ChildEnv {
             .map(|(_, v)| v.as_os_str())
     }
 
-    /// Replaces a tokio command's environment with this one.
+    /// Replaces a tokio command's environment with this one (and its user,
+    /// for [`ChildEnv::as_owner`]).
     pub fn apply(&self, cmd: &mut tokio::process::Command) {
         cmd.env_clear();
         cmd.envs(self.vars.iter().map(|(k, v)| (k, v)));
+        if let Some((uid, gid)) = self.user {
+            // std drops root's supplementary groups when it sets the uid
+            cmd.uid(uid).gid(gid);
+        }
     }
 }
 
@@ -157,13 +225,31 @@ pub fn shell_quote(value: &OsStr) -> OsString {
     OsString::from_vec(quoted)
 }
 
-/// The `GIT_SSH_COMMAND` for a key: batch mode (never prompt), only this key,
-/// and new host keys accepted on first contact (the daemon has nobody to ask;
-/// a changed key is still refused).
-fn ssh_command(key: &Path) -> OsString {
-    let mut cmd = OsString::from("ssh -i ");
-    cmd.push(shell_quote(key.as_os_str()));
-    cmd.push(" -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new");
+/// Where servers trusted on first use are remembered.
+pub const TOFU_KNOWN_HOSTS: &str = "ssh_known_hosts";
+
+/// The `GIT_SSH_COMMAND`: batch mode (never prompt), only the configured key,
+/// and the host-key policy. `GlobalKnownHostsFile` is the system's file, so a
+/// server listed there is checked against it and a changed key is refused.
+/// Other servers are accepted on first contact into the agent's own file
+/// (`accept-new`: the daemon has nobody to ask), or refused when known hosts
+/// are required (`yes`, with no file of the agent's own).
+fn ssh_command(ssh: &SshSettings, state_dir: &Path) -> OsString {
+    let mut cmd = OsString::from("ssh");
+    if let Some(key) = &ssh.key {
+        cmd.push(" -i ");
+        cmd.push(shell_quote(key.as_os_str()));
+        cmd.push(" -o IdentitiesOnly=yes");
+    }
+    cmd.push(" -o BatchMode=yes -o GlobalKnownHostsFile=");
+    cmd.push(shell_quote(ssh.system_known_hosts.as_os_str()));
+    if ssh.require_known_hosts {
+        cmd.push(" -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes");
+    } else {
+        cmd.push(" -o UserKnownHostsFile=");
+        cmd.push(shell_quote(state_dir.join(TOFU_KNOWN_HOSTS).as_os_str()));
+        cmd.push(" -o StrictHostKeyChecking=accept-new");
+    }
     cmd
 }
 
@@ -171,6 +257,14 @@ fn ssh_command(key: &Path) -> OsString {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    fn settings(key: Option<&str>, require: bool) -> SshSettings {
+        SshSettings {
+            key: key.map(Into::into),
+            system_known_hosts: "/etc/ssh/ssh_known_hosts".into(),
+            require_known_hosts: require,
+        }
+    }
 
     fn build(vars: &[(&str, &str)], key: Option<&str>) -> ChildEnv {
         let map: HashMap<String, OsString> = vars
@@ -180,7 +274,7 @@ mod tests {
         ChildEnv::build(
             &move |name| map.get(name).cloned(),
             Path::new("/var/lib/nixfleet-agent"),
-            key.map(Path::new),
+            &settings(key, false),
         )
     }
 
@@ -205,7 +299,12 @@ mod tests {
         }
         assert_eq!(env.get("LANG"), Some(OsStr::new("C.UTF-8")));
         assert_eq!(env.get("GIT_TERMINAL_PROMPT"), Some(OsStr::new("0")));
-        assert_eq!(env.get("GIT_SSH_COMMAND"), None);
+        assert!(
+            !env.get("GIT_SSH_COMMAND")
+                .unwrap()
+                .to_string_lossy()
+                .contains(" -i ")
+        );
     }
 
     #[test]
@@ -250,7 +349,18 @@ mod tests {
         assert_eq!(
             env.get("GIT_SSH_COMMAND").unwrap(),
             OsStr::new(
-                "ssh -i '/run/keys/it'\\''s key' -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new"
+                "ssh -i '/run/keys/it'\\''s key' -o IdentitiesOnly=yes -o BatchMode=yes -o GlobalKnownHostsFile='/etc/ssh/ssh_known_hosts' -o UserKnownHostsFile='/var/lib/nixfleet-agent/ssh_known_hosts' -o StrictHostKeyChecking=accept-new"
+            )
+        );
+    }
+
+    #[test]
+    fn required_known_hosts_leave_no_file_of_its_own() {
+        let env = ChildEnv::build(&|_| None, Path::new("/s"), &settings(None, true));
+        assert_eq!(
+            env.get("GIT_SSH_COMMAND").unwrap(),
+            OsStr::new(
+                "ssh -o BatchMode=yes -o GlobalKnownHostsFile='/etc/ssh/ssh_known_hosts' -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes"
             )
         );
     }

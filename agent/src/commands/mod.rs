@@ -53,6 +53,7 @@ mod deploy;
 mod env;
 mod host_tests;
 mod names;
+mod owner;
 mod pull;
 mod reboot;
 mod refresh;
@@ -124,7 +125,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Commands {
     /// The commands part, sending through `out` and publishing into `state`.
     pub fn new(config: Arc<Config>, state: Arc<AgentState>, out: Arc<Outbound>) -> Commands {
-        let env = ChildEnv::from_process(&config.state_dir, config.ssh_key.as_deref());
+        let env = ChildEnv::for_config(&config);
         Commands {
             inner: Arc::new(Inner {
                 config,

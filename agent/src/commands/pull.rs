@@ -1,5 +1,6 @@
 //! `pull`: fetch and reset the agent's own clone, or `git pull` a checkout.
 
+use super::owner::{self, GitUser};
 use super::*;
 
 pub(super) fn is_git_checkout(dir: &Path) -> bool {
@@ -139,7 +140,23 @@ impl Run {
                         ),
                     ));
                 }
-                if let Err(failed) = self.git("Pull", &["pull"]).await {
+                let env = match owner::git_user(repo) {
+                    Ok(GitUser::Agent) => self.inner().env.clone(),
+                    Ok(GitUser::Owner(account)) => {
+                        self.sink
+                            .note(format!(
+                                "[nixfleet-agent] git runs as {}, the owner of {}",
+                                account.name,
+                                repo.display()
+                            ))
+                            .await;
+                        self.inner().env.as_owner(&account)
+                    }
+                    Err(why) => {
+                        return Err(Report::error(NOT_RUN, format!("Pull failed: {why}")));
+                    }
+                };
+                if let Err(failed) = self.git_in(&env, "Pull", &["pull"]).await {
                     // never delete a checkout the agent does not own
                     return Err(match self.broken().await {
                         Some(why) => failed.after(&format!(

@@ -56,12 +56,22 @@ impl Run {
     }
 
     pub(super) async fn git(&self, what: &str, args: &[&str]) -> Result<StepResult, Report> {
+        self.git_in(&self.inner().env, what, args).await
+    }
+
+    /// `git` in the repository with the environment (and user) `env`.
+    pub(super) async fn git_in(
+        &self,
+        env: &ChildEnv,
+        what: &str,
+        args: &[&str],
+    ) -> Result<StepResult, Report> {
         let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
         let inner = self.inner();
         step(
             &self.sink,
             &self.ctl,
-            &inner.env,
+            env,
             what,
             OsStr::new("git"),
             &args,

@@ -785,7 +785,7 @@ pub(crate) mod tests {
         script: &str,
     ) -> StepResult {
         let sink = Sink::new("test", Some(out.clone()), log);
-        let env = ChildEnv::from_process(Path::new("/tmp"), None);
+        let env = ChildEnv::from_process(Path::new("/tmp"), &crate::config::SshSettings::default());
         let args = sh(script);
         let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
         let spec = Spec {
@@ -846,6 +846,7 @@ pub(crate) mod tests {
                     "PATH",
                     "HOME",
                     "GIT_TERMINAL_PROMPT",
+                    "GIT_SSH_COMMAND",
                     "PWD",
                     "SHLVL",
                     "_",
@@ -916,7 +917,7 @@ pub(crate) mod tests {
         let (out, _rx) = outbound::lanes(Duration::from_secs(1));
         let sink = Sink::new("pull", Some(out), Arc::new(RunLog::disabled()));
         let ctl = Control::new("pull", None);
-        let env = ChildEnv::from_process(Path::new("/tmp"), None);
+        let env = ChildEnv::from_process(Path::new("/tmp"), &crate::config::SshSettings::default());
         let spec = Spec {
             program: OsStr::new("nixfleet-no-such-program"),
             args: &[],
