@@ -22,7 +22,10 @@
         "x86_64-linux"
         "aarch64-linux"
       ];
-      darwinSystems = [
+      # Only the Darwin systems the pinned nixpkgs still has: nixpkgs 26.11
+      # drops x86_64-darwin, and the flake evaluates with and without it
+      # (checks.*.flake-outputs).
+      darwinSystems = lib.filter (system: nixpkgs.legacyPackages ? ${system}) [
         "x86_64-darwin"
         "aarch64-darwin"
       ];
@@ -31,9 +34,11 @@
 
       version = (builtins.fromTOML (builtins.readFile ./Cargo.toml)).workspace.package.version;
 
-      # Baked into the agent (option_env!("NIXFLEET_SOURCE_COMMIT")) and
-      # reported to the dashboard as `source_commit`; empty when the flake
-      # has no commit (e.g. a tarball without git metadata).
+      # Reported to the dashboard as `source_commit`; empty when the flake has
+      # no commit (e.g. a tarball without git metadata). Only the stamp
+      # (`stampAgent`) depends on it: the builds, the e2e tests and the VM
+      # tests stay the same from one commit to the next unless their sources
+      # change (checks.*.flake-outputs).
       sourceCommit = self.rev or self.dirtyRev or "";
 
       # One function for both crates of the workspace; `callPackage`d by the
@@ -91,10 +96,7 @@
 
           buildInputs = lib.optionals linkStatic [ glibc.static ];
 
-          env = {
-            NIXFLEET_SOURCE_COMMIT = sourceCommit;
-          }
-          // lib.optionalAttrs linkStatic {
+          env = lib.optionalAttrs linkStatic {
             RUSTFLAGS = "-C target-feature=+crt-static";
           };
 
@@ -108,7 +110,8 @@
         };
 
       # The package's own check phase runs the unit tests only; the
-      # end-to-end suite is the separate check `e2e`.
+      # end-to-end suite is the separate check `e2e`. Built without the
+      # commit; `stampAgent` adds it.
       agentPackage = mkWorkspaceCrate {
         pname = "nixfleet-agent";
         description = "Agent connecting a NixOS or nix-darwin host to a NixFleet dashboard";
@@ -131,6 +134,25 @@
           "--bins"
         ];
       };
+
+      # The agent as installed: a copy of the built binary with the commit
+      # next to it, in $out/share/nixfleet-agent/source-commit, where the
+      # agent reads it at start (host::STAMP). A copy, not a link: the agent
+      # finds the stamp from its own resolved path. Cheap to rebuild per commit.
+      stampAgent =
+        pkgs: agent:
+        pkgs.runCommand "nixfleet-agent-${version}"
+          {
+            inherit version;
+            pname = "nixfleet-agent";
+            inherit (agent) meta;
+            passthru.unstamped = agent;
+          }
+          ''
+            mkdir -p "$out/bin" "$out/share/nixfleet-agent"
+            cp ${lib.getExe agent} "$out/bin/nixfleet-agent"
+            printf '%s\n' ${lib.escapeShellArg sourceCommit} > "$out/share/nixfleet-agent/source-commit"
+          '';
 
       # The end-to-end suite (agent/tests): the real agent binary against the
       # mock dashboard on loopback, with real git repositories.
@@ -168,13 +190,13 @@
           imports = [ module ];
           services.nixfleet-agent.package = lib.mkDefault (
             self.packages.${pkgs.stdenv.hostPlatform.system}.nixfleet-agent
-              or (pkgs.callPackage agentPackage { })
+              or (stampAgent pkgs (pkgs.callPackage agentPackage { }))
           );
         };
     in
     {
       overlays.default = final: prev: {
-        nixfleet-agent = final.callPackage agentPackage { };
+        nixfleet-agent = stampAgent final (final.callPackage agentPackage { });
         nixfleet-mock-dashboard = final.callPackage mockDashboardPackage { };
       };
 
@@ -182,7 +204,7 @@
         system:
         let
           pkgs = pkgsFor system;
-          nixfleet-agent = pkgs.callPackage agentPackage { };
+          nixfleet-agent = stampAgent pkgs (pkgs.callPackage agentPackage { });
         in
         {
           inherit nixfleet-agent;
@@ -237,11 +259,13 @@
         let
           pkgs = pkgsFor system;
           isLinux = builtins.elem system linuxSystems;
+          # The agent as built, without the commit's stamp.
+          unstamped = self.packages.${system}.nixfleet-agent.unstamped;
 
           everywhere = {
             nixfleet-agent = self.packages.${system}.nixfleet-agent;
             mock-dashboard = self.packages.${system}.mock-dashboard;
-            e2e = e2eCheck pkgs self.packages.${system}.nixfleet-agent;
+            e2e = e2eCheck pkgs unstamped;
 
             formatting =
               pkgs.runCommand "nixfleet-formatting"
@@ -258,12 +282,26 @@
                   touch "$out"
                 '';
 
-            # The nix-darwin module, evaluated into a real nix-darwin system
-            # for the matching Darwin platform (also from Linux machines).
+            # The nix-darwin module, evaluated into a real nix-darwin system:
+            # on a Mac for itself, from Linux for aarch64-darwin (the Darwin
+            # platform every nixpkgs release keeps).
             darwin-module = import ./checks/eval/darwin.nix {
               inherit pkgs nix-darwin;
               darwinModule = self.darwinModules.default;
-              darwinSystem = builtins.replaceStrings [ "-linux" ] [ "-darwin" ] system;
+              darwinSystem =
+                if builtins.elem system darwinSystems then system else "aarch64-darwin";
+            };
+
+            # Evaluation only: a new commit changes the agent's stamp and
+            # nothing else, and the flake evaluates without x86_64-darwin.
+            flake-outputs = import ./checks/eval/flake-outputs.nix {
+              inherit
+                pkgs
+                system
+                nixpkgs
+                nix-darwin
+                ;
+              flake = import ./flake.nix;
             };
           };
 
@@ -274,9 +312,14 @@
             };
           };
 
+          # With the unstamped agent, so that a commit that changes no source
+          # of theirs leaves them as they are.
           vmTests = import ./checks/vm {
             inherit pkgs version;
-            nixosModule = self.nixosModules.default;
+            nixosModule = {
+              imports = [ self.nixosModules.default ];
+              services.nixfleet-agent.package = unstamped;
+            };
             mockDashboard = self.packages.${system}.mock-dashboard;
           };
         in

@@ -320,8 +320,10 @@ pub fn flake_lock_hash(repo_dir: &Path) -> Option<String> {
 /// `source_commit`, `store_path` and `binary_hash`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Freshness {
-    /// The commit the binary was built from (`NIXFLEET_SOURCE_COMMIT` at build
-    /// time), if known.
+    /// The commit the binary was built from, if known: `NIXFLEET_SOURCE_COMMIT`
+    /// at build time, else the package's stamp ([`STAMP`], written next to the
+    /// binary after the build so that the build itself does not depend on
+    /// the commit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_commit: Option<String>,
     /// The Nix store path the binary lives in (`/nix/store/<hash>-<name>`), if it
@@ -336,12 +338,13 @@ pub struct Freshness {
 /// Identifies the running binary. Reads the whole executable once (streamed), so
 /// compute it once at start-up.
 pub fn binary_freshness() -> Freshness {
+    let exe = std::env::current_exe().ok();
+    let canonical = exe.as_deref().and_then(|p| std::fs::canonicalize(p).ok());
     let source_commit = option_env!("NIXFLEET_SOURCE_COMMIT")
         .map(str::trim)
         .filter(|c| !c.is_empty())
-        .map(str::to_owned);
-    let exe = std::env::current_exe().ok();
-    let canonical = exe.as_deref().and_then(|p| std::fs::canonicalize(p).ok());
+        .map(str::to_owned)
+        .or_else(|| canonical.as_deref().and_then(stamped_commit));
     let store_path = canonical
         .as_deref()
         .or(exe.as_deref())
@@ -351,6 +354,23 @@ pub fn binary_freshness() -> Freshness {
         store_path,
         binary_hash: executable_hash(canonical.as_deref().or(exe.as_deref())),
     }
+}
+
+/// Where the package keeps the commit it was built from, relative to the
+/// directory of the binary (`$out/bin/../share/nixfleet-agent/source-commit`).
+pub const STAMP: &str = "../share/nixfleet-agent/source-commit";
+
+/// The commit in the stamp next to `exe`: a git hash, optionally `-dirty`;
+/// anything else (or a file past 100 bytes) is ignored.
+fn stamped_commit(exe: &Path) -> Option<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(exe.parent()?.join(STAMP)).ok()?;
+    let mut text = String::new();
+    file.take(100).read_to_string(&mut text).ok()?;
+    let commit = text.trim();
+    let hash = commit.strip_suffix("-dirty").unwrap_or(commit);
+    let valid = (7..=64).contains(&hash.len()) && hash.bytes().all(|b| b.is_ascii_hexdigit());
+    valid.then(|| commit.to_string())
 }
 
 /// SHA-256 of the running executable. On Linux `/proc/self/exe` is read first: it
@@ -501,6 +521,27 @@ fn resolve_against(base: &Path, path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stamp_next_to_the_binary_names_the_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        let share = tmp.path().join("share/nixfleet-agent");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&share).unwrap();
+        let exe = bin.join("nixfleet-agent");
+        assert_eq!(stamped_commit(&exe), None);
+        let rev = "0123456789abcdef0123456789abcdef01234567";
+        for (content, expected) in [
+            (format!("{rev}\n"), Some(rev.to_string())),
+            (format!("{rev}-dirty"), Some(format!("{rev}-dirty"))),
+            ("not a commit".to_string(), None),
+            (String::new(), None),
+        ] {
+            std::fs::write(share.join("source-commit"), content).unwrap();
+            assert_eq!(stamped_commit(&exe), expected);
+        }
+    }
 
     #[test]
     fn host_type_names() {
