@@ -29,6 +29,7 @@ in
   vm-config-error = scenario ./config-error.nix;
   vm-dashboard-restart = scenario ./dashboard-restart.nix;
   vm-token-secrecy = scenario ./token-secrecy.nix;
+  vm-switch = scenario ./switch.nix;
   vm-rollback = scenario ./rollback.nix;
   vm-reboot = scenario ./reboot.nix;
 }

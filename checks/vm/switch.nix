@@ -1,0 +1,96 @@
+# The real switch path: `pull-switch` through the dashboard's lifecycle runs
+# `nixos-rebuild switch --flake <clone>#agent` (the agent's own command
+# line), which builds and activates a second system configuration; the
+# status is `pull-switch` ok, the agent exits 101 and systemd starts it on
+# the new generation, which registers again. Then `rollback` goes back.
+#
+# VM tests have no network and no binary cache, so the second system is
+# already in the VM's store: the specialisation `next` of the booted system.
+# The fixture repository gets a flake without inputs whose
+# `nixosConfigurations.agent.config.system.build.toplevel` is a derivation
+# that only links to that system. Its builder and the target are store paths
+# written into flake.nix as plain strings, so this VM builds without the
+# sandbox. `/etc/nixfleet-generation` tells the systems apart.
+{ mkTest }:
+
+mkTest {
+  name = "switch";
+  agentConfig =
+    { lib, ... }:
+    {
+      environment.etc."nixfleet-generation".text = lib.mkDefault "booted";
+      specialisation.next.configuration = {
+        environment.etc."nixfleet-generation".text = "next";
+      };
+      nix.settings = {
+        sandbox = false;
+        experimental-features = [
+          "nix-command"
+          "flakes"
+        ];
+      };
+    };
+  testScript = ''
+    start()
+    wait_frame("register")
+    profile = "/nix/var/nix/profiles/system"
+    # the booted system is a generation of the profile, for the rollback
+    agent.succeed(f"nix-env -p {profile} --set $(readlink -f /run/current-system)")
+    booted = agent.succeed("readlink -f /run/current-system").strip()
+    target = agent.succeed("readlink -f /run/current-system/specialisation/next").strip()
+    sh = agent.succeed("readlink -f /run/current-system/sw/bin/sh").strip()
+    ln = agent.succeed("readlink -f /run/current-system/sw/bin/ln").strip()
+    system = agent.succeed("nix-instantiate --eval --expr builtins.currentSystem").strip()
+    flake = f"""{{
+      outputs = _: {{
+        nixosConfigurations.agent.config.system.build.toplevel = derivation {{
+          name = "nixfleet-vm-switch-next";
+          system = {system};
+          builder = "{sh}";
+          args = [ "-c" "{ln} -s {target} $out" ];
+        }};
+      }};
+    }}
+    """
+    agent.succeed(
+        "git clone -q /srv/fleet.git /tmp/work",
+        f"printf '%s' {shlex.quote(flake)} > /tmp/work/flake.nix",
+        "git -C /tmp/work add flake.nix",
+        "git -C /tmp/work -c user.name=test -c user.email=test@example.com commit -qm 'the next system'",
+        "git -C /tmp/work push -q origin HEAD:main",
+    )
+    assert agent.succeed("cat /etc/nixfleet-generation").strip() == "booted"
+
+    def restarts():
+        return int(unit_property("NRestarts"))
+
+    with subtest("pull-switch activates the flake's system; exit 101 restarts the agent"):
+        before = restarts()
+        after = last_seq()
+        result = api("/api/dispatch", "POST", {"op": "pull-switch", "hosts": ["agent"]})
+        op = result["results"][0]
+        assert op["status"] == "EXECUTING", result
+        done = wait_frame("status", after, '.payload.command == "pull-switch"', timeout=600)
+        assert done["payload"]["status"] == "ok", done
+        agent.wait_until_succeeds(f"test $(systemctl show --property NRestarts --value {UNIT}) -gt {before}", timeout=60)
+        wait_frame("register", done["seq"])
+        wait_api("/api/ops?host=agent", f'any(.[]; .id == "{op["command_id"]}" and .status == "SUCCESS")')
+        wait_frame("heartbeat", done["seq"], '.payload.update_status.system.status == "ok"')
+        assert agent.succeed("cat /etc/nixfleet-generation").strip() == "next"
+        assert agent.succeed("readlink -f /run/current-system").strip() == target
+
+    with subtest("rollback returns to the booted system"):
+        before = restarts()
+        after = last_seq()
+        result = api("/api/dispatch", "POST", {"op": "rollback", "hosts": ["agent"]})
+        assert result["results"][0]["status"] == "EXECUTING", result
+        done = wait_frame("status", after, '.payload.command == "rollback"', timeout=300)
+        assert done["payload"]["status"] == "ok", done
+        agent.wait_until_succeeds(f"test $(systemctl show --property NRestarts --value {UNIT}) -gt {before}", timeout=60)
+        wait_frame("register", done["seq"])
+        assert agent.succeed("cat /etc/nixfleet-generation").strip() == "booted"
+        assert agent.succeed("readlink -f /run/current-system").strip() == booted
+
+    no_violations()
+  '';
+}
