@@ -150,6 +150,9 @@ pub const PROTOCOL_RELEASE: &str = "3.1.5";
 /// The running system's profile link on NixOS and nix-darwin.
 pub const CURRENT_SYSTEM: &str = "/run/current-system";
 
+/// The booted system of NixOS.
+pub const BOOTED_SYSTEM: &str = "/run/booted-system";
+
 /// Linux's identity of the current boot.
 pub const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
 
@@ -207,6 +210,9 @@ pub struct Config {
     /// The running system's profile link (`/run/current-system`), read by
     /// `refresh-system` and `check-version`.
     pub current_system: PathBuf,
+    /// The booted system's link (`/run/booted-system`, `NIXFLEET_BOOTED_SYSTEM`),
+    /// compared with `current_system` for `needs_reboot` (NixOS).
+    pub booted_system: PathBuf,
     /// A log file to reopen on SIGHUP (`NIXFLEET_LOG_FILE`, nix-darwin).
     pub log_file: Option<PathBuf>,
     /// Where to write the agent's PID (`NIXFLEET_PID_FILE`, for newsyslog).
@@ -795,6 +801,10 @@ impl Config {
                 .get("NIXFLEET_CURRENT_SYSTEM")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(CURRENT_SYSTEM)),
+            booted_system: env
+                .get("NIXFLEET_BOOTED_SYSTEM")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(BOOTED_SYSTEM)),
             log_file: absolute_path(&env, "NIXFLEET_LOG_FILE")?,
             pid_file: absolute_path(&env, "NIXFLEET_PID_FILE")?,
             boot_id_file: env

@@ -30,7 +30,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::backoff::Backoff;
+use crate::compartments::with_reboot_need;
 use crate::config::Config;
+use crate::host::RebootNeed;
 use crate::outbound::{Outbound, OutboundRx};
 use crate::protocol::{Heartbeat, Incoming, IncomingError, Outgoing, Register, parse_incoming};
 use crate::state::AgentState;
@@ -271,7 +273,11 @@ impl Connection {
             command_pid: running.as_ref().map(|r| r.pid).filter(|&pid| pid != 0),
             metrics: snap.metrics,
             lock_hash: snap.lock_hash,
-            update_status: self.state.compartments().heartbeat_view(running.is_some()),
+            update_status: with_reboot_need(
+                self.state.compartments().heartbeat_view(running.is_some()),
+                snap.reboot.as_ref(),
+            ),
+            needs_reboot: snap.reboot.as_ref().map(RebootNeed::needed),
             freshness: self.identity.register.freshness.clone(),
         })
     }

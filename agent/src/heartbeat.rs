@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::host::HostType;
 use crate::host::{self, MetricsReader};
 use crate::state::{AgentState, HostSnapshot};
 
@@ -21,6 +22,10 @@ pub fn read_snapshot(config: &Config, metrics: &mut MetricsReader) -> HostSnapsh
         nixpkgs_version: host::nixpkgs_version(config.nixpkgs_version.as_deref()),
         lock_hash: host::flake_lock_hash(&config.repo_dir),
         metrics,
+        reboot: match config.host_type {
+            HostType::NixOs => host::reboot_need(&config.booted_system, &config.current_system),
+            HostType::MacOs => None,
+        },
     }
 }
 

@@ -59,6 +59,12 @@ pub struct Heartbeat {
     pub lock_hash: Option<String>,
     /// The host row's compartments as the agent sees them.
     pub update_status: UpdateStatus,
+    /// NixOS: the booted kernel, initrd or kernel modules differ from the
+    /// current system's. An extension of this agent: the hub decodes
+    /// payloads into structs and ignores fields it does not know
+    /// (`messages.go` `ParsePayload`). Absent where it does not apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub needs_reboot: Option<bool>,
     /// As in [`Register::freshness`].
     #[serde(flatten)]
     pub freshness: Freshness,
@@ -421,6 +427,7 @@ mod tests {
             metrics: None,
             lock_hash: None,
             update_status: UpdateStatus::default(),
+            needs_reboot: None,
             freshness: Freshness::default(),
         });
         let v: serde_json::Value = serde_json::from_str(&frame.to_json()).unwrap();

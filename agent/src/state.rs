@@ -34,6 +34,9 @@ pub struct HostSnapshot {
     pub lock_hash: Option<String>,
     /// Latest metrics.
     pub metrics: Option<Metrics>,
+    /// NixOS: whether the booted kernel, initrd or modules differ from the
+    /// current system's (`None`: not applicable, or cannot be told).
+    pub reboot: Option<crate::host::RebootNeed>,
 }
 
 /// Shared state of one agent process.

@@ -542,6 +542,25 @@ pub async fn refresh_lock(
     check
 }
 
+/// The System compartment with the reboot need added to its message while it
+/// is `ok` ("Switch succeeded — reboot needed: kernel changed"). Added when
+/// the heartbeat is built, so it goes away by itself after the reboot.
+pub fn with_reboot_need(
+    mut status: UpdateStatus,
+    need: Option<&crate::host::RebootNeed>,
+) -> UpdateStatus {
+    if let Some(note) = need.and_then(crate::host::RebootNeed::message)
+        && status.system.status == Level::Ok.as_str()
+    {
+        status.system.message = if status.system.message.is_empty() {
+            note
+        } else {
+            format!("{} — {note}", status.system.message)
+        };
+    }
+    status
+}
+
 /// `time` as RFC 3339 UTC with whole seconds, e.g. `2026-12-01T21:27:05Z`.
 pub fn rfc3339(time: SystemTime) -> String {
     let secs = time

@@ -17,6 +17,7 @@
 
 mod git;
 mod metrics;
+mod reboot;
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -29,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 pub use git::git_head_commit;
 pub use metrics::{Metrics, MetricsReader, MetricsSource};
+pub use reboot::{RebootNeed, reboot_need};
 
 /// Cap for small text files (versions, host names, `os-release`, git refs).
 const SMALL_FILE_CAP: u64 = 64 * 1024;

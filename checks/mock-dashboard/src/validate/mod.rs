@@ -244,7 +244,19 @@ fn check_heartbeat(f: &mut Fields<'_>) {
         "source_commit",
         "store_path",
         "binary_hash",
+        // This agent's extension. The hub decodes every payload with
+        // json.Unmarshal into a struct (messages.go `ParsePayload`), which
+        // ignores fields it does not know, so it is accepted and checked here.
+        "needs_reboot",
     ]);
+    if let Some(v) = f.map.get("needs_reboot")
+        && !v.is_boolean()
+    {
+        f.problem(format!(
+            "`needs_reboot` must be a boolean, got {}",
+            describe(v)
+        ));
+    }
     f.generation("generation");
     f.string("nixpkgs_version");
     let pending = f.nullable(

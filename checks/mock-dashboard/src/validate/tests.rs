@@ -67,7 +67,13 @@ fn valid_frames_pass() {
     let busy = with(busy, "metrics", Some(Value::Null));
     let busy = with(busy, "lock_hash", Some(json!("0f".repeat(32))));
     let busy = with(busy, "source_commit", Some(json!("2c4ef43")));
+    let busy = with(busy, "needs_reboot", Some(json!(true)));
     assert!(problems(&busy, true).is_empty());
+    let bad = problems(&with(heartbeat(), "needs_reboot", Some(json!("yes"))), true);
+    assert_eq!(
+        bad,
+        vec!["heartbeat: `needs_reboot` must be a boolean, got string \"yes\"".to_owned()]
+    );
     for v in [
         json!({"type":"output","payload":{"line":"hi","stream":"stdout","command":"test","is_error":false}}),
         json!({"type":"output","payload":{"line":"","stream":"stderr","command":"test","is_error":true}}),

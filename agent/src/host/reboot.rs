@@ -1,0 +1,114 @@
+//! Reboot awareness (NixOS): does the running kernel still match the system?
+//!
+//! A switch activates a new system but keeps the booted kernel, initrd and
+//! kernel modules until the next boot. The booted system
+//! (`/run/booted-system`) and the current one (`/run/current-system`) are
+//! compared component by component, by the store path each link resolves
+//! to. Version labels are not compared: two generations can carry the same
+//! kernel version with different builds (patches, configuration).
+//!
+//! nix-darwin has no such split (macOS updates its own kernel), so there the
+//! question does not apply and heartbeats carry no `needs_reboot`.
+
+use std::path::{Path, PathBuf};
+
+/// The components that only a reboot brings into use, with their names.
+const COMPONENTS: &[(&str, &str)] = &[
+    ("kernel", "kernel"),
+    ("initrd", "initrd"),
+    ("kernel-modules", "kernel modules"),
+];
+
+/// Whether the host needs a reboot, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebootNeed {
+    /// The components whose store paths differ (empty: no reboot needed).
+    pub changed: Vec<&'static str>,
+}
+
+impl RebootNeed {
+    /// Whether anything changed.
+    pub fn needed(&self) -> bool {
+        !self.changed.is_empty()
+    }
+
+    /// "reboot needed: kernel, initrd changed", or `None` when none is needed.
+    pub fn message(&self) -> Option<String> {
+        self.needed()
+            .then(|| format!("reboot needed: {} changed", self.changed.join(", ")))
+    }
+}
+
+/// Compares the booted and the current system. `None` when it cannot be
+/// told: no booted system (not NixOS, or a container without one).
+pub fn reboot_need(booted: &Path, current: &Path) -> Option<RebootNeed> {
+    let booted = std::fs::canonicalize(booted).ok()?;
+    let current = std::fs::canonicalize(current).ok()?;
+    let resolve = |root: &PathBuf, name: &str| std::fs::canonicalize(root.join(name)).ok();
+    let changed = COMPONENTS
+        .iter()
+        .filter(|(file, _)| resolve(&booted, file) != resolve(&current, file))
+        .map(|(_, label)| *label)
+        .collect();
+    Some(RebootNeed { changed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A system tree whose components link to `store/<name>`.
+    fn system(root: &Path, name: &str, parts: &[(&str, &str)]) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, target) in parts {
+            let t = root.join("store").join(target);
+            std::fs::create_dir_all(&t).unwrap();
+            symlink(&t, dir.join(file)).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn same_components_need_no_reboot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parts = [("kernel", "k1"), ("initrd", "i1"), ("kernel-modules", "m1")];
+        let booted = system(tmp.path(), "booted", &parts);
+        let current = system(tmp.path(), "current", &parts);
+        let need = reboot_need(&booted, &current).unwrap();
+        assert!(!need.needed());
+        assert_eq!(need.message(), None);
+    }
+
+    #[test]
+    fn each_changed_component_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let booted = system(
+            tmp.path(),
+            "booted",
+            &[("kernel", "k1"), ("initrd", "i1"), ("kernel-modules", "m1")],
+        );
+        let current = system(
+            tmp.path(),
+            "current",
+            &[("kernel", "k2"), ("initrd", "i1"), ("kernel-modules", "m2")],
+        );
+        let need = reboot_need(&booted, &current).unwrap();
+        assert_eq!(need.changed, vec!["kernel", "kernel modules"]);
+        assert_eq!(
+            need.message().as_deref(),
+            Some("reboot needed: kernel, kernel modules changed")
+        );
+    }
+
+    #[test]
+    fn a_link_to_the_same_system_needs_no_reboot_and_no_booted_system_cannot_tell() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = system(tmp.path(), "sys", &[("kernel", "k1")]);
+        let link = tmp.path().join("current");
+        symlink(&real, &link).unwrap();
+        assert!(!reboot_need(&real, &link).unwrap().needed());
+        assert_eq!(reboot_need(&tmp.path().join("missing"), &link), None);
+    }
+}
