@@ -38,6 +38,16 @@ let
 
   isInStore = path: path == builtins.storeDir || lib.hasPrefix "${builtins.storeDir}/" path;
 
+  # trustedSigners: key files (paths, copied to the store: they are public)
+  # and allowed-signers lines, which go into one file of their own.
+  isKeyFile = signer: builtins.isPath signer || isAbsolute signer;
+  signerLines = lib.filter (signer: !isKeyFile signer) cfg.trustedSigners;
+  signerFiles =
+    map (signer: "${signer}") (lib.filter isKeyFile cfg.trustedSigners)
+    ++ lib.optional (signerLines != [ ]) (
+      pkgs.writeText "nixfleet-allowed-signers" (lib.concatLines signerLines)
+    );
+
   isColour = colour: builtins.match "#[0-9a-fA-F]{6}" colour != null;
 
   isShortHostName = name: builtins.match "[A-Za-z0-9][A-Za-z0-9_-]*" name != null;
@@ -201,6 +211,50 @@ in
       '';
     };
 
+    trustedSigners = mkOption {
+      type = types.listOf (types.either types.path types.str);
+      default = [ ];
+      example = lib.literalExpression ''
+        [
+          "alice@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB8L0m1y0cXH0yUZ1V0W3q8yW2QfQ1hWm3b4n0x9zq1a"
+          ./keys/bob.asc
+        ]
+      '';
+      description = ''
+        Keys whose commit signatures the agent trusts when
+        `requireSignedCommits` is set (`NIXFLEET_TRUSTED_SIGNERS`). Each entry
+        is an SSH allowed-signers line (`<principal> <key type> <key>`), or a
+        file: an allowed-signers file, or an ASCII-armoured GPG public key.
+        These are public keys, so Nix paths (copied to the store) are fine.
+      '';
+    };
+
+    requireSignedCommits = mkOption {
+      type = types.bool;
+      default = false;
+      example = true;
+      description = ''
+        Deploy only commits signed by one of `trustedSigners`
+        (`NIXFLEET_REQUIRE_SIGNED_COMMITS`): a `pull` leaves the checkout
+        where it is when the new commit's signature does not verify, `switch`
+        refuses to build an unverified HEAD (or one with changed tracked
+        files on top), and `update` is refused, as it would deploy a
+        `flake.lock` that no signed commit holds.
+      '';
+    };
+
+    allowForcePush = mkOption {
+      type = types.bool;
+      default = false;
+      example = true;
+      description = ''
+        Let a `pull` in isolated mode follow a branch whose new tip does not
+        descend from the current commit: a force-push, or a branch reset to
+        an older commit (`NIXFLEET_ALLOW_FORCE_PUSH`). Off, such a pull is
+        refused with a status naming both commits.
+      '';
+    };
+
     hostname = mkOption {
       type = types.nullOr types.str;
       default = systemHostName;
@@ -328,11 +382,23 @@ in
         NIXFLEET_LOG_LEVEL = cfg.logLevel;
         NIXFLEET_FLAKE = cfg.flake;
         NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS = if cfg.requireKnownHosts then "1" else null;
+        NIXFLEET_TRUSTED_SIGNERS =
+          if signerFiles == [ ] then null else lib.concatStringsSep ":" signerFiles;
+        NIXFLEET_REQUIRE_SIGNED_COMMITS = if cfg.requireSignedCommits then "1" else null;
+        NIXFLEET_ALLOW_FORCE_PUSH = if cfg.allowForcePush then "1" else null;
       };
     }
 
     (lib.mkIf cfg.enable {
       assertions = [
+        {
+          assertion = cfg.requireSignedCommits -> cfg.trustedSigners != [ ];
+          message = ''
+            services.nixfleet-agent.requireSignedCommits needs at least one key
+            in services.nixfleet-agent.trustedSigners (an SSH allowed-signers
+            line, an allowed-signers file or a GPG public key file).
+          '';
+        }
         {
           assertion = builtins.match "wss?://[^/?#]+.*" cfg.url != null;
           message = ''

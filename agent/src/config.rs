@@ -181,6 +181,8 @@ pub struct Config {
     pub reported_version: String,
     /// How git's ssh authenticates and checks host keys.
     pub ssh: SshSettings,
+    /// Which commits may be deployed.
+    pub trust: TrustSettings,
     /// Log verbosity.
     pub log_level: LogLevel,
     /// Name reported to the dashboard.
@@ -251,6 +253,20 @@ impl Default for SshSettings {
             require_known_hosts: false,
         }
     }
+}
+
+/// Which commits may be deployed (docs/commands.md, "Trusted commits").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustSettings {
+    /// Deploy only commits signed by one of `signers`
+    /// (`NIXFLEET_REQUIRE_SIGNED_COMMITS`).
+    pub require_signed: bool,
+    /// SSH allowed-signers files and ASCII-armoured GPG public key files
+    /// (`NIXFLEET_TRUSTED_SIGNERS`, absolute paths separated by `:`).
+    pub signers: Vec<PathBuf>,
+    /// Accept a branch that does not descend from the current commit in
+    /// isolated mode (`NIXFLEET_ALLOW_FORCE_PUSH`).
+    pub allow_force_push: bool,
 }
 
 /// The system-wide known hosts file of NixOS and nix-darwin.
@@ -344,6 +360,40 @@ fn flag(env: &Env<'_>, var: &'static str, default: bool) -> Result<bool, ConfigE
             )),
         },
     }
+}
+
+fn trust_settings(env: &Env<'_>) -> Result<TrustSettings, ConfigError> {
+    const VAR: &str = "NIXFLEET_TRUSTED_SIGNERS";
+    let mut signers = Vec::new();
+    for part in env.get(VAR).unwrap_or_default().split(':') {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let path = PathBuf::from(part);
+        if !path.is_absolute() {
+            return Err(err(VAR, format!("{part:?} is not an absolute path")));
+        }
+        if let Err(e) = std::fs::metadata(&path) {
+            return Err(err(
+                VAR,
+                format!("cannot read {part}: {e}; name existing key files"),
+            ));
+        }
+        signers.push(path);
+    }
+    let require_signed = flag(env, "NIXFLEET_REQUIRE_SIGNED_COMMITS", false)?;
+    if require_signed && signers.is_empty() {
+        return Err(err(
+            "NIXFLEET_REQUIRE_SIGNED_COMMITS",
+            "signed commits are required but NIXFLEET_TRUSTED_SIGNERS names no key file; name the allowed-signers or GPG public key files to trust",
+        ));
+    }
+    Ok(TrustSettings {
+        require_signed,
+        signers,
+        allow_force_push: flag(env, "NIXFLEET_ALLOW_FORCE_PUSH", false)?,
+    })
 }
 
 fn is_hex_color(s: &str) -> bool {
@@ -749,6 +799,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(SYSTEM_KNOWN_HOSTS)),
             require_known_hosts: flag(&env, "NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS", false)?,
         };
+        let trust = trust_settings(&env)?;
         let ca_file = env.get("NIXFLEET_CA_FILE").map(PathBuf::from);
         if let Some(ca) = &ca_file
             && let Err(e) = std::fs::metadata(ca)
@@ -782,6 +833,7 @@ impl Config {
             interval_secs,
             reported_version,
             ssh,
+            trust,
             log_level,
             hostname,
             host_type,
@@ -884,6 +936,37 @@ mod tests {
         assert_eq!(c.flake, "/etc/nixos#hsb0");
         assert_eq!(c.timing, Timing::default());
         assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.ssh, SshSettings::default());
+        assert_eq!(c.trust, TrustSettings::default());
+    }
+
+    #[test]
+    fn trust_settings_name_existing_absolute_key_files() {
+        let c = with(&[
+            ("NIXFLEET_REQUIRE_SIGNED_COMMITS", "yes"),
+            ("NIXFLEET_TRUSTED_SIGNERS", "/dev/null::/etc/hostname"),
+            ("NIXFLEET_ALLOW_FORCE_PUSH", "1"),
+        ])
+        .unwrap();
+        assert!(c.trust.require_signed && c.trust.allow_force_push);
+        assert_eq!(
+            c.trust.signers,
+            vec![PathBuf::from("/dev/null"), PathBuf::from("/etc/hostname")]
+        );
+        let e = with(&[("NIXFLEET_REQUIRE_SIGNED_COMMITS", "1")]).unwrap_err();
+        assert_eq!(e.var, "NIXFLEET_REQUIRE_SIGNED_COMMITS");
+        assert!(e.message.contains("names no key file"), "{e}");
+        let e = with(&[("NIXFLEET_TRUSTED_SIGNERS", "keys/alice.pub")]).unwrap_err();
+        assert_eq!(e.var, "NIXFLEET_TRUSTED_SIGNERS");
+        let e = with(&[("NIXFLEET_TRUSTED_SIGNERS", "/nonexistent/alice.pub")]).unwrap_err();
+        assert!(
+            e.message.contains("cannot read /nonexistent/alice.pub"),
+            "{e}"
+        );
+        let e = with(&[("NIXFLEET_ALLOW_FORCE_PUSH", "maybe")]).unwrap_err();
+        assert_eq!(e.var, "NIXFLEET_ALLOW_FORCE_PUSH");
+        let c = with(&[("NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS", "true")]).unwrap();
+        assert!(c.ssh.require_known_hosts);
     }
 
     #[test]

@@ -192,6 +192,33 @@ fn print_check(config: &Config) -> i32 {
     );
     println!("  repository:       {} — {mode}", config.repo_dir.display());
     println!(
+        "  commits:          {}{}",
+        if config.trust.require_signed {
+            format!(
+                "signed by a trusted key only ({} key file(s))",
+                config.trust.signers.len()
+            )
+        } else {
+            "signatures not required".to_string()
+        },
+        match (&config.repo_mode, config.trust.allow_force_push) {
+            (config::RepoMode::Isolated { .. }, false) => "; force-pushed history refused",
+            (config::RepoMode::Isolated { .. }, true) => "; force-pushed history followed",
+            (config::RepoMode::Legacy, _) => "",
+        }
+    );
+    println!(
+        "  ssh host keys:    {}",
+        if config.ssh.require_known_hosts {
+            format!("only those in {}", config.ssh.system_known_hosts.display())
+        } else {
+            format!(
+                "strict for servers in {}, trusted on first use otherwise",
+                config.ssh.system_known_hosts.display()
+            )
+        }
+    );
+    println!(
         "  generation:       {}",
         generation
             .as_deref()

@@ -154,11 +154,12 @@ def main():
         "sshKeyFile must be an absolute path",
         "themeColor must be a colour",
         "hostname must be a short host name",
+        "requireSignedCommits needs at least one key",
     ):
         check(fragment in failed, f"invalid settings report {fragment!r}:\n{failed}")
     check(
-        len(facts["invalid"]["failedAssertions"]) == 6,
-        f"exactly six failed assertions: {facts['invalid']['failedAssertions']}",
+        len(facts["invalid"]["failedAssertions"]) == 7,
+        f"exactly seven failed assertions: {facts['invalid']['failedAssertions']}",
     )
     check(
         any("neither is set" in m for m in facts["neitherRepo"]),

@@ -51,6 +51,7 @@ let
     sshKeyFile = "keys/deploy";
     themeColor = "blue";
     hostname = "web-1.example.com";
+    requireSignedCommits = true;
   };
 
   legacySettings = {

@@ -23,6 +23,7 @@ let
   searchPath = lib.concatStringsSep ":" (
     map (p: "${p}/bin") (
       [ pkgs.git ]
+      ++ lib.optional cfg.requireSignedCommits pkgs.gnupg
       ++ lib.optional config.nix.enable config.nix.package
       ++ [ config.system.build.darwin-rebuild ]
     )

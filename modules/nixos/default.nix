@@ -38,9 +38,10 @@ in
       stopIfChanged = false;
       unitConfig.X-StopOnRemoval = false;
 
-      # What the commands need: git for pull, ssh for ssh:// repositories,
-      # nix and nixos-rebuild for switch and update, a shell and the basic
-      # tools for the host's test scripts and for fetching tarballs.
+      # What the commands need: git for pull, ssh for ssh:// repositories
+      # (and ssh-keygen for SSH commit signatures), nix and nixos-rebuild for
+      # switch and update, a shell and the basic tools for the host's test
+      # scripts and for fetching tarballs; gpg for GPG commit signatures.
       path = [
         pkgs.bash
         pkgs.coreutils
@@ -51,7 +52,8 @@ in
         config.programs.ssh.package
         config.nix.package
         config.system.build.nixos-rebuild
-      ];
+      ]
+      ++ lib.optional cfg.requireSignedCommits pkgs.gnupg;
 
       # Nothing secret here: this ends up in the world-readable unit file.
       environment = lib.mergeAttrsList [

@@ -65,6 +65,7 @@ pub(super) fn switch_report(record: &Record, ended: Ended) -> Result<String, Rep
 
 impl Run {
     pub(super) async fn switch(&mut self, command: CommandName) -> Result<String, Report> {
+        self.check_head(system_label(command)).await?;
         let config = self.inner().config.clone();
         let argv = switch::argv(config.switch_tool.program(), &config.flake);
         self.detached(command, argv).await
@@ -149,6 +150,12 @@ impl Run {
     }
 
     pub(super) async fn update(&mut self) -> Result<Report, Report> {
+        if self.inner().config.trust.require_signed {
+            return Err(Report::error(
+                NOT_RUN,
+                "Update refused: only signed commits are deployed, and `nix flake update` would deploy a flake.lock that no signed commit holds; update the lock in the repository, sign the commit, then pull-switch".to_string(),
+            ));
+        }
         let args: [&OsStr; 4] = [
             OsStr::new("--extra-experimental-features"),
             OsStr::new("nix-command flakes"),

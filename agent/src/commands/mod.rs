@@ -64,6 +64,7 @@ mod run;
 mod runlog;
 mod runner;
 mod switch;
+mod trust;
 
 use std::ffi::OsStr;
 use std::path::Path;

@@ -156,7 +156,21 @@ impl Run {
                         return Err(Report::error(NOT_RUN, format!("Pull failed: {why}")));
                     }
                 };
-                if let Err(failed) = self.git_in(&env, "Pull", &["pull"]).await {
+                let pulled = if config.trust.require_signed {
+                    // fetch, check the upstream's signature, then fast-forward
+                    let before = host::git_head_commit(repo).unwrap_or_default();
+                    match self.git_in(&env, "Pull", &["fetch"]).await {
+                        Ok(_) => {
+                            let target = self.check_move(&before, "@{upstream}", false).await?;
+                            self.git_in(&env, "Pull", &["merge", "--ff-only", &target])
+                                .await
+                        }
+                        Err(failed) => Err(failed),
+                    }
+                } else {
+                    self.git_in(&env, "Pull", &["pull"]).await
+                };
+                if let Err(failed) = pulled {
                     // never delete a checkout the agent does not own
                     return Err(match self.broken().await {
                         Some(why) => failed.after(&format!(
@@ -186,13 +200,15 @@ impl Run {
         })
     }
 
-    /// `pull` in the agent's own clone.
+    /// `pull` in the agent's own clone: fetch, the trust checks, then reset.
     async fn isolated_pull(&mut self, url: &str, branch: &str) -> Result<(), Report> {
         let origin = format!("origin/{branch}");
+        let before = host::git_head_commit(&self.inner().config.repo_dir).unwrap_or_default();
         self.git("Pull", &["remote", "set-url", "origin", url])
             .await?;
         self.git("Pull", &["fetch", "origin", branch]).await?;
-        self.git("Pull", &["reset", "--hard", &origin]).await?;
+        let target = self.check_move(&before, &origin, true).await?;
+        self.git("Pull", &["reset", "--hard", &target]).await?;
         self.git("Pull", &["clean", "-fd"]).await?;
         Ok(())
     }
