@@ -255,6 +255,35 @@ in
       '';
     };
 
+    rollbackOnFailure = mkOption {
+      type = types.bool;
+      default = true;
+      example = false;
+      description = ''
+        Switch back automatically when a switch cuts the host off
+        (`NIXFLEET_ROLLBACK_ON_FAILURE`): after `switch`, `pull-switch`,
+        `update` or `rollback`, the agent of the new generation must register
+        with the dashboard and pass the host's health checks
+        (`hosts/<host>/health/*.sh` in the repository and, on NixOS, no
+        failed unit that was active before) within `rollbackDeadline`
+        seconds; otherwise the detached switch supervisor activates the
+        recorded previous system again and the switch is reported as
+        `error` "rolled back to <generation>: <reason>". Never retried.
+      '';
+    };
+
+    rollbackDeadline = mkOption {
+      type = types.ints.between 1 86400;
+      default = 120;
+      example = 300;
+      description = ''
+        Seconds the new generation has to confirm a switch
+        (`NIXFLEET_ROLLBACK_DEADLINE`), counted from the end of the switch.
+        A reboot inside the window pauses it: the agent resumes the check
+        after the boot for the rest of it.
+      '';
+    };
+
     hostname = mkOption {
       type = types.nullOr types.str;
       default = systemHostName;
@@ -386,6 +415,8 @@ in
           if signerFiles == [ ] then null else lib.concatStringsSep ":" signerFiles;
         NIXFLEET_REQUIRE_SIGNED_COMMITS = if cfg.requireSignedCommits then "1" else null;
         NIXFLEET_ALLOW_FORCE_PUSH = if cfg.allowForcePush then "1" else null;
+        NIXFLEET_ROLLBACK_ON_FAILURE = if cfg.rollbackOnFailure then null else "0";
+        NIXFLEET_ROLLBACK_DEADLINE = toString cfg.rollbackDeadline;
       };
     }
 

@@ -183,6 +183,8 @@ pub struct Config {
     pub ssh: SshSettings,
     /// Which commits may be deployed.
     pub trust: TrustSettings,
+    /// The rollback watchdog.
+    pub rollback: RollbackSettings,
     /// Log verbosity.
     pub log_level: LogLevel,
     /// Name reported to the dashboard.
@@ -268,6 +270,32 @@ pub struct TrustSettings {
     /// isolated mode (`NIXFLEET_ALLOW_FORCE_PUSH`).
     pub allow_force_push: bool,
 }
+
+/// The rollback watchdog (docs/commands.md, "Automatic rollback").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackSettings {
+    /// Switch back when the new generation does not confirm
+    /// (`NIXFLEET_ROLLBACK_ON_FAILURE`, default on).
+    pub enabled: bool,
+    /// How long the new generation has to register and pass its health
+    /// checks (`NIXFLEET_ROLLBACK_DEADLINE`, seconds, default 120).
+    pub deadline: Duration,
+    /// The system profile set back on a rollback (`NIXFLEET_SYSTEM_PROFILE`).
+    pub system_profile: PathBuf,
+}
+
+impl Default for RollbackSettings {
+    fn default() -> RollbackSettings {
+        RollbackSettings {
+            enabled: true,
+            deadline: Duration::from_secs(120),
+            system_profile: PathBuf::from(SYSTEM_PROFILE),
+        }
+    }
+}
+
+/// The system profile of NixOS and nix-darwin.
+pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
 
 /// The system-wide known hosts file of NixOS and nix-darwin.
 pub const SYSTEM_KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
@@ -800,6 +828,25 @@ impl Config {
             require_known_hosts: flag(&env, "NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS", false)?,
         };
         let trust = trust_settings(&env)?;
+        let rollback = RollbackSettings {
+            enabled: flag(&env, "NIXFLEET_ROLLBACK_ON_FAILURE", true)?,
+            deadline: match env.get("NIXFLEET_ROLLBACK_DEADLINE") {
+                None => RollbackSettings::default().deadline,
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(secs) if (1..=86_400).contains(&secs) => Duration::from_secs(secs),
+                    _ => {
+                        return Err(err(
+                            "NIXFLEET_ROLLBACK_DEADLINE",
+                            format!(
+                                "{v:?} is not a number of seconds from 1 to 86400; unset it for 120"
+                            ),
+                        ));
+                    }
+                },
+            },
+            system_profile: absolute_path(&env, "NIXFLEET_SYSTEM_PROFILE")?
+                .unwrap_or_else(|| PathBuf::from(SYSTEM_PROFILE)),
+        };
         let ca_file = env.get("NIXFLEET_CA_FILE").map(PathBuf::from);
         if let Some(ca) = &ca_file
             && let Err(e) = std::fs::metadata(ca)
@@ -834,6 +881,7 @@ impl Config {
             reported_version,
             ssh,
             trust,
+            rollback,
             log_level,
             hostname,
             host_type,
@@ -938,6 +986,17 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Info);
         assert_eq!(c.ssh, SshSettings::default());
         assert_eq!(c.trust, TrustSettings::default());
+        assert_eq!(c.rollback, RollbackSettings::default());
+        assert!(c.rollback.enabled);
+        let c = with(&[
+            ("NIXFLEET_ROLLBACK_ON_FAILURE", "0"),
+            ("NIXFLEET_ROLLBACK_DEADLINE", "30"),
+        ])
+        .unwrap();
+        assert!(!c.rollback.enabled);
+        assert_eq!(c.rollback.deadline, Duration::from_secs(30));
+        let e = with(&[("NIXFLEET_ROLLBACK_DEADLINE", "0")]).unwrap_err();
+        assert_eq!(e.var, "NIXFLEET_ROLLBACK_DEADLINE");
     }
 
     #[test]

@@ -325,6 +325,7 @@ impl Connection {
             }
         }
         tracing::info!(host = %self.identity.register.hostname, "registered");
+        self.state.note_registered();
         backoff.reset();
         self.out.set_connected(true);
 

@@ -63,6 +63,7 @@ pub fn identity(config: &Config, freshness: host::Freshness) -> Identity {
 ///
 /// `signal` resolves when SIGTERM/SIGINT arrives.
 pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) -> i32 {
+    state::process_started();
     let config = Arc::new(config);
     // Private state: the clone, switch records and command logs live here.
     // (systemd's StateDirectory and the darwin activation create it 0700 too.)

@@ -39,6 +39,12 @@ pub struct HostSnapshot {
     pub reboot: Option<crate::host::RebootNeed>,
 }
 
+/// When this process started (the first call, which `run` makes first).
+pub fn process_started() -> std::time::SystemTime {
+    static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::SystemTime::now)
+}
+
 /// Shared state of one agent process.
 #[derive(Debug)]
 pub struct AgentState {
@@ -47,6 +53,8 @@ pub struct AgentState {
     refresh: Notify,
     exit: watch::Sender<Option<i32>>,
     compartments: Arc<Store>,
+    /// How many times this process was `registered` by the dashboard.
+    registered: watch::Sender<u64>,
 }
 
 impl Default for AgentState {
@@ -65,7 +73,20 @@ impl AgentState {
             refresh: Notify::new(),
             exit: watch::Sender::new(None),
             compartments: store,
+            registered: watch::Sender::new(0),
         }
+    }
+
+    /// The dashboard answered a `register` with `registered`.
+    pub fn note_registered(&self) {
+        self.registered.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves once this process has been registered by the dashboard.
+    pub async fn wait_registered(&self) {
+        let mut rx = self.registered.subscribe();
+        // the sender lives as long as `self`, so this only ends when registered
+        let _ = rx.wait_for(|n| *n > 0).await;
     }
 
     /// The Lock, System and Tests compartments.

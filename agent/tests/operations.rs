@@ -142,13 +142,21 @@ async fn home_manager_rollback_activates_the_previous_generation() {
             .unwrap();
     }
     std::os::unix::fs::symlink("home-manager-5-link", profiles.join("home-manager")).unwrap();
-    let _a = agent(&dash, &fx, &fakes)
-        .env("NIXFLEET_SWITCH_TOOL", "home-manager")
-        .spawn();
+    let hm = || agent(&dash, &fx, &fakes).env("NIXFLEET_SWITCH_TOOL", "home-manager");
+    let mut a = hm().spawn();
     wait_register(&dash, HOST, 0).await;
-    let st = status_of(&dash, "rollback", send(&dash, "rollback").await).await;
-    assert_eq!(s(&st.payload, "status"), "ok", "{}", st.payload);
+    let sent = send(&dash, "rollback").await;
+    // the rollback is watched (the current generation is on record): the
+    // agent restarts, and the next one confirms and reports it
+    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101));
     assert_eq!(fakes.read("activated"), "4\n");
+    let _b = hm().spawn();
+    let st = status_of(&dash, "rollback", sent).await;
+    assert_eq!(s(&st.payload, "status"), "ok", "{}", st.payload);
+    assert_eq!(
+        s(&st.payload, "message"),
+        "Rollback succeeded; confirmed by the new generation"
+    );
     assert_no_violations(&dash);
 }
 

@@ -13,6 +13,7 @@
 //! | `dashboard-restart` | `connection.rs`: `dashboard_restarted_agent_registers_again` |
 //! | `token-secrecy` | [`vm_token_secrecy_twin`]; `connection.rs`: `the_token_never_reaches_the_log` |
 //! | `switch` | `dashboard_row.rs`: `pull_switch_moves_system_through_outdated_and_working_to_ok`, `pull_switch_test_through_the_lifecycle_with_the_right_compartments`; `operations.rs`: `rollback_runs_the_tool_detached_and_restarts` |
+//! | `auto-rollback` | `watchdog.rs`: `a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once`, `the_window_survives_a_reboot_of_the_supervisor` |
 //! | `rollback` | `operations.rs`: `rollback_runs_the_tool_detached_and_restarts`, `a_rollback_survives_an_agent_restart_and_is_reported_once` |
 //! | `reboot` | `operations.rs`: `reboot_while_a_test_runs_stops_it_then_reports_after_the_boot`, `reboot_failures_are_reported_with_their_output` |
 //!

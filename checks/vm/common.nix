@@ -148,6 +148,38 @@ let
         assert violations == [], f"protocol violations: {violations}"
 
 
+    def publish_system(target, message):
+        """Commits a flake whose nixosConfigurations.agent is the system `target`.
+
+        The flake has no inputs: its toplevel is a derivation that links to
+        `target`, a system already in the VM's store. The builder and the
+        target are written into flake.nix as plain strings, so the VM builds
+        it without the sandbox (flakeSystemSettings).
+        """
+        sh = agent.succeed("readlink -f /run/current-system/sw/bin/sh").strip()
+        ln = agent.succeed("readlink -f /run/current-system/sw/bin/ln").strip()
+        system = agent.succeed("nix-instantiate --eval --expr builtins.currentSystem").strip()
+        flake = f"""{{
+          outputs = _: {{
+            nixosConfigurations.agent.config.system.build.toplevel = derivation {{
+              name = "nixfleet-vm-system";
+              system = {system};
+              builder = "{sh}";
+              args = [ "-c" "{ln} -s {target} $out" ];
+            }};
+          }};
+        }}
+        """
+        agent.succeed(
+            "rm -rf /tmp/work",
+            "git clone -q /srv/fleet.git /tmp/work",
+            f"printf '%s' {shlex.quote(flake)} > /tmp/work/flake.nix",
+            "git -C /tmp/work add flake.nix",
+            f"git -C /tmp/work -c user.name=test -c user.email=test@example.com commit -qm {shlex.quote(message)}",
+            "git -C /tmp/work push -q origin HEAD:main",
+        )
+
+
     def start(allow_reboot=False):
         """Boots both machines, enrolls the agent's token and waits for it to connect."""
         dashboard.start()

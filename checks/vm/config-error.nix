@@ -1,7 +1,7 @@
 # A configuration error (here NIXFLEET_INTERVAL=0, set by a runtime drop-in)
 # makes the agent exit with status 78, and systemd does not restart it
 # (RestartPreventExitStatus=78): no restart loop. Fixed, it starts again.
-{ mkTest }:
+{ mkTest, ... }:
 
 mkTest {
   name = "config-error";

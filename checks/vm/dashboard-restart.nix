@@ -1,7 +1,7 @@
 # The dashboard goes away and comes back: the agent keeps running (no
 # service restart), reconnects with backoff, registers again and resumes
 # its heartbeats.
-{ mkTest }:
+{ mkTest, ... }:
 
 mkTest {
   name = "dashboard-restart";

@@ -18,7 +18,15 @@ let
       version
       ;
   };
-  scenario = file: import file { inherit mkTest; };
+  # What a VM needs to switch to a system published with `publish_system`.
+  flakeSystemSettings = {
+    sandbox = false;
+    experimental-features = [
+      "nix-command"
+      "flakes"
+    ];
+  };
+  scenario = file: import file { inherit mkTest flakeSystemSettings; };
 in
 {
   vm-register = scenario ./register.nix;
@@ -30,6 +38,7 @@ in
   vm-dashboard-restart = scenario ./dashboard-restart.nix;
   vm-token-secrecy = scenario ./token-secrecy.nix;
   vm-switch = scenario ./switch.nix;
+  vm-auto-rollback = scenario ./auto-rollback.nix;
   vm-rollback = scenario ./rollback.nix;
   vm-reboot = scenario ./reboot.nix;
 }

@@ -2,7 +2,7 @@
 # name order (as upstream does), streams their output, reports progress after
 # each script and a final result; a non-executable *.sh does not run and is
 # listed as skipped.
-{ mkTest }:
+{ mkTest, ... }:
 
 mkTest {
   name = "host-tests";

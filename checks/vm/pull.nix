@@ -1,7 +1,7 @@
 # `pull` after a new commit: the agent's clone is reset to the new
 # origin/main (local changes and stray files discarded), the status names
 # the new generation and heartbeats report it from then on.
-{ mkTest }:
+{ mkTest, ... }:
 
 mkTest {
   name = "pull";

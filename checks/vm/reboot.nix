@@ -1,7 +1,7 @@
 # `reboot` as the UI sends it: the agent announces it, reboots the machine
 # with `systemctl reboot`, and after the boot it registers again and reports
 # the reboot's status (`ok` "Rebooted: …"), exactly once.
-{ mkTest }:
+{ mkTest, ... }:
 
 mkTest {
   name = "reboot";

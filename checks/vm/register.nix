@@ -1,7 +1,7 @@
 # Registration and heartbeats: the agent clones the repository, registers
 # with everything the module configured, sends its first heartbeat at once
 # and then one every `interval` seconds; the dashboard sees it online.
-{ mkTest }:
+{ mkTest, ... }:
 
 mkTest {
   name = "register";

@@ -1,6 +1,6 @@
 # `restart`: the agent exits with status 101, systemd starts it again after
 # RestartSec (RestartForceExitStatus=101) and the new process registers again.
-{ mkTest }:
+{ mkTest, ... }:
 
 mkTest {
   name = "restart";

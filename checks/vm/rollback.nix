@@ -6,7 +6,7 @@
 # one and its specialisation `previous`. The test makes them generations 1
 # (`previous`) and 2 (booted) of the system profile, so that the rollback has
 # somewhere to go; `/etc/nixfleet-generation` tells them apart.
-{ mkTest }:
+{ mkTest, ... }:
 
 mkTest {
   name = "rollback";
@@ -42,7 +42,8 @@ mkTest {
             f"test $(systemctl show --property NRestarts --value {UNIT}) -gt {restarts_before}",
             timeout=60,
         )
-        wait_frame("register", done["seq"])
+        # the new generation registers first, then confirms and reports
+        wait_frame("register", after)
         wait_api("/api/ops?host=agent", f'any(.[]; .id == "{op["command_id"]}" and .status == "SUCCESS")')
 
     with subtest("the system is the previous generation"):

@@ -4,7 +4,7 @@
 #
 # The long-running command is `test` with the fixture's T00-slow.sh, which
 # sleeps (`sleep 867`) only while the flag file FLAGS/slow exists.
-{ mkTest }:
+{ mkTest, ... }:
 
 mkTest {
   name = "stop";

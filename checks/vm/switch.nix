@@ -5,13 +5,10 @@
 # the new generation, which registers again. Then `rollback` goes back.
 #
 # VM tests have no network and no binary cache, so the second system is
-# already in the VM's store: the specialisation `next` of the booted system.
-# The fixture repository gets a flake without inputs whose
-# `nixosConfigurations.agent.config.system.build.toplevel` is a derivation
-# that only links to that system. Its builder and the target are store paths
-# written into flake.nix as plain strings, so this VM builds without the
-# sandbox. `/etc/nixfleet-generation` tells the systems apart.
-{ mkTest }:
+# already in the VM's store: the specialisation `next` of the booted system,
+# published in the fixture repository by `publish_system` (./common.nix).
+# `/etc/nixfleet-generation` tells the systems apart.
+{ mkTest, flakeSystemSettings }:
 
 mkTest {
   name = "switch";
@@ -22,13 +19,7 @@ mkTest {
       specialisation.next.configuration = {
         environment.etc."nixfleet-generation".text = "next";
       };
-      nix.settings = {
-        sandbox = false;
-        experimental-features = [
-          "nix-command"
-          "flakes"
-        ];
-      };
+      nix.settings = flakeSystemSettings;
     };
   testScript = ''
     start()
@@ -38,27 +29,7 @@ mkTest {
     agent.succeed(f"nix-env -p {profile} --set $(readlink -f /run/current-system)")
     booted = agent.succeed("readlink -f /run/current-system").strip()
     target = agent.succeed("readlink -f /run/current-system/specialisation/next").strip()
-    sh = agent.succeed("readlink -f /run/current-system/sw/bin/sh").strip()
-    ln = agent.succeed("readlink -f /run/current-system/sw/bin/ln").strip()
-    system = agent.succeed("nix-instantiate --eval --expr builtins.currentSystem").strip()
-    flake = f"""{{
-      outputs = _: {{
-        nixosConfigurations.agent.config.system.build.toplevel = derivation {{
-          name = "nixfleet-vm-switch-next";
-          system = {system};
-          builder = "{sh}";
-          args = [ "-c" "{ln} -s {target} $out" ];
-        }};
-      }};
-    }}
-    """
-    agent.succeed(
-        "git clone -q /srv/fleet.git /tmp/work",
-        f"printf '%s' {shlex.quote(flake)} > /tmp/work/flake.nix",
-        "git -C /tmp/work add flake.nix",
-        "git -C /tmp/work -c user.name=test -c user.email=test@example.com commit -qm 'the next system'",
-        "git -C /tmp/work push -q origin HEAD:main",
-    )
+    publish_system(target, "the next system")
     assert agent.succeed("cat /etc/nixfleet-generation").strip() == "booted"
 
     def restarts():
@@ -72,8 +43,12 @@ mkTest {
         assert op["status"] == "EXECUTING", result
         done = wait_frame("status", after, '.payload.command == "pull-switch"', timeout=600)
         assert done["payload"]["status"] == "ok", done
+        # reported by the new generation's agent once it confirmed the switch
+        assert done["payload"]["message"].endswith("confirmed by the new generation"), done
+        assert agent.succeed("cat /var/lib/nixfleet-agent/switch/*/verdict").strip() == "confirmed"
         agent.wait_until_succeeds(f"test $(systemctl show --property NRestarts --value {UNIT}) -gt {before}", timeout=60)
-        wait_frame("register", done["seq"])
+        # the new generation registers first, then confirms and reports
+        wait_frame("register", after)
         wait_api("/api/ops?host=agent", f'any(.[]; .id == "{op["command_id"]}" and .status == "SUCCESS")')
         wait_frame("heartbeat", done["seq"], '.payload.update_status.system.status == "ok"')
         assert agent.succeed("cat /etc/nixfleet-generation").strip() == "next"
@@ -87,7 +62,8 @@ mkTest {
         done = wait_frame("status", after, '.payload.command == "rollback"', timeout=300)
         assert done["payload"]["status"] == "ok", done
         agent.wait_until_succeeds(f"test $(systemctl show --property NRestarts --value {UNIT}) -gt {before}", timeout=60)
-        wait_frame("register", done["seq"])
+        # the new generation registers first, then confirms and reports
+        wait_frame("register", after)
         assert agent.succeed("cat /etc/nixfleet-generation").strip() == "booted"
         assert agent.succeed("readlink -f /run/current-system").strip() == booted
 

@@ -2,7 +2,7 @@
 # from the unit file, the unit's environment, the process environment
 # (/proc/PID/environ), its argv (/proc/PID/cmdline), the environment of the
 # commands it runs, its logs, its state and the Nix store.
-{ mkTest }:
+{ mkTest, ... }:
 
 mkTest {
   name = "token-secrecy";

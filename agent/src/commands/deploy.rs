@@ -15,6 +15,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use super::watchdog::Watch;
 use super::*;
 use crate::config::SwitchTool;
 
@@ -124,6 +125,7 @@ impl Run {
             )
         })?;
         self.record = Some(record.clone());
+        self.prepare_watch(&record).await;
         self.ctl.set_detached();
         let child = record
             .spawn_supervisor(&self.inner().env, &config.repo_dir)
@@ -137,7 +139,26 @@ impl Run {
             self.ctl.publish_pid(pid);
         }
         let ended = switch::follow(&record, &self.sink, &self.ctl, Some(child), false).await;
+        if let Some(deferred) = self.defer_if_watched(&record, ended).await {
+            return Err(deferred);
+        }
         switch_report(&record, ended)
+    }
+
+    /// A watched switch that succeeded is reported by the next agent process,
+    /// once the new generation confirmed it (or it was rolled back).
+    async fn defer_if_watched(&self, record: &Record, ended: Ended) -> Option<Report> {
+        if ended != Ended::Exit(0) {
+            return None;
+        }
+        let watch = Watch::load(record)?;
+        self.sink
+            .note(format!(
+                "[nixfleet-agent] switched; the agent restarts, and the new generation's agent confirms the switch within {} s or it is rolled back",
+                watch.deadline.as_secs()
+            ))
+            .await;
+        Some(Report::deferred())
     }
 
     pub(super) async fn pull_switch(&mut self) -> Result<Report, Report> {
@@ -189,6 +210,17 @@ impl Commands {
         let root = self.inner.config.state_dir.join("switch");
         for record in switch::pending(&root) {
             if let Some(code) = record.exit_code() {
+                if code == 0
+                    && let Some(watch) = Watch::load(&record)
+                {
+                    if !self.confirm_switch(record.clone(), watch) {
+                        tracing::warn!(
+                            "another switch is already followed; {} stays for the next start",
+                            record.dir().display()
+                        );
+                    }
+                    continue;
+                }
                 self.report_record(&record, Ended::Exit(code));
             } else if record.supervisor_alive() {
                 if !self.adopt(record.clone()) {
@@ -261,6 +293,10 @@ impl Commands {
                 ))
                 .await;
             let ended = switch::follow(&record, &run.sink, &run.ctl, None, true).await;
+            if let Some(deferred) = run.defer_if_watched(&record, ended).await {
+                run.finish(deferred);
+                return;
+            }
             let report = switch_report(&record, ended)
                 .map(|m| Report::ok(m).with_restart())
                 .unwrap_or_else(|r| r);

@@ -49,6 +49,7 @@
 //! Every run writes its output to a log file of its own (see `commands/runlog.rs`).
 
 mod check_version;
+mod confirm;
 mod deploy;
 mod env;
 mod host_tests;
@@ -65,6 +66,7 @@ mod runlog;
 mod runner;
 mod switch;
 mod trust;
+mod watchdog;
 
 use std::ffi::OsStr;
 use std::path::Path;

@@ -12,6 +12,10 @@ pub(super) struct Report {
     pub(super) restart: bool,
     /// Added to the message if the run turns out stopped (partial test results).
     pub(super) stop_detail: Option<String>,
+    /// No status now: a watched switch succeeded, and the agent of the new
+    /// generation reports it once it confirmed (or after a rollback). The
+    /// message holds what came before the switch ("Pull: …; ").
+    pub(super) deferred: bool,
 }
 
 impl Report {
@@ -22,6 +26,16 @@ impl Report {
             message,
             restart: false,
             stop_detail: None,
+            deferred: false,
+        }
+    }
+
+    /// A watched switch that succeeded: reported by the next generation.
+    pub(super) fn deferred() -> Report {
+        Report {
+            deferred: true,
+            restart: true,
+            ..Report::ok(String::new())
         }
     }
 
@@ -32,6 +46,7 @@ impl Report {
             message,
             restart: false,
             stop_detail: None,
+            deferred: false,
         }
     }
 

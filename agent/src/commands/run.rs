@@ -97,6 +97,33 @@ impl Run {
         }
     }
 
+    /// A watched switch succeeded: no status (the new generation's agent
+    /// reports it), System stays `working`, what came before the switch is
+    /// kept in the record for that status, and the agent exits for the
+    /// restart on the new generation.
+    fn defer(self, report: Report) {
+        let inner = self.inner();
+        let prefix = report.message.trim().trim_end_matches(';').trim();
+        if let Some(record) = &self.record
+            && !prefix.is_empty()
+            && let Err(e) = record.write_file("prefix", prefix.as_bytes())
+        {
+            tracing::warn!("cannot keep the switch's prefix in its record: {e}");
+        }
+        self.sink.log().note(&format!(
+            "[nixfleet-agent] {} switched; the next agent process confirms it or it is rolled back",
+            self.ctl.name()
+        ));
+        tracing::info!(
+            "{} switched; waiting for the new generation to confirm",
+            self.ctl.name()
+        );
+        self.commands.release(&self.ctl);
+        inner.exiting.store(true, Ordering::SeqCst);
+        inner.state.request_exit(EXIT_RESTART);
+        self.ctl.finish();
+    }
+
     /// Reports the run: the slot is released first, then the status queued,
     /// then the switch record marked, then (after a successful switch) the
     /// agent asked to exit for a restart.
@@ -113,6 +140,10 @@ impl Run {
         }
         let inner = self.inner();
         let command = self.ctl.name().to_string();
+        if report.deferred {
+            self.defer(report);
+            return;
+        }
         self.sink.log().note(&format!(
             "[nixfleet-agent] {command} ended: {:?} (exit {}): {}",
             report.outcome, report.exit_code, report.message

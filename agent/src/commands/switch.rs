@@ -16,6 +16,8 @@
 //! | `exit` | supervisor | the tool's exit code (128 + signal if killed) |
 //! | `exit.reserve` | agent | room for `exit` on a disk that fills up (freed by the supervisor when writing `exit` fails) |
 //! | `reported` | agent | present once the final `status` was queued |
+//! | `prefix` | agent | what came before the switch in the status message (a pull's result) |
+//! | `watch`, `verdict`, … | agent and supervisor | the rollback watchdog's (`commands/watchdog.rs`) |
 //!
 //! Small files are written atomically (a temporary file of the writing
 //! process's own, then rename), so two writers of `supervisor.pid` never
@@ -56,6 +58,7 @@ use std::time::Duration;
 use super::env::ChildEnv;
 use super::runlog::{create_private_dir, unique_millis};
 use super::runner::{Control, READ_CHUNK, Sink, Splitter, Tail, exit_code, failure_tail};
+use super::watchdog::{self, Watch};
 use crate::protocol::Stream;
 
 /// The hidden command-line flag that makes the binary a switch supervisor.
@@ -92,6 +95,13 @@ pub fn supervise_main(args: &[String]) -> i32 {
     if let Err(e) = record.write_file("supervisor.pid", std::process::id().to_string().as_bytes()) {
         eprintln!("nixfleet-agent: cannot write to the switch record {dir}: {e}");
     }
+    // Started again after a reboot inside the confirmation window: the tool
+    // succeeded before; guard the rest of the window.
+    if record.exit_code() == Some(0)
+        && let Some(watch) = Watch::load(&record)
+    {
+        return watchdog::guard(&record, &watch);
+    }
     let argv = match record.argv() {
         Some(argv) => argv,
         None => {
@@ -121,7 +131,16 @@ pub fn supervise_main(args: &[String]) -> i32 {
             1
         }
     };
-    record.finish_with(code)
+    let code = record.finish_with(code);
+    // a watched switch that succeeded (and whose success is on record) waits
+    // for the new generation's verdict
+    if code == 0
+        && record.exit_code() == Some(0)
+        && let Some(watch) = Watch::load(&record)
+    {
+        return watchdog::guard(&record, &watch);
+    }
+    code
 }
 
 /// One switch record directory.
@@ -204,7 +223,8 @@ impl Record {
         })
     }
 
-    fn read_small(&self, name: &str) -> Option<String> {
+    /// A small file of the record, trimmed (at most 4 KiB read).
+    pub fn read_small(&self, name: &str) -> Option<String> {
         let mut s = String::new();
         File::open(self.dir.join(name))
             .ok()?

@@ -1,0 +1,375 @@
+//! The agent's side of the rollback watchdog (`commands/watchdog.rs`):
+//! preparing a watched switch, and confirming it from the new generation.
+//!
+//! The agent that starts after a watched switch (the new generation's, or
+//! the old one's after a rollback) finds the record at start. Without a
+//! verdict yet it makes sure a supervisor guards the window (after a reboot
+//! it starts one for the rest of it), waits until the dashboard has
+//! registered it, runs the health checks (every executable
+//! `hosts/<host>/health/*.sh`, and on NixOS "no unit that was active before
+//! the switch has failed") and decides. Then it reports the one status of the
+//! original command: `ok` when confirmed, else `error` "rolled back to
+//! <generation>: <reason>" once the supervisor's rollback ended (System
+//! `error` with the same words), and exits for a restart when it runs the
+//! binary of the generation that was rolled back.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::watchdog::{self, Kind, Verdict, Watch};
+use super::*;
+use crate::compartments::{Check, Level, Part};
+use crate::config::SwitchTool;
+
+/// How long a reporting agent waits for a rollback that is under way.
+const ROLLBACK_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// The units in `state` (`systemctl list-units --state=<state>`), or why not.
+fn units(
+    state: &str,
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> Result<BTreeSet<String>, String> {
+    let filter = format!("--state={state}");
+    let out = crate::compartments::run_bounded(
+        "systemctl",
+        &[
+            OsStr::new("list-units"),
+            OsStr::new(&filter),
+            OsStr::new("--plain"),
+            OsStr::new("--no-legend"),
+            OsStr::new("--no-pager"),
+        ],
+        env,
+        Duration::from_secs(20),
+    )
+    .map_err(|e| format!("cannot run systemctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "systemctl list-units failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}
+
+/// What a switch would roll back to, or why it cannot be watched.
+fn watch_for(config: &Config, env: &ChildEnv) -> Result<Watch, String> {
+    let (kind, current) = match config.switch_tool {
+        SwitchTool::NixosRebuild => (Kind::NixOs, config.current_system.clone()),
+        SwitchTool::DarwinRebuild => (Kind::Darwin, config.current_system.clone()),
+        SwitchTool::HomeManager => (
+            Kind::HomeManager,
+            env.get("HOME")
+                .map(PathBuf::from)
+                .ok_or("HOME is not set")?
+                .join(".local/state/nix/profiles/home-manager"),
+        ),
+    };
+    let previous = std::fs::canonicalize(&current)
+        .map_err(|e| format!("cannot resolve {}: {e}", current.display()))?;
+    let activation = match kind {
+        Kind::NixOs => previous.join("bin/switch-to-configuration"),
+        Kind::Darwin | Kind::HomeManager => previous.join("activate"),
+    };
+    if !activation.is_file() {
+        return Err(format!("{} is missing", activation.display()));
+    }
+    Ok(Watch {
+        previous,
+        kind,
+        profile: config.rollback.system_profile.clone(),
+        deadline: config.rollback.deadline,
+    })
+}
+
+impl Run {
+    /// Makes `record` a watched switch, when the watchdog is on and the
+    /// system before it can be told. Says so in the output either way.
+    pub(super) async fn prepare_watch(&self, record: &Record) {
+        let config = self.inner().config.clone();
+        if !config.rollback.enabled {
+            return;
+        }
+        let env = self.inner().env.clone();
+        let record2 = record.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let watch = watch_for(&config, &env)?;
+            watch
+                .save(&record2)
+                .map_err(|e| format!("cannot write the watch file: {e}"))?;
+            let units = (watch.kind == Kind::NixOs)
+                .then(|| units("active", env.vars()))
+                .transpose();
+            let units_note = match units {
+                Ok(Some(active)) => {
+                    let list: Vec<&str> = active.iter().map(String::as_str).collect();
+                    record2
+                        .write_file("units.before", list.join("\n").as_bytes())
+                        .map_err(|e| format!("cannot write units.before: {e}"))?;
+                    None
+                }
+                Ok(None) => None,
+                Err(why) => Some(why),
+            };
+            Ok::<_, String>((watch, units_note))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the preparation did not finish: {e}")));
+        match prepared {
+            Ok((watch, units_note)) => {
+                self.sink
+                    .note(format!(
+                        "[nixfleet-agent] rollback watchdog: back to {} unless the new generation registers and passes its health checks within {} s",
+                        watch.previous_name(),
+                        watch.deadline.as_secs()
+                    ))
+                    .await;
+                if let Some(why) = units_note {
+                    self.sink
+                        .note(format!(
+                            "[nixfleet-agent] no failed-units check after this switch: {why}"
+                        ))
+                        .await;
+                }
+            }
+            Err(why) => {
+                self.sink
+                    .note(format!(
+                        "[nixfleet-agent] no automatic rollback for this switch: {why}"
+                    ))
+                    .await;
+            }
+        }
+    }
+
+    /// The new generation's checks: registered, health scripts, failed units.
+    async fn check_new_generation(&self, record: &Record, window: Duration) -> Verdict {
+        let started = Instant::now();
+        let state = self.inner().state.clone();
+        if tokio::time::timeout(window, state.wait_registered())
+            .await
+            .is_err()
+        {
+            return Verdict::RollBack(format!(
+                "the new generation's agent did not reach the dashboard within {} s",
+                window.as_secs()
+            ));
+        }
+        self.sink
+            .note(
+                "[nixfleet-agent] registered with the dashboard on the new generation".to_string(),
+            )
+            .await;
+        let config = self.inner().config.clone();
+        let dir = config
+            .repo_dir
+            .join("hosts")
+            .join(&config.hostname)
+            .join("health");
+        let found = host_tests::discover(&dir);
+        for script in &found.scripts {
+            let name = host_tests::name_of(script);
+            let left = window.saturating_sub(started.elapsed());
+            let inner = self.inner();
+            let checked = tokio::time::timeout(
+                left,
+                step(
+                    &self.sink,
+                    &self.ctl,
+                    &inner.env,
+                    &format!("Health check {name}"),
+                    script.as_os_str(),
+                    &[],
+                    &config.repo_dir,
+                ),
+            )
+            .await;
+            match checked {
+                Ok(Ok(_)) => {}
+                Ok(Err(failed)) => {
+                    return Verdict::RollBack(format!(
+                        "health check {name} failed (exit {})",
+                        failed.exit_code
+                    ));
+                }
+                Err(_) => {
+                    self.ctl.signal(libc::SIGKILL);
+                    return Verdict::RollBack(format!(
+                        "health check {name} did not finish within the deadline"
+                    ));
+                }
+            }
+        }
+        if let Some(before) = record.read_small("units.before") {
+            let before: BTreeSet<String> = before.lines().map(str::to_string).collect();
+            let env = self.inner().env.vars().to_vec();
+            match tokio::task::spawn_blocking(move || units("failed", &env)).await {
+                Ok(Ok(failed)) => {
+                    let newly: Vec<&String> = failed.intersection(&before).collect();
+                    if !newly.is_empty() {
+                        let names: Vec<&str> = newly.iter().map(|s| s.as_str()).collect();
+                        return Verdict::RollBack(format!(
+                            "units that were active before the switch failed: {}",
+                            names.join(", ")
+                        ));
+                    }
+                }
+                Ok(Err(why)) => {
+                    self.sink
+                        .note(format!("[nixfleet-agent] failed units not checked: {why}"))
+                        .await;
+                }
+                Err(_) => {}
+            }
+        }
+        self.sink
+            .note(format!(
+                "[nixfleet-agent] the new generation is healthy ({} health check(s) passed)",
+                found.scripts.len()
+            ))
+            .await;
+        Verdict::Confirmed
+    }
+
+    /// Confirms (or sees rolled back) a watched switch and reports it once.
+    async fn confirm(mut self, record: Record, watch: Watch) {
+        if watchdog::verdict_of(&record).is_none() && !record.supervisor_alive() {
+            // the host rebooted inside the window: guard the rest of it
+            let inner = self.inner();
+            match record.spawn_supervisor(&inner.env, &inner.config.repo_dir) {
+                Ok(child) => drop(child),
+                Err(e) => {
+                    tracing::warn!("cannot start a supervisor for the rest of the window: {e}")
+                }
+            }
+        }
+        let verdict = match watchdog::verdict_of(&record) {
+            Some(v) => v,
+            None => {
+                let window = watchdog::left(&record).unwrap_or(watch.deadline);
+                let mine = self.check_new_generation(&record, window).await;
+                watchdog::decide(&record, &mine)
+            }
+        };
+        let prefix = record.read_small("prefix").filter(|p| !p.is_empty());
+        let label = system_label(Commands::record_command(&record));
+        let with_prefix = |m: String| match &prefix {
+            Some(p) => format!("{p}; {m}"),
+            None => m,
+        };
+        let report = match verdict {
+            Verdict::Confirmed => Report::ok(with_prefix(format!(
+                "{} succeeded; confirmed by the new generation",
+                if label == "Rollback" {
+                    "Rollback"
+                } else {
+                    "Switch"
+                }
+            ))),
+            Verdict::RollBack(why) => {
+                self.sink
+                    .note(format!("[nixfleet-agent] rolling back: {why}"))
+                    .await;
+                let report = self.rolled_back(&record, &watch, &why).await;
+                // a rollback after this process started: it runs the binary of
+                // the generation that was rolled back, so restart
+                let after_start = watchdog::rollback_time(&record)
+                    .is_some_and(|t| t >= crate::state::process_started());
+                Report {
+                    restart: after_start,
+                    ..report
+                }
+            }
+        };
+        self.finish(report);
+    }
+
+    /// The report after the supervisor's rollback (waited for), with the
+    /// System compartment saying the same.
+    async fn rolled_back(&mut self, record: &Record, watch: &Watch, why: &str) -> Report {
+        let waited = Instant::now();
+        let exit = loop {
+            if let Some(code) = watchdog::rollback_exit(record) {
+                break Some(code);
+            }
+            if !record.supervisor_alive() || waited.elapsed() > ROLLBACK_WAIT {
+                break watchdog::rollback_exit(record);
+            }
+            tokio::time::sleep(switch::POLL * 5).await;
+        };
+        let generation = watch.previous_name();
+        let (level, report) = match exit {
+            Some(0) => (
+                Level::Error,
+                Report::error(1, format!("rolled back to {generation}: {why}")),
+            ),
+            Some(code) => {
+                let mut message = format!(
+                    "rollback to {generation} failed (exit {code}): {why}; the host may still run the new generation"
+                );
+                let tail = watchdog::rollback_tail(record);
+                if !tail.is_empty() {
+                    message.push_str(":\n");
+                    message.push_str(&tail);
+                }
+                (Level::Error, Report::error(code, message))
+            }
+            None => {
+                let mut report = Report::error(
+                    NOT_RUN,
+                    format!("rollback to {generation} result unknown: {why}"),
+                );
+                report.outcome = Outcome::Warning;
+                (Level::Unknown, report)
+            }
+        };
+        // System tells the same story; the run's own settle is skipped
+        self.switched = false;
+        self.inner()
+            .state
+            .compartments()
+            .set(Part::System, Check::now(level, report.message.clone()));
+        Report {
+            stop_detail: Some(report.message.clone()),
+            ..report
+        }
+    }
+}
+
+impl Commands {
+    /// Confirms a watched switch of an earlier agent process (see the module
+    /// docs). False when another command holds the slot.
+    pub(super) fn confirm_switch(&self, record: Record, watch: Watch) -> bool {
+        let command = Self::record_command(&record);
+        let Some(ctl) = self.claim(command) else {
+            return false;
+        };
+        ctl.set_detached();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let log = Arc::new(RunLog::create(&this.inner.config.log_dir, command.as_str()));
+            let run = Run {
+                commands: this.clone(),
+                sink: Sink::new(command.as_str(), Some(this.inner.out.clone()), log),
+                ctl,
+                record: Some(record.clone()),
+                switched: true,
+                test_dots: None,
+            };
+            run.sink
+                .note(format!(
+                    "[nixfleet-agent] confirming `{}`, switched by an earlier agent process",
+                    record.label()
+                ))
+                .await;
+            run.confirm(record, watch).await;
+        });
+        true
+    }
+}

@@ -1,0 +1,304 @@
+//! The rollback watchdog (docs/commands.md, "Automatic rollback").
+//!
+//! Before a switch (`switch`, `pull-switch`, `update`, `rollback`) the agent
+//! records, in the switch record's `watch` file, the store path of the system
+//! that runs now (`/run/current-system`, or the current Home Manager
+//! generation), the deadline and, on NixOS, the units that are active
+//! (`units.before`). When the tool succeeds, the switch supervisor does not
+//! exit: it waits for the *verdict* of the agent of the new generation, which
+//! must register with the dashboard and pass the host's health checks. If
+//! that agent confirms in time, the supervisor ends; if it reports a failed
+//! check, or nothing comes before the deadline, the supervisor switches back
+//! to the recorded store path itself: on NixOS `nix-env --set` of the system
+//! profile (so the bootloader's default is the old generation again) and the
+//! old system's `bin/switch-to-configuration switch`; on nix-darwin the
+//! profile and `activate`; for Home Manager the old generation's `activate`.
+//! It does not pick "the generation before", which can be the wrong one.
+//!
+//! The verdict is one file, `verdict`, made with a hard link that fails when
+//! it exists: whoever decides first (the agent: `confirmed`, or a failed
+//! check; the supervisor: the deadline) decides, and the other one reads it.
+//! The supervisor keeps `confirm.left`, the seconds left, up to date: after a
+//! reboot inside the window, the new agent starts a supervisor that guards
+//! the rest of it. A rollback is never watched itself and nothing is retried:
+//! a rolled-back generation stays rolled back until someone switches again.
+//!
+//! | file | written by | content |
+//! | --- | --- | --- |
+//! | `watch` | agent | `previous=<store path>`, `kind=nixos\|darwin\|home-manager`, `profile=<path>`, `deadline=<seconds>` |
+//! | `units.before` | agent | NixOS: the units active before the switch, one a line |
+//! | `confirm.left` | supervisor | seconds left in the window |
+//! | `verdict` | agent or supervisor | `confirmed`, or `rollback` and the reason on the next line |
+//! | `rollback.log` | supervisor | the rollback's output |
+//! | `rollback.exit` | supervisor | the rollback's exit code |
+
+use std::ffi::OsStr;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::switch::Record;
+
+/// How often the supervisor looks for the verdict.
+const POLL: Duration = Duration::from_millis(100);
+/// How often the supervisor writes `confirm.left`.
+const KEEP_LEFT: Duration = Duration::from_secs(2);
+
+/// What switches back, and to what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch {
+    /// The store path of the system (or Home Manager generation) before the
+    /// switch.
+    pub previous: PathBuf,
+    /// How to activate it.
+    pub kind: Kind,
+    /// The system profile set back to `previous` (NixOS and nix-darwin).
+    pub profile: PathBuf,
+    /// The confirmation window.
+    pub deadline: Duration,
+}
+
+/// The kind of system that is switched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// NixOS: `bin/switch-to-configuration switch`.
+    NixOs,
+    /// nix-darwin: `activate`.
+    Darwin,
+    /// Home Manager: the generation's `activate`.
+    HomeManager,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::NixOs => "nixos",
+            Kind::Darwin => "darwin",
+            Kind::HomeManager => "home-manager",
+        }
+    }
+}
+
+/// The decision on a watched switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The new generation's agent registered and its checks passed.
+    Confirmed,
+    /// Switch back, for this reason.
+    RollBack(String),
+}
+
+impl Watch {
+    /// Writes the `watch` file of `record`.
+    pub fn save(&self, record: &Record) -> std::io::Result<()> {
+        let text = format!(
+            "previous={}\nkind={}\nprofile={}\ndeadline={}\n",
+            self.previous.display(),
+            self.kind.as_str(),
+            self.profile.display(),
+            self.deadline.as_secs()
+        );
+        record.write_file("watch", text.as_bytes())
+    }
+
+    /// The `watch` file of `record`, if the switch is watched.
+    pub fn load(record: &Record) -> Option<Watch> {
+        let text = record.read_small("watch")?;
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        let kind = match field("kind")?.as_str() {
+            "nixos" => Kind::NixOs,
+            "darwin" => Kind::Darwin,
+            "home-manager" => Kind::HomeManager,
+            _ => return None,
+        };
+        Some(Watch {
+            previous: PathBuf::from(field("previous")?),
+            kind,
+            profile: PathBuf::from(field("profile")?),
+            deadline: Duration::from_secs(field("deadline")?.parse().ok()?),
+        })
+    }
+
+    /// The name of the generation rolled back to: its store path's name.
+    pub fn previous_name(&self) -> String {
+        self.previous
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.previous.display().to_string())
+    }
+}
+
+/// Decides, unless decided already; returns the verdict that holds.
+pub fn decide(record: &Record, verdict: &Verdict) -> Verdict {
+    let text = match verdict {
+        Verdict::Confirmed => "confirmed\n".to_string(),
+        Verdict::RollBack(why) => format!("rollback\n{why}\n"),
+    };
+    let tmp = record
+        .dir()
+        .join(format!(".verdict.{}.tmp", std::process::id()));
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        // the link fails when `verdict` exists: the first decision stays
+        .and_then(|()| fs::hard_link(&tmp, record.dir().join("verdict")));
+    let _ = fs::remove_file(&tmp);
+    if let Err(e) = &written
+        && e.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        tracing::warn!(
+            "cannot write the verdict of {}: {e}",
+            record.dir().display()
+        );
+    }
+    verdict_of(record).unwrap_or_else(|| verdict.clone())
+}
+
+/// The verdict, once there is one.
+pub fn verdict_of(record: &Record) -> Option<Verdict> {
+    let text = record.read_small("verdict")?;
+    let mut lines = text.lines();
+    match lines.next()? {
+        "confirmed" => Some(Verdict::Confirmed),
+        "rollback" => Some(Verdict::RollBack(
+            lines.next().unwrap_or("no reason given").to_string(),
+        )),
+        _ => None,
+    }
+}
+
+/// The rollback's exit code, once it ended.
+pub fn rollback_exit(record: &Record) -> Option<i32> {
+    record.read_small("rollback.exit")?.parse().ok()
+}
+
+/// When the rollback ended (its `rollback.exit` was written).
+pub fn rollback_time(record: &Record) -> Option<std::time::SystemTime> {
+    fs::metadata(record.dir().join("rollback.exit"))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// The seconds left in the window, as the last supervisor wrote them.
+pub fn left(record: &Record) -> Option<Duration> {
+    record
+        .read_small("confirm.left")?
+        .parse()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// The supervisor's part after the tool succeeded: waits for the verdict
+/// (the rest of the window when resumed after a reboot), rolls back if that
+/// is the verdict. Returns the supervisor's exit status.
+pub fn guard(record: &Record, watch: &Watch) -> i32 {
+    let window = left(record).unwrap_or(watch.deadline).min(watch.deadline);
+    let end = Instant::now() + window;
+    let mut last_kept: Option<Instant> = None;
+    let verdict = loop {
+        if let Some(v) = verdict_of(record) {
+            break v;
+        }
+        let now = Instant::now();
+        if now >= end {
+            break decide(
+                record,
+                &Verdict::RollBack(format!(
+                    "the new generation's agent did not confirm within {} s (it did not reach the dashboard, or its health checks did not finish)",
+                    watch.deadline.as_secs()
+                )),
+            );
+        }
+        if last_kept.is_none_or(|t| now.duration_since(t) >= KEEP_LEFT) {
+            let secs = end.saturating_duration_since(now).as_secs();
+            let _ = record.write_file("confirm.left", secs.to_string().as_bytes());
+            last_kept = Some(now);
+        }
+        std::thread::sleep(POLL);
+    };
+    match verdict {
+        Verdict::Confirmed => 0,
+        Verdict::RollBack(why) => {
+            eprintln!(
+                "nixfleet-agent: rolling back to {}: {why}",
+                watch.previous.display()
+            );
+            let code = roll_back(record, watch);
+            if let Err(e) = record.write_file("rollback.exit", code.to_string().as_bytes()) {
+                eprintln!("nixfleet-agent: cannot record the rollback's exit code {code}: {e}");
+            }
+            code
+        }
+    }
+}
+
+/// Activates the recorded system again; returns the first failing step's
+/// exit code, or 0.
+fn roll_back(record: &Record, watch: &Watch) -> i32 {
+    let log = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(record.dir().join("rollback.log"));
+    let run = |program: &Path, args: &[&OsStr]| -> i32 {
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null());
+        if let Ok(log) = &log
+            && let (Ok(out), Ok(err)) = (log.try_clone(), log.try_clone())
+        {
+            cmd.stdout(out).stderr(err);
+        }
+        match cmd.status() {
+            Ok(status) => super::runner::exit_code(status),
+            Err(e) => {
+                eprintln!("nixfleet-agent: cannot run {}: {e}", program.display());
+                super::switch::EXIT_NOT_STARTED
+            }
+        }
+    };
+    let previous = watch.previous.as_os_str();
+    if matches!(watch.kind, Kind::NixOs | Kind::Darwin) {
+        let code = run(
+            Path::new("nix-env"),
+            &[
+                OsStr::new("-p"),
+                watch.profile.as_os_str(),
+                OsStr::new("--set"),
+                previous,
+            ],
+        );
+        if code != 0 {
+            return code;
+        }
+    }
+    match watch.kind {
+        Kind::NixOs => run(
+            &watch.previous.join("bin/switch-to-configuration"),
+            &[OsStr::new("switch")],
+        ),
+        Kind::Darwin | Kind::HomeManager => run(&watch.previous.join("activate"), &[]),
+    }
+}
+
+/// The last lines of the rollback's output.
+pub fn rollback_tail(record: &Record) -> String {
+    let Ok(text) = fs::read(record.dir().join("rollback.log")) else {
+        return String::new();
+    };
+    let from = text.len().saturating_sub(4096);
+    super::runner::Tail::from_bytes(&text[from..]).text()
+}

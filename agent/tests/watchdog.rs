@@ -1,0 +1,337 @@
+//! End-to-end: the rollback watchdog (docs/commands.md, "Automatic
+//! rollback"). The real agent and its real switch supervisor, a fake
+//! `nixos-rebuild`, and a fixture tree standing for the system before the
+//! switch (`NIXFLEET_CURRENT_SYSTEM`), whose fake `bin/switch-to-configuration`
+//! records what it was asked to activate. A fake `nix-env` records how the
+//! system profile is set back; a fake `systemctl` lists units.
+//!
+//! The agent of the "new generation" is simply the next agent process, as
+//! systemd would start it after exit 101; one that "cannot reach the
+//! dashboard" is given a port nobody listens on.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use nixfleet_mock_dashboard::MockDashboard;
+use serde_json::Value;
+
+const HOST: &str = "watchhost";
+/// Nobody listens here: an agent that cannot reach its dashboard.
+const NOWHERE: &str = "ws://127.0.0.1:9/ws";
+
+struct Setup {
+    dash: MockDashboard,
+    fx: Fixture,
+    fakes: Fakes,
+    /// The system before the switch, as its store path would be.
+    previous: PathBuf,
+    profile: PathBuf,
+}
+
+async fn setup() -> Setup {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let d = fakes.dir.display();
+    let previous = fx.tmp.path().join("store/nixos-system-watchhost-1");
+    write_exec(
+        &previous.join("bin/switch-to-configuration"),
+        &format!("#!/bin/sh\necho \"$0 $*\" >> {d}/activated\n"),
+    );
+    let previous = std::fs::canonicalize(&previous).unwrap();
+    std::os::unix::fs::symlink(&previous, fx.tmp.path().join("current-system")).unwrap();
+    write_exec(
+        &fakes.bin.join("nix-env"),
+        &format!("#!/bin/sh\nprintf '%s\\n' \"$@\" > {d}/nix-env.argv\n"),
+    );
+    // `systemctl list-units --state=<s> …` prints the units in fake/units.<s>
+    write_exec(
+        &fakes.bin.join("systemctl"),
+        &format!("#!/bin/sh\nstate=${{2#--state=}}\ncat {d}/units.$state 2>/dev/null\nexit 0\n"),
+    );
+    let profile = fx.tmp.path().join("profiles/system");
+    Setup {
+        dash,
+        fx,
+        fakes,
+        previous,
+        profile,
+    }
+}
+
+impl Setup {
+    fn agent(&self, url: &str, deadline_secs: u64) -> AgentBuilder {
+        AgentBuilder::new(url, HOST, &self.fx)
+            .env("PATH", &self.fakes.path_env())
+            .env(
+                "NIXFLEET_CURRENT_SYSTEM",
+                self.fx.tmp.path().join("current-system").to_str().unwrap(),
+            )
+            .env("NIXFLEET_SYSTEM_PROFILE", self.profile.to_str().unwrap())
+            .env("NIXFLEET_ROLLBACK_DEADLINE", &deadline_secs.to_string())
+    }
+
+    /// Sends `switch` to the registered agent `a`, which exits 101 without a
+    /// status (the next agent process reports it).
+    async fn switch_and_restart(&self, a: &mut Agent) -> u64 {
+        wait_register(&self.dash, HOST, 0).await;
+        let sent = self.dash.last_seq();
+        self.dash.send_command(HOST, "switch").await.unwrap();
+        assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
+        assert!(
+            self.statuses().is_empty(),
+            "no status before the confirmation"
+        );
+        sent
+    }
+
+    fn statuses(&self) -> Vec<Value> {
+        self.dash
+            .frames(HOST, Some("status"))
+            .into_iter()
+            .map(|f| f.payload)
+            .filter(|p| p["command"] == "switch")
+            .collect()
+    }
+
+    fn record(&self) -> PathBuf {
+        let dir = self.fx.state.join("switch");
+        let records: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        assert_eq!(records.len(), 1, "one switch, never retried: {records:?}");
+        records[0].clone()
+    }
+
+    fn assert_rolled_back(&self) {
+        assert_eq!(
+            self.fakes.read("nix-env.argv"),
+            format!(
+                "-p\n{}\n--set\n{}\n",
+                self.profile.display(),
+                self.previous.display()
+            ),
+            "the profile is set back to the recorded path"
+        );
+        assert_eq!(
+            self.fakes.read("activated"),
+            format!(
+                "{}/bin/switch-to-configuration switch\n",
+                self.previous.display()
+            ),
+            "the recorded system was activated, once"
+        );
+    }
+}
+
+fn rolled_back_message(s: &Setup, reason: &str) -> String {
+    format!(
+        "rolled back to {}: {reason}",
+        s.previous.file_name().unwrap().to_string_lossy()
+    )
+}
+
+#[tokio::test]
+async fn a_switch_confirmed_in_time_is_not_rolled_back() {
+    let s = setup().await;
+    let mut a = s.agent(&s.dash.ws_url(), 60).spawn();
+    let sent = s.switch_and_restart(&mut a).await;
+    let supervisor: i32 = std::fs::read_to_string(s.record().join("supervisor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _b = s.agent(&s.dash.ws_url(), 60).spawn();
+    let st = status_for(&s.dash, HOST, "switch", sent).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    assert_eq!(
+        st.payload["message"],
+        "Switch succeeded; confirmed by the new generation"
+    );
+    assert!(
+        pid_gone(supervisor).await,
+        "the supervisor ends once confirmed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.record().join("verdict")).unwrap(),
+        "confirmed\n"
+    );
+    assert!(!s.fakes.file("activated").exists(), "nothing rolled back");
+    assert_eq!(s.statuses().len(), 1, "reported once");
+    assert_no_violations(&s.dash);
+}
+
+#[tokio::test]
+async fn a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once() {
+    let s = setup().await;
+    let mut a = s.agent(&s.dash.ws_url(), 2).spawn();
+    let sent = s.switch_and_restart(&mut a).await;
+    // the new generation's agent cannot reach the dashboard: the deadline
+    // passes, the supervisor rolls back; this agent reports (into its outbox)
+    // and exits to run the rolled-back binary
+    let mut b = s.agent(NOWHERE, 2).spawn();
+    assert_eq!(b.wait_exit(WAIT).await.code(), Some(101));
+    s.assert_rolled_back();
+    // the old generation's agent reaches the dashboard and delivers it
+    let _c = s.agent(&s.dash.ws_url(), 2).spawn();
+    let st = status_for(&s.dash, HOST, "switch", sent).await;
+    // whoever saw the window end first says so: the supervisor, or the
+    // agent itself (the agent of the new generation takes a moment to start)
+    let reasons = [
+        "the new generation's agent did not confirm within 2 s (it did not reach the dashboard, or its health checks did not finish)",
+        "the new generation's agent did not reach the dashboard within 2 s",
+    ];
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    let message = st.payload["message"].as_str().unwrap();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| message == rolled_back_message(&s, r)),
+        "{message}"
+    );
+    let (_, hb_seq) = wait_register(&s.dash, HOST, sent).await;
+    let hb = s
+        .dash
+        .wait_frame(HOST, "heartbeat", st.seq.max(hb_seq), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(hb.payload["update_status"]["system"]["status"], "error");
+    assert_eq!(hb.payload["update_status"]["system"]["message"], message);
+    assert_eq!(s.statuses().len(), 1, "reported once");
+    s.record();
+    assert_no_violations(&s.dash);
+}
+
+#[tokio::test]
+async fn a_failed_health_check_rolls_back_at_once() {
+    let s = setup().await;
+    write_exec(
+        &s.fx.repo.join("hosts").join(HOST).join("health/10-web.sh"),
+        "#!/bin/sh\necho 'web: connection refused' >&2\nexit 3\n",
+    );
+    let mut a = s.agent(&s.dash.ws_url(), 600).spawn();
+    let sent = s.switch_and_restart(&mut a).await;
+    let mut b = s.agent(&s.dash.ws_url(), 600).spawn();
+    let st = status_for(&s.dash, HOST, "switch", sent).await;
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    assert_eq!(
+        st.payload["message"],
+        rolled_back_message(&s, "health check 10-web.sh failed (exit 3)").as_str()
+    );
+    s.assert_rolled_back();
+    // it ran the rolled-back generation's binary: restart
+    assert_eq!(b.wait_exit(WAIT).await.code(), Some(101));
+    assert_eq!(s.statuses().len(), 1, "reported once");
+    assert_no_violations(&s.dash);
+}
+
+#[tokio::test]
+async fn a_unit_that_was_active_and_failed_after_the_switch_rolls_back() {
+    let s = setup().await;
+    std::fs::write(
+        s.fakes.file("units.active"),
+        "sshd.service loaded active running OpenSSH\nnginx.service loaded active running nginx\n",
+    )
+    .unwrap();
+    let mut a = s.agent(&s.dash.ws_url(), 600).spawn();
+    let sent = s.switch_and_restart(&mut a).await;
+    // after the switch: nginx failed, and a unit that was never active too
+    std::fs::write(
+        s.fakes.file("units.failed"),
+        "nginx.service loaded failed failed nginx\nflaky.service loaded failed failed x\n",
+    )
+    .unwrap();
+    let _b = s.agent(&s.dash.ws_url(), 600).spawn();
+    let st = status_for(&s.dash, HOST, "switch", sent).await;
+    assert_eq!(
+        st.payload["message"],
+        rolled_back_message(
+            &s,
+            "units that were active before the switch failed: nginx.service"
+        )
+        .as_str(),
+        "{}",
+        st.payload
+    );
+    s.assert_rolled_back();
+    assert_no_violations(&s.dash);
+}
+
+#[tokio::test]
+async fn the_window_survives_a_reboot_of_the_supervisor() {
+    let s = setup().await;
+    let mut a = s.agent(&s.dash.ws_url(), 3).spawn();
+    let sent = s.switch_and_restart(&mut a).await;
+    // the host "reboots": the supervisor that guards the window is gone
+    let record = s.record();
+    let supervisor: i32 = std::fs::read_to_string(record.join("supervisor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    file_appears(&record.join("confirm.left")).await;
+    // SAFETY: kill(2) with a PID this test's agent started.
+    unsafe { libc::kill(supervisor, libc::SIGKILL) };
+    assert!(pid_gone(supervisor).await);
+    assert!(!record.join("verdict").exists());
+    // the next agent cannot reach the dashboard either: it starts a
+    // supervisor for the rest of the window, which rolls back
+    let mut b = s.agent(NOWHERE, 3).spawn();
+    assert_eq!(b.wait_exit(WAIT).await.code(), Some(101));
+    s.assert_rolled_back();
+    let _c = s.agent(&s.dash.ws_url(), 3).spawn();
+    let st = status_for(&s.dash, HOST, "switch", sent).await;
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    assert!(
+        st.payload["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&rolled_back_message(&s, "")),
+        "{}",
+        st.payload
+    );
+    assert_eq!(s.statuses().len(), 1, "reported once");
+    assert_no_violations(&s.dash);
+}
+
+#[tokio::test]
+async fn without_a_system_on_record_or_with_the_watchdog_off_a_switch_reports_at_once() {
+    let s = setup().await;
+    for (what, agent) in [
+        (
+            "off",
+            s.agent(&s.dash.ws_url(), 60)
+                .env("NIXFLEET_ROLLBACK_ON_FAILURE", "0"),
+        ),
+        (
+            "no current system",
+            s.agent(&s.dash.ws_url(), 60).env(
+                "NIXFLEET_CURRENT_SYSTEM",
+                Path::new("/nonexistent/current-system").to_str().unwrap(),
+            ),
+        ),
+    ] {
+        let seen = s.dash.last_seq();
+        let mut a = agent.spawn();
+        wait_register(&s.dash, HOST, seen).await;
+        let sent = s.dash.last_seq();
+        s.dash.send_command(HOST, "switch").await.unwrap();
+        let st = status_for(&s.dash, HOST, "switch", sent).await;
+        assert_eq!(st.payload["status"], "ok", "{what}: {}", st.payload);
+        assert_eq!(st.payload["message"], "Switch succeeded", "{what}");
+        assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "{what}");
+    }
+    let said = s.dash.frames(HOST, Some("output")).into_iter().any(|f| {
+        f.payload["line"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("[nixfleet-agent] no automatic rollback for this switch: cannot resolve /nonexistent/current-system")
+    });
+    assert!(said, "the output says why the switch is not watched");
+    assert_no_violations(&s.dash);
+}

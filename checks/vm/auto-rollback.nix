@@ -1,0 +1,59 @@
+# The rollback watchdog: `switch` to a generation whose agent cannot reach
+# the dashboard (the specialisation `cut-off` points the agent at a port
+# nobody listens on). The switch itself succeeds and the agent restarts on
+# the new generation, but it never registers; after the deadline the switch
+# supervisor switches back to the recorded store path of the booted system
+# (its switch-to-configuration, and the system profile set back to it). The
+# booted generation's agent registers again and reports the `switch` once:
+# `error` "rolled back to <generation>: …", System `error` the same.
+{ mkTest, flakeSystemSettings }:
+
+mkTest {
+  name = "auto-rollback";
+  agentConfig =
+    { lib, ... }:
+    {
+      environment.etc."nixfleet-generation".text = lib.mkDefault "booted";
+      services.nixfleet-agent.rollbackDeadline = 30;
+      specialisation.cut-off.configuration = {
+        environment.etc."nixfleet-generation".text = "cut-off";
+        services.nixfleet-agent.url = lib.mkForce "ws://dashboard:9/ws";
+      };
+      nix.settings = flakeSystemSettings;
+    };
+  testScript = ''
+    start()
+    wait_frame("register")
+    profile = "/nix/var/nix/profiles/system"
+    agent.succeed(f"nix-env -p {profile} --set $(readlink -f /run/current-system)")
+    booted = agent.succeed("readlink -f /run/current-system").strip()
+    cut_off = agent.succeed("readlink -f /run/current-system/specialisation/cut-off").strip()
+    publish_system(cut_off, "a generation that cannot reach the dashboard")
+    send("pull")
+    wait_frame("status", 0, '.payload.command == "pull" and .payload.status == "ok"')
+
+    after = last_seq()
+    send("switch")
+
+    with subtest("the new generation runs but never reaches the dashboard"):
+        agent.wait_until_succeeds("grep -qx cut-off /etc/nixfleet-generation", timeout=600)
+
+    with subtest("the supervisor switches back to the recorded system"):
+        agent.wait_until_succeeds("grep -qx booted /etc/nixfleet-generation", timeout=120)
+        assert agent.succeed("readlink -f /run/current-system").strip() == booted
+        assert agent.succeed(f"readlink -f {profile}").strip() == booted
+
+    with subtest("the booted generation's agent reports the switch once"):
+        done = wait_frame("status", after, '.payload.command == "switch"', timeout=120)
+        status = done["payload"]
+        assert status["status"] == "error", status
+        generation = booted.split("/")[-1]
+        assert status["message"].startswith(f"rolled back to {generation}: "), status
+        hb = wait_frame("heartbeat", done["seq"], '.payload.update_status.system.status == "error"')
+        assert hb["payload"]["update_status"]["system"]["message"] == status["message"], hb
+        reports = frames("status", after)
+        assert len([f for f in reports if f["payload"]["command"] == "switch"]) == 1, reports
+
+    no_violations()
+  '';
+}
