@@ -977,20 +977,7 @@ async fn legacy_mode_pull_is_git_pull_in_the_given_checkout() {
     let fakes = Fakes::new(&fx);
     // the host's checkout (fx.repo) tracks a bare origin; another clone pushes
     let bare = bare_origin(&fx);
-    git(&fx.repo, &["fetch", "-q", "origin"]);
-    git(&fx.repo, &["branch", "-q", "--set-upstream-to=origin/main"]);
-    let other = fx.tmp.path().join("other");
-    git(
-        fx.tmp.path(),
-        &[
-            "clone",
-            "-q",
-            bare.to_str().unwrap(),
-            other.to_str().unwrap(),
-        ],
-    );
-    let new = commit_file(&other, "hosts/cmdhost/configuration.nix", "{ }\n");
-    git(&other, &["push", "-q", "origin", "main"]);
+    let new = upstream_commit(&fx, &bare, "hosts/cmdhost/configuration.nix");
 
     let _agent = agent(&dash, &fx, &fakes).spawn(); // NIXFLEET_REPO_DIR only
     let (reg, _) = wait_register(&dash, HOST, 0).await;

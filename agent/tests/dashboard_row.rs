@@ -34,14 +34,7 @@ async fn heartbeat_where(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> (u64, Value) {
-    dash.wait_until(WAIT, |d| {
-        d.frames(HOST, Some("heartbeat"))
-            .into_iter()
-            .find(|f| f.seq > after && pred(&f.payload))
-            .map(|f| (f.seq, f.payload))
-    })
-    .await
-    .unwrap_or_else(|| panic!("no heartbeat with {what}"))
+    common::heartbeat_where(dash, HOST, after, what, pred).await
 }
 
 fn part<'a>(hb: &'a Value, name: &str) -> &'a str {

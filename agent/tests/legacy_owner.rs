@@ -36,20 +36,7 @@ async fn root_pulls_a_users_checkout_as_its_owner() {
     let dash = dashboard().await;
     let fx = Fixture::new();
     let bare = bare_origin(&fx);
-    git(&fx.repo, &["fetch", "-q", "origin"]);
-    git(&fx.repo, &["branch", "-q", "--set-upstream-to=origin/main"]);
-    let other = fx.tmp.path().join("other");
-    git(
-        fx.tmp.path(),
-        &[
-            "clone",
-            "-q",
-            bare.to_str().unwrap(),
-            other.to_str().unwrap(),
-        ],
-    );
-    let new = commit_file(&other, "hosts/legacyhost/configuration.nix", "{ }\n");
-    git(&other, &["push", "-q", "origin", "main"]);
+    let new = upstream_commit(&fx, &bare, "hosts/legacyhost/configuration.nix");
     // the checkout and its origin belong to nobody, who can reach them
     std::fs::set_permissions(
         fx.tmp.path(),

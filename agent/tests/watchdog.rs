@@ -129,6 +129,14 @@ impl Setup {
     }
 }
 
+fn supervisor_pid(record: &Path) -> i32 {
+    std::fs::read_to_string(record.join("supervisor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn rolled_back_message(s: &Setup, reason: &str) -> String {
     format!(
         "rolled back to {}: {reason}",
@@ -141,11 +149,7 @@ async fn a_switch_confirmed_in_time_is_not_rolled_back() {
     let s = setup().await;
     let mut a = s.agent(&s.dash.ws_url(), 60).spawn();
     let sent = s.switch_and_restart(&mut a).await;
-    let supervisor: i32 = std::fs::read_to_string(s.record().join("supervisor.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let supervisor = supervisor_pid(&s.record());
     let _b = s.agent(&s.dash.ws_url(), 60).spawn();
     let st = status_for(&s.dash, HOST, "switch", sent).await;
     assert_eq!(st.payload["status"], "ok", "{}", st.payload);
@@ -269,11 +273,7 @@ async fn the_window_survives_a_reboot_of_the_supervisor() {
     let sent = s.switch_and_restart(&mut a).await;
     // the host "reboots": the supervisor that guards the window is gone
     let record = s.record();
-    let supervisor: i32 = std::fs::read_to_string(record.join("supervisor.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let supervisor = supervisor_pid(&record);
     file_appears(&record.join("confirm.left")).await;
     // SAFETY: kill(2) with a PID this test's agent started.
     unsafe { libc::kill(supervisor, libc::SIGKILL) };

@@ -353,20 +353,8 @@ impl Commands {
         ctl.set_detached();
         let this = self.clone();
         tokio::spawn(async move {
-            let log = Arc::new(RunLog::create(&this.inner.config.log_dir, command.as_str()));
-            let run = Run {
-                commands: this.clone(),
-                sink: Sink::new(command.as_str(), Some(this.inner.out.clone()), log),
-                ctl,
-                record: Some(record.clone()),
-                switched: true,
-                test_dots: None,
-            };
-            run.sink
-                .note(format!(
-                    "[nixfleet-agent] confirming `{}`, switched by an earlier agent process",
-                    record.label()
-                ))
+            let run = this
+                .earlier_run(command, ctl, &record, "confirming", "switched")
                 .await;
             run.confirm(record, watch).await;
         });

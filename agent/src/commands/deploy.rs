@@ -262,6 +262,35 @@ impl Commands {
         record.mark_reported();
     }
 
+    /// The run of a switch record an earlier agent process left, saying so
+    /// in its output ("[nixfleet-agent] following `…`, started by an earlier
+    /// agent process").
+    pub(super) async fn earlier_run(
+        &self,
+        command: CommandName,
+        ctl: Arc<Control>,
+        record: &Record,
+        doing: &str,
+        done: &str,
+    ) -> Run {
+        let log = Arc::new(RunLog::create(&self.inner.config.log_dir, command.as_str()));
+        let run = Run {
+            commands: self.clone(),
+            sink: Sink::new(command.as_str(), Some(self.inner.out.clone()), log),
+            ctl,
+            record: Some(record.clone()),
+            switched: true,
+            test_dots: None,
+        };
+        run.sink
+            .note(format!(
+                "[nixfleet-agent] {doing} `{}`, {done} by an earlier agent process",
+                record.label()
+            ))
+            .await;
+        run
+    }
+
     /// Follows a switch still running from an earlier agent process.
     pub(super) fn adopt(&self, record: Record) -> bool {
         let command = Self::record_command(&record);
@@ -277,20 +306,8 @@ impl Commands {
         );
         let this = self.clone();
         tokio::spawn(async move {
-            let log = Arc::new(RunLog::create(&this.inner.config.log_dir, command.as_str()));
-            let run = Run {
-                commands: this.clone(),
-                sink: Sink::new(command.as_str(), Some(this.inner.out.clone()), log),
-                ctl,
-                record: Some(record.clone()),
-                switched: true,
-                test_dots: None,
-            };
-            run.sink
-                .note(format!(
-                    "[nixfleet-agent] following `{}`, started by an earlier agent process",
-                    record.label()
-                ))
+            let run = this
+                .earlier_run(command, ctl, &record, "following", "started")
                 .await;
             let ended = switch::follow(&record, &run.sink, &run.ctl, None, true).await;
             if let Some(deferred) = run.defer_if_watched(&record, ended).await {

@@ -381,6 +381,41 @@ pub async fn pid_gone(pid: i32) -> bool {
     }
 }
 
+/// The first heartbeat from `host` after `after` whose payload satisfies
+/// `pred`: its seq and payload.
+pub async fn heartbeat_where(
+    dash: &nixfleet_mock_dashboard::MockDashboard,
+    host: &str,
+    after: u64,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> (u64, serde_json::Value) {
+    dash.wait_until(WAIT, |d| {
+        d.frames(host, Some("heartbeat"))
+            .into_iter()
+            .find(|f| f.seq > after && pred(&f.payload))
+            .map(|f| (f.seq, f.payload))
+    })
+    .await
+    .unwrap_or_else(|| panic!("no heartbeat with {what}"))
+}
+
+/// Makes the fixture's checkout track `bare` (legacy mode: the host's own
+/// checkout), then commits `file` in another clone and pushes it; returns
+/// the new commit, which a `pull` brings.
+pub fn upstream_commit(fx: &Fixture, bare: &Path, file: &str) -> String {
+    git(&fx.repo, &["fetch", "-q", "origin"]);
+    git(&fx.repo, &["branch", "-q", "--set-upstream-to=origin/main"]);
+    let other = fx.tmp.path().join("other");
+    git(
+        fx.tmp.path(),
+        &["clone", "-q", path_str(bare), path_str(&other)],
+    );
+    let new = commit_file(&other, file, "{ }\n");
+    git(&other, &["push", "-q", "origin", "main"]);
+    new
+}
+
 /// The first `status` from `host` after `after` for `command`.
 pub async fn status_for(
     dash: &MockDashboard,
