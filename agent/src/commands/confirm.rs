@@ -8,8 +8,8 @@
 //! registered it, runs the health checks (every executable
 //! `hosts/<host>/health/*.sh`, and on NixOS "no unit that was active before
 //! the switch has failed") and decides. Then it reports the one status of the
-//! original command: `ok` when confirmed, else `error` "rolled back to
-//! <generation>: <reason>" once the supervisor's rollback ended (System
+//! original command: `ok` when confirmed, else `error` `rolled back to
+//! <generation>: <reason>` once the supervisor's rollback ended (System
 //! `error` with the same words), and exits for a restart when it runs the
 //! binary of the generation that was rolled back.
 
