@@ -70,14 +70,23 @@ def main():
         "HOME": "/var/root",
         # the system's bundle (security.pki), not pkgs.cacert's
         "NIX_SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
+        "NIXFLEET_REQUIRE_SIGNED_COMMITS": "1",
+        "NIXFLEET_ROLLBACK_DEADLINE": "300",
+        "NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS": "1",
     }
     for name, value in expected.items():
         check(env.get(name) == value, f"EnvironmentVariables {name}={value!r}, got {env.get(name)!r}")
     check("NIXFLEET_TOKEN" not in env, "no NIXFLEET_TOKEN: the plist holds only the token's path")
     check("NIXFLEET_REPO_DIR" not in env, "no NIXFLEET_REPO_DIR in isolated mode")
 
+    signers = env.get("NIXFLEET_TRUSTED_SIGNERS", "")
+    check(
+        signers.startswith("/nix/store/") and signers.endswith("-nixfleet-allowed-signers"),
+        f"the allowed-signers lines are one file in the store: {signers!r}",
+    )
+    check("NIXFLEET_ROLLBACK_ON_FAILURE" not in env, "the rollback watchdog stays on")
     path = env.get("PATH", "").split(":")
-    for needle in ("-git-", "-nix-", "darwin-rebuild"):
+    for needle in ("-git-", "-nix-", "darwin-rebuild", "-gnupg-"):
         check(any(needle in p for p in path), f"PATH finds {needle.strip('-')}: {path}")
     for directory in ("/run/current-system/sw/bin", "/usr/bin", "/bin"):
         check(directory in path, f"PATH has {directory}: {path}")

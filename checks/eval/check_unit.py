@@ -128,10 +128,20 @@ def main():
         "NIXFLEET_CA_FILE": "/etc/ssl/certs/fleet-ca.pem",
         "HOME": "/root",
         "NIX_REMOTE": "daemon",
+        # the rollback watchdog is on by default, with its 120 s window
+        "NIXFLEET_ROLLBACK_DEADLINE": "120",
     }
     for name, value in expected.items():
         check(env.get(name) == value, f"Environment {name}={value!r}, got {env.get(name)!r}")
     check("NIXFLEET_REPO_DIR" not in env, "no NIXFLEET_REPO_DIR in isolated mode")
+    for off in (
+        "NIXFLEET_ROLLBACK_ON_FAILURE",
+        "NIXFLEET_REQUIRE_SIGNED_COMMITS",
+        "NIXFLEET_TRUSTED_SIGNERS",
+        "NIXFLEET_ALLOW_FORCE_PUSH",
+        "NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS",
+    ):
+        check(off not in env, f"{off} left to the agent's default: {env.get(off)!r}")
     path = env.get("PATH", "").split(":")
     for tool in ("git", "openssh", "nix", "nixos-rebuild"):
         check(

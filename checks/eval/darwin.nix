@@ -30,6 +30,13 @@ let
           sshKeyFile = "/run/agenix/nixfleet-deploy-key";
           repoUrl = "git@github.com:example/nixcfg.git";
           deviceType = "laptop";
+          # the safe-deploy options reach the plist
+          requireSignedCommits = true;
+          trustedSigners = [
+            "alice@example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB8L0m1y0cXH0yUZ1V0W3q8yW2QfQ1hWm3b4n0x9zq1a"
+          ];
+          rollbackDeadline = 300;
+          requireKnownHosts = true;
         };
       }
     ];
