@@ -148,7 +148,13 @@ fn rolled_back_message(s: &Setup, reason: &str) -> String {
 async fn a_switch_confirmed_in_time_is_not_rolled_back() {
     let s = setup().await;
     let mut a = s.agent(&s.dash.ws_url(), 60).spawn();
-    let sent = s.switch_and_restart(&mut a).await;
+    wait_register(&s.dash, HOST, 0).await;
+    // through the dashboard's lifecycle: the agent exits 101 without a status
+    let sent = s.dash.last_seq();
+    let d = s.dash.dispatch(HOST, "switch", false);
+    assert_eq!(d.status, "EXECUTING", "{d:?}");
+    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
+    assert!(s.statuses().is_empty(), "no status before the confirmation");
     let supervisor = supervisor_pid(&s.record());
     let _b = s.agent(&s.dash.ws_url(), 60).spawn();
     let st = status_for(&s.dash, HOST, "switch", sent).await;
@@ -161,6 +167,14 @@ async fn a_switch_confirmed_in_time_is_not_rolled_back() {
         pid_gone(supervisor).await,
         "the supervisor ends once confirmed"
     );
+    // the hub completed the op when the new generation reconnected
+    // (lifecycle.go); the status after it is the agent's own verdict
+    let op = s
+        .dash
+        .wait_op(d.command_id.as_deref().unwrap(), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(op.status, "SUCCESS", "{op:?}");
     assert_eq!(
         std::fs::read_to_string(s.record().join("verdict")).unwrap(),
         "confirmed\n"
@@ -237,11 +251,12 @@ async fn a_failed_health_check_rolls_back_at_once() {
 #[tokio::test]
 async fn a_unit_that_was_active_and_failed_after_the_switch_rolls_back() {
     let s = setup().await;
-    std::fs::write(
-        s.fakes.file("units.active"),
-        "sshd.service loaded active running OpenSSH\nnginx.service loaded active running nginx\n",
-    )
-    .unwrap();
+    // a host has hundreds of units; the one that fails comes after them
+    let mut active: String = (0..400)
+        .map(|n| format!("a-unit-{n:03}.service loaded active running filler\n"))
+        .collect();
+    active.push_str("nginx.service loaded active running nginx\n");
+    std::fs::write(s.fakes.file("units.active"), active).unwrap();
     let mut a = s.agent(&s.dash.ws_url(), 600).spawn();
     let sent = s.switch_and_restart(&mut a).await;
     // after the switch: nginx failed, and a unit that was never active too

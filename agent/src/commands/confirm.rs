@@ -206,7 +206,8 @@ impl Run {
                 }
             }
         }
-        if let Some(before) = record.read_small("units.before") {
+        // a host has hundreds of units: read the whole list (bounded)
+        if let Some(before) = record.read_bounded("units.before", 1024 * 1024) {
             let before: BTreeSet<String> = before.lines().map(str::to_string).collect();
             let env = self.inner().env.vars().to_vec();
             match tokio::task::spawn_blocking(move || units("failed", &env)).await {

@@ -225,10 +225,15 @@ impl Record {
 
     /// A small file of the record, trimmed (at most 4 KiB read).
     pub fn read_small(&self, name: &str) -> Option<String> {
+        self.read_bounded(name, 4096)
+    }
+
+    /// A file of the record, trimmed, of at most `max` bytes read.
+    pub fn read_bounded(&self, name: &str, max: u64) -> Option<String> {
         let mut s = String::new();
         File::open(self.dir.join(name))
             .ok()?
-            .take(4096)
+            .take(max)
             .read_to_string(&mut s)
             .ok()?;
         Some(s.trim().to_string())
