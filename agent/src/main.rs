@@ -208,6 +208,19 @@ fn print_check(config: &Config) -> i32 {
         }
     );
     println!(
+        "  rollback:         {}",
+        if config.rollback.enabled {
+            format!(
+                "a switch not confirmed within {} s is rolled back (health checks: {}/hosts/{}/health/*.sh)",
+                config.rollback.deadline.as_secs(),
+                config.repo_dir.display(),
+                config.hostname
+            )
+        } else {
+            "off (NIXFLEET_ROLLBACK_ON_FAILURE=0)".to_string()
+        }
+    );
+    println!(
         "  ssh host keys:    {}",
         if config.ssh.require_known_hosts {
             format!("only those in {}", config.ssh.system_known_hosts.display())
