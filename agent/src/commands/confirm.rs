@@ -352,6 +352,13 @@ impl Commands {
             return false;
         };
         ctl.set_detached();
+        // heartbeats show the switch as running while it is confirmed
+        if let Some(pid) = record
+            .supervisor_pid()
+            .filter(|_| record.supervisor_alive())
+        {
+            ctl.publish_pid(pid);
+        }
         let this = self.clone();
         tokio::spawn(async move {
             let run = this

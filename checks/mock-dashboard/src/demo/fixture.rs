@@ -2,7 +2,7 @@
 //! rebuild tools, two `flake.lock`s, and git without the user's configuration.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::process::Command;
@@ -55,6 +55,38 @@ pub(super) const REBUILD: &str = "#!/bin/sh\necho \"$(basename \"$0\") (demo fak
 pub(super) const LOCK_V1: &str = "{\n  \"nodes\": {\n    \"nixpkgs\": {\n      \"locked\": {\"rev\": \"abc1234\", \"type\": \"github\"}\n    },\n    \"root\": {\"inputs\": {\"nixpkgs\": \"nixpkgs\"}}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";
 
 pub(super) const LOCK_V2: &str = "{\n  \"nodes\": {\n    \"nixpkgs\": {\n      \"locked\": {\"rev\": \"def5678\", \"type\": \"github\"}\n    },\n    \"root\": {\"inputs\": {\"nixpkgs\": \"nixpkgs\"}}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";
+
+/// The system before the demo's switch, for the rollback watchdog.
+pub(super) struct System {
+    /// Stands for `/run/current-system` (a link to the system below).
+    pub(super) current: PathBuf,
+    /// Stands for `/nix/var/nix/profiles/system`.
+    pub(super) profile: PathBuf,
+}
+
+/// A fake system the watchdog would switch back to (its
+/// `switch-to-configuration` and `activate` only say so), a link to it as
+/// the current system, and fake `nix-env` and `systemctl` in `bin`, so that
+/// nothing of the real host is read or changed.
+pub(super) fn current_system(dir: &Path, bin: &Path) -> std::io::Result<System> {
+    let system = dir.join("store").join("nixos-system-demo-host-1");
+    std::fs::create_dir_all(system.join("bin"))?;
+    let fake = "#!/bin/sh\necho \"$(basename \"$0\") (demo fake: the watchdog rolls back) $*\"\n";
+    write_script(&system.join("bin").join("switch-to-configuration"), fake)?;
+    write_script(&system.join("activate"), fake)?;
+    let current = dir.join("current-system");
+    std::os::unix::fs::symlink(&system, &current)?;
+    write_script(
+        &bin.join("nix-env"),
+        "#!/bin/sh\necho \"nix-env (demo fake) $*\"\n",
+    )?;
+    // no units to list: the failed-units check finds none
+    write_script(&bin.join("systemctl"), "#!/bin/sh\nexit 0\n")?;
+    Ok(System {
+        current,
+        profile: dir.join("profiles").join("system"),
+    })
+}
 
 /// T03 runs long only once the flag file exists, so that the first test run stays short.
 pub(super) fn t03(flag: &Path) -> String {

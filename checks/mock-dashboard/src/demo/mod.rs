@@ -36,6 +36,7 @@ mod find;
 mod fixture;
 mod process;
 mod show;
+mod switch;
 
 use find::absolute;
 pub use find::find_agent;
@@ -178,6 +179,7 @@ impl Demo {
         for tool in ["nixos-rebuild", "darwin-rebuild"] {
             write_script(&bin.join(tool), REBUILD).map_err(|e| io(tool, e))?;
         }
+        let system = fixture::current_system(dir, &bin).map_err(|e| io("the demo's system", e))?;
         git(&repo, &["init", "-q"]).await?;
         git(&repo, &["symbolic-ref", "HEAD", "refs/heads/main"]).await?;
         git(&repo, &["add", "-A"]).await?;
@@ -216,6 +218,10 @@ impl Demo {
             ("NIXFLEET_INTERVAL", OsString::from("1")),
             ("NIXFLEET_STOP_GRACE_MS", OsString::from("2000")),
             ("NIXFLEET_LOG_LEVEL", OsString::from("warn")),
+            // the rollback watchdog guards the switch (fixture::current_system)
+            ("NIXFLEET_CURRENT_SYSTEM", system.current.into_os_string()),
+            ("NIXFLEET_SYSTEM_PROFILE", system.profile.into_os_string()),
+            ("NIXFLEET_ROLLBACK_DEADLINE", OsString::from("30")),
             ("PATH", path),
         ]
         .into_iter()
@@ -318,7 +324,7 @@ impl Demo {
             }
         }
 
-        self.step("4. switch (dispatched): activate it; the agent restarts on the new system");
+        self.step("4. switch (dispatched): activate it; the agent restarts on the new system, which confirms it");
         self.switch_and_restart().await;
 
         self.step("5. test (dispatched): the host's test scripts, with progress");
@@ -513,58 +519,6 @@ impl Demo {
             )),
         }
         op
-    }
-
-    /// Step 4: the switch's status, the agent's exit for a restart, the new
-    /// agent process registering, and the operation's end.
-    async fn switch_and_restart(&mut self) {
-        let Some(id) = self.dispatch("4.", "switch") else {
-            return;
-        };
-        let Some(status) = self.answer("4.", "switch", 20, |_| ()).await else {
-            return;
-        };
-        self.expect_ok("4. switch", &status);
-        let mut exited = self.exited.clone();
-        let exit = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(Option::is_some))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .and_then(|e| (*e).clone());
-        self.drain();
-        if let Some(op) = self.dash.op(&id) {
-            self.note(&format!("operation {id} switch: {}", op.status));
-        }
-        match exit {
-            Some(e) if e.code == Some(101) => self.note(&format!(
-                "the agent exited with {} (\"switched, restart me\"); starting it again, as systemd would",
-                e.how
-            )),
-            Some(e) => {
-                self.missed(&format!("4. switch: the agent exited with {}, expected 101", e.how));
-                return;
-            }
-            None => {
-                self.missed("4. switch: the agent did not exit for its restart");
-                return;
-            }
-        }
-        match self.launch.start() {
-            Ok(p) => {
-                self.line(
-                    "·",
-                    "agent started",
-                    &format!("pid {}", p.pid.map_or("?".into(), |p| p.to_string())),
-                );
-                self.pid = p.pid;
-                self.exited = p.exited;
-            }
-            Err(e) => {
-                self.setup_failed(format!("restarting the agent failed: {e}"));
-                return;
-            }
-        }
-        self.op_end("4.", &id, 30).await;
     }
 
     /// Print the host row as the dashboard's UI would show it.

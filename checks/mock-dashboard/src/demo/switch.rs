@@ -1,0 +1,60 @@
+//! Step 4 of the demo: a switch dispatched as the dashboard's UI does, under
+//! the agent's rollback watchdog. The agent switches, exits 101 without a
+//! status, and is started again as systemd would; the new process registers,
+//! confirms the switch and reports its one status; the hub has completed the
+//! operation at the reconnect (`lifecycle.go`).
+
+use std::time::Duration;
+
+use super::Demo;
+
+impl Demo {
+    /// Step 4: the switch, the agent's exit for a restart, the new agent
+    /// process registering and confirming, and the operation's end.
+    pub(super) async fn switch_and_restart(&mut self) {
+        let Some(id) = self.dispatch("4.", "switch") else {
+            return;
+        };
+        let mut exited = self.exited.clone();
+        let exit = tokio::time::timeout(Duration::from_secs(20), exited.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|e| (*e).clone());
+        self.drain();
+        match exit {
+            Some(e) if e.code == Some(101) => self.note(&format!(
+                "the agent exited with {} (\"switched, restart me\") and no status yet: the new generation's agent confirms the switch, or the watchdog rolls it back; starting it again, as systemd would",
+                e.how
+            )),
+            Some(e) => {
+                self.missed(&format!("4. switch: the agent exited with {}, expected 101", e.how));
+                return;
+            }
+            None => {
+                self.missed("4. switch: the agent did not exit for its restart");
+                return;
+            }
+        }
+        match self.launch.start() {
+            Ok(p) => {
+                self.line(
+                    "·",
+                    "agent started",
+                    &format!("pid {}", p.pid.map_or("?".into(), |p| p.to_string())),
+                );
+                self.pid = p.pid;
+                self.exited = p.exited;
+            }
+            Err(e) => {
+                self.setup_failed(format!("restarting the agent failed: {e}"));
+                return;
+            }
+        }
+        let Some(status) = self.answer("4.", "switch", 30, |_| ()).await else {
+            return;
+        };
+        self.expect_ok("4. switch", &status);
+        self.op_end("4.", &id, 30).await;
+    }
+}
