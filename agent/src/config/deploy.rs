@@ -1,0 +1,135 @@
+//! The settings that make deploys safe: git's ssh host-key policy, which
+//! commits may be deployed, and the rollback watchdog.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{ConfigError, Env, absolute_path, err, flag};
+
+/// git's ssh: the key and the host-key policy.
+///
+/// A server listed in the system's known hosts (`NIXFLEET_SSH_KNOWN_HOSTS`,
+/// default `/etc/ssh/ssh_known_hosts`, written by `programs.ssh.knownHosts`)
+/// is checked strictly against it. Any other server is trusted on first use
+/// and remembered in `<state>/ssh_known_hosts`, unless
+/// `NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS` is set: then only the system's known
+/// hosts count and an unlisted server is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSettings {
+    /// Private key for git, if any.
+    pub key: Option<PathBuf>,
+    /// The system's known hosts file.
+    pub system_known_hosts: PathBuf,
+    /// Refuse servers that are not in the system's known hosts.
+    pub require_known_hosts: bool,
+}
+
+impl Default for SshSettings {
+    /// No key, the system's known hosts, trust on first use for others.
+    fn default() -> SshSettings {
+        SshSettings {
+            key: None,
+            system_known_hosts: PathBuf::from(SYSTEM_KNOWN_HOSTS),
+            require_known_hosts: false,
+        }
+    }
+}
+
+/// Which commits may be deployed (docs/commands.md, "Trusted commits").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustSettings {
+    /// Deploy only commits signed by one of `signers`
+    /// (`NIXFLEET_REQUIRE_SIGNED_COMMITS`).
+    pub require_signed: bool,
+    /// SSH allowed-signers files and ASCII-armoured GPG public key files
+    /// (`NIXFLEET_TRUSTED_SIGNERS`, absolute paths separated by `:`).
+    pub signers: Vec<PathBuf>,
+    /// Accept a branch that does not descend from the current commit in
+    /// isolated mode (`NIXFLEET_ALLOW_FORCE_PUSH`).
+    pub allow_force_push: bool,
+}
+
+/// The rollback watchdog (docs/commands.md, "Automatic rollback").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackSettings {
+    /// Switch back when the new generation does not confirm
+    /// (`NIXFLEET_ROLLBACK_ON_FAILURE`, default on).
+    pub enabled: bool,
+    /// How long the new generation has to register and pass its health
+    /// checks (`NIXFLEET_ROLLBACK_DEADLINE`, seconds, default 120).
+    pub deadline: Duration,
+    /// The system profile set back on a rollback (`NIXFLEET_SYSTEM_PROFILE`).
+    pub system_profile: PathBuf,
+}
+
+impl Default for RollbackSettings {
+    fn default() -> RollbackSettings {
+        RollbackSettings {
+            enabled: true,
+            deadline: Duration::from_secs(120),
+            system_profile: PathBuf::from(SYSTEM_PROFILE),
+        }
+    }
+}
+
+/// The system profile of NixOS and nix-darwin.
+pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";
+
+/// The system-wide known hosts file of NixOS and nix-darwin.
+pub const SYSTEM_KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
+
+pub(super) fn trust_settings(env: &Env<'_>) -> Result<TrustSettings, ConfigError> {
+    const VAR: &str = "NIXFLEET_TRUSTED_SIGNERS";
+    let mut signers = Vec::new();
+    for part in env.get(VAR).unwrap_or_default().split(':') {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let path = PathBuf::from(part);
+        if !path.is_absolute() {
+            return Err(err(VAR, format!("{part:?} is not an absolute path")));
+        }
+        if let Err(e) = std::fs::metadata(&path) {
+            return Err(err(
+                VAR,
+                format!("cannot read {part}: {e}; name existing key files"),
+            ));
+        }
+        signers.push(path);
+    }
+    let require_signed = flag(env, "NIXFLEET_REQUIRE_SIGNED_COMMITS", false)?;
+    if require_signed && signers.is_empty() {
+        return Err(err(
+            "NIXFLEET_REQUIRE_SIGNED_COMMITS",
+            "signed commits are required but NIXFLEET_TRUSTED_SIGNERS names no key file; name the allowed-signers or GPG public key files to trust",
+        ));
+    }
+    Ok(TrustSettings {
+        require_signed,
+        signers,
+        allow_force_push: flag(env, "NIXFLEET_ALLOW_FORCE_PUSH", false)?,
+    })
+}
+
+pub(super) fn rollback_settings(env: &Env<'_>) -> Result<RollbackSettings, ConfigError> {
+    Ok(RollbackSettings {
+        enabled: flag(env, "NIXFLEET_ROLLBACK_ON_FAILURE", true)?,
+        deadline: match env.get("NIXFLEET_ROLLBACK_DEADLINE") {
+            None => RollbackSettings::default().deadline,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(secs) if (1..=86_400).contains(&secs) => Duration::from_secs(secs),
+                _ => {
+                    return Err(err(
+                        "NIXFLEET_ROLLBACK_DEADLINE",
+                        format!(
+                            "{v:?} is not a number of seconds from 1 to 86400; unset it for 120"
+                        ),
+                    ));
+                }
+            },
+        },
+        system_profile: absolute_path(env, "NIXFLEET_SYSTEM_PROFILE")?
+            .unwrap_or_else(|| PathBuf::from(SYSTEM_PROFILE)),
+    })
+}
