@@ -36,7 +36,13 @@ let
 
   isAbsolute = path: lib.hasPrefix "/" path;
 
-  isInStore = path: path == builtins.storeDir || lib.hasPrefix "${builtins.storeDir}/" path;
+  # nixpkgs' type for secrets (since late 2025); the same rule on an older lib
+  # that a configuration's nixpkgs may bring.
+  externalPath =
+    types.externalPath or (types.addCheck types.str (
+      path: isAbsolute path && !lib.hasPrefix "${builtins.storeDir}/" path
+    ));
+
 
   # trustedSigners: key files (paths, copied to the store: they are public)
   # and allowed-signers lines, which go into one file of their own.
@@ -69,17 +75,6 @@ let
     ]
     || builtins.match "127(\\.[0-9]+){3}" host != null
     || lib.hasSuffix ".localhost" host;
-
-  secretPathAssertion = option: secret: value: {
-    assertion = value == null || (isAbsolute value && !isInStore value);
-    message = ''
-      services.nixfleet-agent.${option} must be an absolute path to a file outside
-      the Nix store, e.g. config.age.secrets.${secret}.path (agenix) or
-      config.sops.secrets."nixfleet/${secret}".path (sops-nix); got "${toString value}".
-      Everything in ${builtins.storeDir} is world-readable, so a secret must never
-      be put there (write the path as a string, not as a Nix path literal).
-    '';
-  };
 in
 {
   options.services.nixfleet-agent = {
@@ -112,11 +107,15 @@ in
     };
 
     tokenFile = mkOption {
-      type = types.str;
+      # A string, never a Nix path literal (which would copy the secret into
+      # the world-readable store), absolute and outside the store.
+      type = externalPath;
       example = lib.literalExpression "config.age.secrets.nixfleet-token.path";
       description = ''
         Absolute path (a string, not a Nix path literal) of a file outside the
-        Nix store that holds the agent token, either bare or as a line
+        Nix store, e.g. `config.age.secrets.nixfleet-token.path` (agenix) or
+        `config.sops.secrets."nixfleet/token".path` (sops-nix), that holds the
+        agent token, either bare or as a line
         `NIXFLEET_TOKEN=<token>`. It is typically provided by agenix or sops-nix.
         On NixOS it is handed to the service as the systemd credential `token`
         (`LoadCredential`), on nix-darwin the agent reads the file itself
@@ -185,11 +184,12 @@ in
     };
 
     sshKeyFile = mkOption {
-      type = types.nullOr types.str;
+      type = types.nullOr externalPath;
       default = null;
       example = lib.literalExpression "config.age.secrets.nixfleet-deploy-key.path";
       description = ''
-        Absolute path of a private ssh key outside the Nix store, used for
+        Absolute path (a string) of a private ssh key outside the Nix store,
+        e.g. `config.age.secrets.nixfleet-deploy-key.path`, used for
         `ssh://` and scp-style `repoUrl`s. On NixOS it is handed to the service as
         the systemd credential `ssh-key`, on nix-darwin as `NIXFLEET_SSH_KEY`.
         A server listed in the system's known hosts
@@ -453,8 +453,6 @@ in
             got "${toString cfg.repoDir}".
           '';
         }
-        (secretPathAssertion "tokenFile" "nixfleet-token" cfg.tokenFile)
-        (secretPathAssertion "sshKeyFile" "nixfleet-deploy-key" cfg.sshKeyFile)
         {
           assertion = cfg.themeColor == null || isColour cfg.themeColor;
           message = ''

@@ -160,16 +160,18 @@ def main():
     for fragment in (
         "url must be a WebSocket URL",
         "both are set",
-        "tokenFile must be an absolute path",
-        "sshKeyFile must be an absolute path",
         "themeColor must be a colour",
         "hostname must be a short host name",
         "requireSignedCommits needs at least one key",
     ):
         check(fragment in failed, f"invalid settings report {fragment!r}:\n{failed}")
     check(
-        len(facts["invalid"]["failedAssertions"]) == 7,
-        f"exactly seven failed assertions: {facts['invalid']['failedAssertions']}",
+        len(facts["invalid"]["failedAssertions"]) == 5,
+        f"exactly five failed assertions: {facts['invalid']['failedAssertions']}",
+    )
+    check(
+        facts["secretPathsRefused"] == [True] * 5,
+        f"tokenFile/sshKeyFile in the store, relative or a path literal are type errors: {facts['secretPathsRefused']}",
     )
     check(
         any("neither is set" in m for m in facts["neitherRepo"]),

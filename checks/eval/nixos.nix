@@ -47,12 +47,29 @@ let
   invalidSettings = {
     url = "https://fleet.example.com/ws";
     repoDir = "/home/alice/nixcfg";
-    tokenFile = "/nix/store/00000000000000000000000000000000-token";
-    sshKeyFile = "keys/deploy";
     themeColor = "blue";
     hostname = "web-1.example.com";
     requireSignedCommits = true;
   };
+
+  # Secret paths the options' type (types.externalPath) refuses: inside the
+  # store, relative, and a Nix path literal (which would copy the secret
+  # into the store).
+  badSecretPaths = [
+    { tokenFile = "/nix/store/00000000000000000000000000000000-token"; }
+    { tokenFile = "run/agenix/nixfleet-token"; }
+    { tokenFile = ./nixos.nix; }
+    { sshKeyFile = "keys/deploy"; }
+    { sshKeyFile = "/nix/store/00000000000000000000000000000000-key"; }
+  ];
+  # true where the evaluation of the setting fails, as it must
+  refused =
+    bad:
+    let
+      option = builtins.head (builtins.attrNames bad);
+      evaluated = (evalHost (valid // bad)).config.services.nixfleet-agent.${option};
+    in
+    !(builtins.tryEval (builtins.deepSeq evaluated evaluated)).success;
 
   legacySettings = {
     enable = true;
@@ -94,6 +111,7 @@ let
       failedAssertions = failedAssertions invalid.config;
     };
     neitherRepo = failedAssertions noRepository.config;
+    secretPathsRefused = map refused badSecretPaths;
     plainWsRemote = warningsFor "ws://dashboard.lan:8000/ws";
     plainWsLoopback = lib.concatMap warningsFor loopbackUrls;
     legacyEnvironment = legacy.config.systemd.services.nixfleet-agent.environment;
