@@ -420,6 +420,17 @@ in
       };
     }
 
+    # Legacy mode: Nix reads the checkout with libgit2, which refuses a
+    # repository owned by another user unless git's configuration files mark
+    # it safe (it ignores the GIT_CONFIG_* variables the agent gives its own
+    # git). /etc/gitconfig is read by git and libgit2 on both platforms.
+    (lib.mkIf (cfg.enable && cfg.repoDir != null) {
+      environment.etc."gitconfig".text = lib.mkAfter ''
+        [safe]
+        	directory = ${cfg.repoDir}
+      '';
+    })
+
     (lib.mkIf cfg.enable {
       assertions = [
         {

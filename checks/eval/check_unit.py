@@ -153,6 +153,11 @@ def main():
     check(legacy.get("NIXFLEET_REPO_DIR") == "/home/alice/nixcfg", "legacy: NIXFLEET_REPO_DIR")
     check(legacy.get("NIXFLEET_FLAKE") == "/home/alice/nixcfg#web-1", "legacy: NIXFLEET_FLAKE")
     check("NIXFLEET_REPO_URL" not in legacy, "legacy: no NIXFLEET_REPO_URL")
+    gitconfig = facts["legacyGitconfig"]
+    check(
+        "[safe]" in gitconfig and "directory = /home/alice/nixcfg" in gitconfig,
+        f"legacy: /etc/gitconfig marks the checkout safe for Nix's libgit2:\n{gitconfig}",
+    )
 
     check(facts["valid"]["failedAssertions"] == [], f"valid settings pass: {facts['valid']}")
     check(facts["valid"]["warnings"] == [], f"wss:// gives no warning: {facts['valid']}")

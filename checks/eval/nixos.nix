@@ -115,6 +115,7 @@ let
     plainWsRemote = warningsFor "ws://dashboard.lan:8000/ws";
     plainWsLoopback = lib.concatMap warningsFor loopbackUrls;
     legacyEnvironment = legacy.config.systemd.services.nixfleet-agent.environment;
+    legacyGitconfig = legacy.config.environment.etc.gitconfig.text or "";
     disabledHasService = disabled.config.systemd.services ? nixfleet-agent;
     tokenPath = host.config.systemd.paths.nixfleet-agent-token.pathConfig;
     tokenChanged = host.config.systemd.services.nixfleet-agent-token-changed.serviceConfig.ExecStart;
