@@ -36,12 +36,12 @@ let
 
   isAbsolute = path: lib.hasPrefix "/" path;
 
+  isInStore = path: lib.hasPrefix "${builtins.storeDir}/" path;
+
   # nixpkgs' type for secrets (since late 2025); the same rule on an older lib
   # that a configuration's nixpkgs may bring.
-  externalPath =
-    types.externalPath or (types.addCheck types.str (
-      path: isAbsolute path && !lib.hasPrefix "${builtins.storeDir}/" path
-    ));
+  fallbackExternalPath = types.addCheck types.str (path: isAbsolute path && !isInStore path);
+  externalPath = types.externalPath or fallbackExternalPath;
 
 
   # trustedSigners: key files (paths, copied to the store: they are public)
