@@ -108,16 +108,13 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
     state.publish(snapshot);
     tokio::spawn(heartbeat::refresher(config.clone(), state.clone(), metrics));
     tokio::spawn(compartments::persist_loop(store.clone()));
-    {
-        let env = commands::ChildEnv::for_config(&config);
-        tokio::spawn(compartments::lock_loop(
-            store,
-            config.repo_dir.clone(),
-            env.vars().to_vec(),
-        ));
-    }
 
     let commands = commands::Commands::new(config.clone(), state.clone(), out.clone());
+    tokio::spawn(compartments::lock_loop(
+        store,
+        config.repo_dir.clone(),
+        commands.child_env().vars().to_vec(),
+    ));
     // On a first start in isolated mode this clones the repository. Give it a
     // head start so that the first `register` already carries the generation;
     // a clone slower than that goes on in the background while the agent

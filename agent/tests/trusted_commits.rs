@@ -419,3 +419,30 @@ async fn a_legacy_checkout_fast_forwards_only_to_a_signed_upstream() {
     assert_eq!(git(&checkout, &["rev-parse", "HEAD"]), signed);
     assert_no_violations(&s.dash);
 }
+
+#[tokio::test]
+async fn a_pull_switch_verifies_the_new_commit_once() {
+    let s = setup().await;
+    let mut agent = s.agent(true).spawn();
+    wait_register(&s.dash, HOST, 0).await;
+    let signed = commit(&s.fx.repo, "signed.nix", Some(&s.trusted));
+    s.push();
+    let st = s.run("pull-switch", 0).await;
+    assert_eq!(st["status"], "ok", "{st}");
+    assert!(s.fakes.file("rebuild.argv").exists(), "it switched");
+    let notes = s
+        .dash
+        .frames(HOST, Some("output"))
+        .into_iter()
+        .filter(|f| {
+            f.payload["line"].as_str().unwrap_or_default()
+                == format!(
+                    "[nixfleet-agent] commit {} is signed by a trusted key",
+                    &signed[..7]
+                )
+        })
+        .count();
+    assert_eq!(notes, 1, "the pull verified it, the switch did not again");
+    assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));
+    assert_no_violations(&s.dash);
+}

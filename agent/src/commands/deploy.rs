@@ -281,6 +281,7 @@ impl Commands {
             record: Some(record.clone()),
             switched: true,
             test_dots: None,
+            verified: None,
         };
         run.sink
             .note(format!(

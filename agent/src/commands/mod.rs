@@ -275,6 +275,11 @@ impl Commands {
     }
 
     /// Takes the slot for `command`, or `None` if another run holds it.
+    /// The environment every child of the agent gets.
+    pub fn child_env(&self) -> &ChildEnv {
+        &self.inner.env
+    }
+
     fn claim(&self, command: CommandName) -> Option<Arc<Control>> {
         let mut slot = lock(&self.inner.slot);
         if slot.is_some() {
@@ -414,6 +419,7 @@ impl Commands {
             record: None,
             switched: false,
             test_dots: None,
+            verified: None,
         };
         let report = match command {
             CommandName::Pull => run.pull().await.map(Report::ok),

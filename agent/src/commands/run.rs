@@ -48,6 +48,9 @@ pub(super) struct Run {
     pub(super) switched: bool,
     /// The test run's dots, once it began.
     pub(super) test_dots: Option<TestDots>,
+    /// The commit whose signature this run verified (a `pull-switch`'s pull),
+    /// so that its switch does not verify it again.
+    pub(super) verified: Option<String>,
 }
 
 impl Run {

@@ -264,7 +264,7 @@ impl super::Run {
     /// and a trusted signature (when required). Returns the commit `rev`
     /// names.
     pub(super) async fn check_move(
-        &self,
+        &mut self,
         old: &str,
         rev: &str,
         isolated: bool,
@@ -316,6 +316,7 @@ impl super::Run {
                     short(&new)
                 ))
                 .await;
+            self.verified = Some(new.clone());
         }
         Ok(new)
     }
@@ -331,6 +332,7 @@ impl super::Run {
         let repo = inner.config.repo_dir.clone();
         let env = inner.env.vars().to_vec();
         let scratch = inner.config.state_dir.clone();
+        let verified = self.verified.clone();
         let refused =
             |why: String| super::Report::error(super::NOT_RUN, format!("{what} refused: {why}"));
         let checked = blocking(move || {
@@ -341,16 +343,23 @@ impl super::Run {
                     short(&head)
                 ));
             }
+            // the pull of this run verified it already
+            if verified.as_deref() == Some(head.as_str()) {
+                return Ok(None);
+            }
             verify_commit(&repo, &head, &trust.signers, &scratch, &env).map_err(|why| {
                 format!(
                     "commit {} is not signed by a trusted key ({why})",
                     short(&head)
                 )
             })?;
-            Ok(head)
+            Ok(Some(head))
         })
         .await
         .map_err(refused)?;
+        let Some(checked) = checked else {
+            return Ok(());
+        };
         self.sink
             .note(format!(
                 "[nixfleet-agent] commit {} is signed by a trusted key",

@@ -494,13 +494,7 @@ impl Demo {
             self.missed("6. SIGTERM: the connection ended without a close frame from the agent");
         }
         self.last_miss = None;
-        let mut exited = self.exited.clone();
-        let exit = tokio::time::timeout(Duration::from_secs(7), exited.wait_for(Option::is_some))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .and_then(|exit| (*exit).clone());
-        self.drain();
+        let exit = self.wait_exit(Duration::from_secs(7)).await;
         match exit {
             Some(exit) => {
                 self.note(&format!("the agent exited: {}", exit.how));
@@ -516,9 +510,7 @@ impl Demo {
                 self.missed("6. SIGTERM: the agent did not exit within 7 s");
                 signal(pid, "KILL").await;
                 // Let it go before its directory is removed.
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(5), exited.wait_for(Option::is_some))
-                        .await;
+                let _ = self.wait_exit(Duration::from_secs(5)).await;
             }
         }
     }

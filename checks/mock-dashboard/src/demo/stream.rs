@@ -175,4 +175,17 @@ impl Demo {
     pub(super) fn note(&self, text: &str) {
         println!("{:>9}  {text}", "");
     }
+
+    /// Waits up to `timeout` for the agent process to exit, then prints what
+    /// arrived meanwhile; how it exited, if it did.
+    pub(super) async fn wait_exit(&mut self, timeout: Duration) -> Option<super::process::Exit> {
+        let mut exited = self.exited.clone();
+        let exit = tokio::time::timeout(timeout, exited.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|e| (*e).clone());
+        self.drain();
+        exit
+    }
 }

@@ -15,13 +15,7 @@ impl Demo {
         let Some(id) = self.dispatch("4.", "switch") else {
             return;
         };
-        let mut exited = self.exited.clone();
-        let exit = tokio::time::timeout(Duration::from_secs(20), exited.wait_for(Option::is_some))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .and_then(|e| (*e).clone());
-        self.drain();
+        let exit = self.wait_exit(Duration::from_secs(20)).await;
         match exit {
             Some(e) if e.code == Some(101) => self.note(&format!(
                 "the agent exited with {} (\"switched, restart me\") and no status yet: the new generation's agent confirms the switch, or the watchdog rolls it back; starting it again, as systemd would",
