@@ -17,17 +17,12 @@ const HOST: &str = "cmdhost";
 
 /// A host test script `hosts/<HOST>/tests/<name>` in `repo`.
 fn test_script(repo: &Path, name: &str, body: &str) {
-    write_exec(
-        &repo.join("hosts").join(HOST).join("tests").join(name),
-        &format!("#!/bin/sh\n{body}\n"),
-    );
+    host_test(repo, HOST, name, body);
 }
 
 /// An agent against `dash` in legacy mode on the fixture's repo, fakes on PATH.
 fn agent(dash: &MockDashboard, fx: &Fixture, fakes: &Fakes) -> AgentBuilder {
-    AgentBuilder::new(&dash.ws_url(), HOST, fx)
-        .env("PATH", &fakes.path_env())
-        .env("NIXFLEET_STOP_GRACE_MS", "2000")
+    AgentBuilder::new(&dash.ws_url(), HOST, fx).with_fakes(fakes)
 }
 
 /// An agent in isolated mode: its own clone of `bare` in `<state>/repo`.
@@ -100,12 +95,6 @@ fn outputs(dash: &MockDashboard, after: u64, before: u64) -> Vec<Value> {
         .filter(|f| f.seq > after && f.seq < before)
         .map(|f| f.payload)
         .collect()
-}
-
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("{key} is not a string in {v}"))
 }
 
 fn switch_records(state: &Path) -> Vec<PathBuf> {

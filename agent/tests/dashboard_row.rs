@@ -15,16 +15,11 @@ use serde_json::Value;
 const HOST: &str = "rowhost";
 
 fn agent(dash: &MockDashboard, fx: &Fixture, fakes: &Fakes) -> AgentBuilder {
-    AgentBuilder::new(&dash.ws_url(), HOST, fx)
-        .env("PATH", &fakes.path_env())
-        .env("NIXFLEET_STOP_GRACE_MS", "2000")
+    AgentBuilder::new(&dash.ws_url(), HOST, fx).with_fakes(fakes)
 }
 
 fn test_script(repo: &Path, name: &str, body: &str) {
-    write_exec(
-        &repo.join("hosts").join(HOST).join("tests").join(name),
-        &format!("#!/bin/sh\n{body}\n"),
-    );
+    host_test(repo, HOST, name, body);
 }
 
 /// The first heartbeat after `after` whose payload satisfies `pred`.

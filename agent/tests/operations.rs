@@ -15,14 +15,11 @@ use serde_json::Value;
 const HOST: &str = "ophost";
 
 fn agent(dash: &MockDashboard, fx: &Fixture, fakes: &Fakes) -> AgentBuilder {
-    AgentBuilder::new(&dash.ws_url(), HOST, fx)
-        .env("PATH", &fakes.path_env())
-        .env("NIXFLEET_STOP_GRACE_MS", "2000")
+    AgentBuilder::new(&dash.ws_url(), HOST, fx).with_fakes(fakes)
 }
 
 fn test_script(repo: &Path, name: &str, body: &str, mode: u32) {
-    let path = repo.join("hosts").join(HOST).join("tests").join(name);
-    write_exec(&path, &format!("#!/bin/sh\n{body}\n"));
+    let path = host_test(repo, HOST, name, body);
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
@@ -37,10 +34,6 @@ async fn send(dash: &MockDashboard, command: &str) -> u64 {
 /// The first `status` after `after` for `command`.
 async fn status_of(dash: &MockDashboard, command: &str, after: u64) -> Frame {
     status_for(dash, HOST, command, after).await
-}
-
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or("")
 }
 
 fn outputs(dash: &MockDashboard, after: u64) -> Vec<String> {

@@ -41,22 +41,6 @@ fn sshd() -> Option<PathBuf> {
     Some(found)
 }
 
-fn keygen(path: &Path) -> String {
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"])
-        .arg(path)
-        .status()
-        .expect("ssh-keygen")
-        .success();
-    assert!(ok, "ssh-keygen");
-    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
-    public
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Sets up the server for the fixture's bare origin, or `None` without sshd.
 fn server(fx: &Fixture, fakes: &Fakes, bare: &Path) -> Option<SshServer> {
     let Some(sshd) = sshd() else {
@@ -67,9 +51,9 @@ fn server(fx: &Fixture, fakes: &Fakes, bare: &Path) -> Option<SshServer> {
     };
     let dir = fx.tmp.path().join("sshd");
     std::fs::create_dir_all(&dir).unwrap();
-    let host_key = keygen(&dir.join("host"));
+    let host_key = ssh_keygen(&dir.join("host"), "");
     let client_key = dir.join("client");
-    let client_public = keygen(&client_key);
+    let client_public = ssh_keygen(&client_key, "");
     std::fs::write(dir.join("authorized_keys"), format!("{client_public}\n")).unwrap();
     let d = dir.display();
     std::fs::write(
@@ -185,7 +169,7 @@ async fn an_unlisted_server_is_trusted_on_first_use_and_remembered() {
 async fn a_server_listed_in_the_system_known_hosts_is_checked_strictly() {
     let Some(s) = setup().await else { return };
     // listed with another key: refused, even though trust on first use is on
-    let other = keygen(&s.fx.tmp.path().join("other"));
+    let other = ssh_keygen(&s.fx.tmp.path().join("other"), "");
     s.list_in_system(&other);
     let _agent = s.agent().spawn();
     let st = s.pull(0).await;

@@ -22,18 +22,10 @@ struct SshKey {
 
 fn ssh_key(dir: &Path, name: &str) -> SshKey {
     let private = dir.join(name);
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&private)
-        .status()
-        .expect("ssh-keygen")
-        .success();
-    assert!(ok);
-    let public = std::fs::read_to_string(private.with_extension("pub")).unwrap();
-    let key: Vec<&str> = public.split_whitespace().take(2).collect();
+    let public = ssh_keygen(&private, name);
     SshKey {
         private,
-        allowed: format!("{name}@fleet.invalid {}", key.join(" ")),
+        allowed: format!("{name}@fleet.invalid {public}"),
     }
 }
 

@@ -174,6 +174,12 @@ impl AgentBuilder {
         self
     }
 
+    /// With the fake tools first on `PATH` and a 2 s stop grace period.
+    pub fn with_fakes(self, fakes: &Fakes) -> AgentBuilder {
+        self.env("PATH", &fakes.path_env())
+            .env("NIXFLEET_STOP_GRACE_MS", "2000")
+    }
+
     /// Removes a variable.
     pub fn without(mut self, key: &str) -> AgentBuilder {
         self.env.remove(key);
@@ -398,6 +404,38 @@ pub async fn heartbeat_where(
     })
     .await
     .unwrap_or_else(|| panic!("no heartbeat with {what}"))
+}
+
+/// The string field `key` of a payload; panics when it is not a string.
+pub fn s<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} is not a string in {v}"))
+}
+
+/// A host test script `hosts/<host>/tests/<name>` in `repo` (executable).
+pub fn host_test(repo: &Path, host: &str, name: &str, body: &str) -> PathBuf {
+    let path = repo.join("hosts").join(host).join("tests").join(name);
+    write_exec(&path, &format!("#!/bin/sh\n{body}\n"));
+    path
+}
+
+/// A new ed25519 key pair at `path` (and `path.pub`); returns the public
+/// key as `<type> <base64>`.
+pub fn ssh_keygen(path: &Path, comment: &str) -> String {
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen")
+        .success();
+    assert!(ok, "ssh-keygen");
+    let public = std::fs::read_to_string(path.with_extension("pub")).expect("public key");
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Makes the fixture's checkout track `bare` (legacy mode: the host's own
