@@ -14,6 +14,10 @@
 //!   heartbeat**: `SUCCESS`, or `PARTIAL` when the post-check fails.
 //! - A disconnect while `switch`/`pull-switch` is `EXECUTING` →
 //!   `AWAITING_RECONNECT` (P1920).
+//! - The reconnect completes it with `SUCCESS` without a freshness
+//!   comparison: `HandleAgentReconnect`'s `STALE_BINARY`/`SUSPICIOUS` verdicts
+//!   need a pre-switch freshness that 3.1.5's `getAgentFreshness` never
+//!   provides (it returns nil).
 //! - `command_rejected` → `ERROR` "Agent rejected command: …".
 //! - Kill (`POST /api/hosts/{host}/kill`, the UI's Kill button) → `KILLING` and
 //!   the command `kill` is sent; the killed command's status then ends it.
