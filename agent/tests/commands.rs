@@ -608,7 +608,11 @@ async fn heartbeats_carry_the_running_command() {
     // "end" is printed a second before the script exits, so that it is on the
     // wire while the run still runs: a heartbeat may overtake output that is
     // still queued when a run ends, and one written in that moment is idle
-    test_script(&fx.repo, "T01-slow.sh", "echo start; sleep 5; echo end; sleep 1");
+    test_script(
+        &fx.repo,
+        "T01-slow.sh",
+        "echo start; sleep 5; echo end; sleep 1",
+    );
     let _agent = agent(&dash, &fx, &fakes).spawn();
     registered(&dash).await;
     let after = command(&dash, "test").await;
