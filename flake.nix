@@ -288,8 +288,7 @@
             darwin-module = import ./checks/eval/darwin.nix {
               inherit pkgs nix-darwin;
               darwinModule = self.darwinModules.default;
-              darwinSystem =
-                if builtins.elem system darwinSystems then system else "aarch64-darwin";
+              darwinSystem = if builtins.elem system darwinSystems then system else "aarch64-darwin";
             };
 
             # Evaluation only: a new commit changes the agent's stamp and

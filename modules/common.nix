@@ -43,7 +43,6 @@ let
   fallbackExternalPath = types.addCheck types.str (path: isAbsolute path && !isInStore path);
   externalPath = types.externalPath or fallbackExternalPath;
 
-
   # trustedSigners: key files (paths, copied to the store: they are public)
   # and allowed-signers lines, which go into one file of their own.
   isKeyFile = signer: builtins.isPath signer || isAbsolute signer;

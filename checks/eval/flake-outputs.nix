@@ -24,7 +24,9 @@ let
     { rev, nixpkgs }:
     let
       outputs = flake.outputs {
-        self = outputs // { inherit rev; };
+        self = outputs // {
+          inherit rev;
+        };
         inherit nixpkgs nix-darwin;
       };
     in
