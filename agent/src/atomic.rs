@@ -1,7 +1,9 @@
 //! Writing a small file so that readers see the old content or the new one,
 //! never a part: a temporary file of this process's own beside it, synced,
 //! then renamed over it. Used for the agent's state files (compartments,
-//! undelivered statuses, the reboot record, the pid file).
+//! undelivered statuses, the reboot record, the pid file, the binary's hash).
+//! The files are private (mode 0600): they live in the private state directory,
+//! and stay private wherever they are copied or the directory is opened.
 
 use std::io::Write;
 use std::path::Path;
@@ -15,7 +17,13 @@ pub fn write(path: &Path, content: &[u8]) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(content)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -37,5 +45,8 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         assert!(super::write(&dir.path().join("missing/x"), b"x").is_err());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -64,6 +64,9 @@ pub struct Identity {
     /// A register frame whose `generation` and `nixpkgs_version` are filled from
     /// the latest snapshot at each connect.
     pub register: Register,
+    /// The binary's hash when it was not known at start: filled in by a
+    /// background hash, then carried by every `register` and `heartbeat`.
+    pub binary_hash: crate::host::BinaryHash,
 }
 
 /// What the connection hands incoming commands to.
@@ -259,12 +262,15 @@ impl Connection {
         let mut register = self.identity.register.clone();
         register.generation = snap.generation;
         register.nixpkgs_version = snap.nixpkgs_version;
+        self.identity.binary_hash.fill(&mut register.freshness);
         Outgoing::Register(register)
     }
 
     fn heartbeat_frame(&self) -> Outgoing {
         let snap = self.state.snapshot();
         let running = self.state.running();
+        let mut freshness = self.identity.register.freshness.clone();
+        self.identity.binary_hash.fill(&mut freshness);
         Outgoing::Heartbeat(Heartbeat {
             generation: snap.generation,
             nixpkgs_version: snap.nixpkgs_version,
@@ -278,7 +284,7 @@ impl Connection {
                 snap.reboot.as_ref(),
             ),
             needs_reboot: snap.reboot.as_ref().map(RebootNeed::needed),
-            freshness: self.identity.register.freshness.clone(),
+            freshness,
         })
     }
 

@@ -18,7 +18,7 @@ use crate::state::{AgentState, HostSnapshot};
 pub fn read_snapshot(config: &Config, metrics: &mut MetricsReader) -> HostSnapshot {
     let (metrics, _source) = metrics.sample();
     HostSnapshot {
-        generation: host::git_head_commit(&config.repo_dir).unwrap_or_default(),
+        generation: host::generation(&config.repo_dir),
         nixpkgs_version: host::nixpkgs_version(config.nixpkgs_version.as_deref()),
         lock_hash: host::flake_lock_hash(&config.repo_dir),
         metrics,

@@ -56,6 +56,7 @@ pub fn identity(config: &Config, freshness: host::Freshness) -> Identity {
             repo_dir: config.repo_dir.display().to_string(),
             freshness,
         },
+        binary_hash: host::BinaryHash::default(),
     }
 }
 
@@ -80,12 +81,12 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
     let (out, rx) = outbound::lanes(config.timing.stall_timeout);
 
     // Facts that cost a disk read: the first snapshot before the first register,
-    // the binary's hash once, both off the runtime thread.
+    // off the runtime thread; the binary's hash from the cache, else below.
     let mut metrics = host::MetricsReader::new(config.stasysmo_dir.clone());
     let cfg = config.clone();
     let first = tokio::task::spawn_blocking(move || {
         let snapshot = heartbeat::read_snapshot(&cfg, &mut metrics);
-        let identity = identity(&cfg, host::binary_freshness());
+        let identity = identity(&cfg, host::binary_freshness(&cfg.state_dir));
         let store = compartments::Store::load(&cfg.state_dir);
         let undelivered = undelivered::load(&cfg.state_dir);
         (snapshot, identity, metrics, store, undelivered)
@@ -97,6 +98,7 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
             return 1;
         }
     };
+    let hashed = hash_in_background(&identity, &config.state_dir);
     // statuses an earlier process could not deliver go first
     out.restore(undelivered);
     tokio::spawn(undelivered::persist_loop(
@@ -139,6 +141,11 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         Arc::new(move |msg| commands.handle(msg))
     };
 
+    // The first register carries the hash if it is ready within a short head
+    // start (a release binary's is); else the heartbeats bring it.
+    if let Some(hashed) = hashed {
+        let _ = tokio::time::timeout(host::HASH_HEAD_START, hashed).await;
+    }
     let (stop_tx, stop_rx) = watch::channel(None);
     let conn = Connection::new(
         config.clone(),
@@ -174,4 +181,34 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         tracing::warn!("writing the state on exit failed: {e}");
     }
     stop.code
+}
+
+/// Hashes the binary on a thread of its own when the cache did not have the
+/// hash (it may take seconds for a large debug build, and must not hold the
+/// one blocking thread the host facts use); the receiver resolves when the
+/// hash is in `identity`. `None` when there is nothing to do.
+fn hash_in_background(
+    identity: &Identity,
+    state_dir: &std::path::Path,
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    if identity.register.freshness.binary_hash.is_some() {
+        return None;
+    }
+    let (done, hashed) = tokio::sync::oneshot::channel();
+    let (cell, dir) = (identity.binary_hash.clone(), state_dir.to_path_buf());
+    let spawned = std::thread::Builder::new()
+        .name("binary-hash".into())
+        .spawn(move || {
+            if let Some(hash) = host::hash_running_binary(&dir) {
+                cell.set(hash);
+            }
+            let _ = done.send(());
+        });
+    match spawned {
+        Ok(_) => Some(hashed),
+        Err(e) => {
+            tracing::warn!("cannot hash the agent binary: {e}");
+            None
+        }
+    }
 }

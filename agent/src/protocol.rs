@@ -22,7 +22,8 @@ pub struct Register {
     pub os_version: String,
     /// Full nixpkgs version with revision.
     pub nixpkgs_version: String,
-    /// Commit of the deployed configuration repository.
+    /// Commit of the deployed configuration repository, as its first 7 hex
+    /// characters (upstream's `detectGeneration`).
     pub generation: String,
     /// `#rrggbb` or empty.
     pub theme_color: String,
@@ -44,7 +45,7 @@ pub struct Register {
 /// The `heartbeat` payload.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Heartbeat {
-    /// Commit of the configuration repository, re-read each time.
+    /// Commit of the configuration repository (7 hex characters), re-read each time.
     pub generation: String,
     /// As in [`Register::nixpkgs_version`].
     pub nixpkgs_version: String,
@@ -207,7 +208,7 @@ pub struct Status {
     pub exit_code: i32,
     /// A human summary; on failure the last stderr lines.
     pub message: String,
-    /// The configuration repository's commit after the command.
+    /// The configuration repository's commit after the command (7 hex characters).
     pub generation: String,
 }
 

@@ -26,7 +26,8 @@ pub struct Running {
 /// Facts about the host that cost a disk read, refreshed in the background.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostSnapshot {
-    /// Commit of the configuration repository, empty if unknown.
+    /// The configuration repository's commit as the wire carries it (its first
+    /// 7 hex characters, [`crate::host::generation`]), empty if unknown.
     pub generation: String,
     /// nixpkgs version, empty if unknown.
     pub nixpkgs_version: String,

@@ -38,7 +38,7 @@ async fn cloned(dash: &MockDashboard, fx: &Fixture) {
     dash.wait_until(WAIT, |d| {
         d.frames(HOST, Some("heartbeat"))
             .into_iter()
-            .find(|f| f.payload["generation"] == fx.head.as_str())
+            .find(|f| f.payload["generation"] == short7(&fx.head))
     })
     .await
     .expect("a heartbeat with the cloned generation");
@@ -127,14 +127,14 @@ async fn pull_updates_the_generation() {
     assert_eq!(s(p, "command"), "pull");
     assert_eq!(p["exit_code"], 0);
     assert_eq!(s(p, "message"), format!("Pull: Updated to {}", &new[..7]));
-    assert_eq!(s(p, "generation"), new);
+    assert_eq!(s(p, "generation"), short7(&new));
     // output of git was streamed for the command before its status
     let out = outputs(&dash, after, st.seq);
     assert!(!out.is_empty());
     assert!(out.iter().all(|o| o["command"] == "pull"));
     // heartbeats carry the new generation
     let hb = next(&dash, "heartbeat", st.seq).await;
-    assert_eq!(s(&hb.payload, "generation"), new);
+    assert_eq!(s(&hb.payload, "generation"), short7(&new));
     assert!(hb.payload["pending_command"].is_null());
 
     // again: nothing new
@@ -144,6 +144,30 @@ async fn pull_updates_the_generation() {
         s(&st.payload, "message"),
         format!("Pull: Already at {}", &new[..7])
     );
+    assert_no_violations(&dash);
+}
+
+/// Upstream's own isolated-repository test (`t12_isolated_repo_test.go`):
+/// the agent's clone is private (0700) wherever it lives, and `register`
+/// carries the clone's HEAD as `git rev-parse --short=7 HEAD`.
+#[tokio::test]
+async fn own_clone_outside_the_state_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let bare = bare_origin(&fx);
+    let clone = fx.tmp.path().join("srv").join("nixcfg");
+    let _agent = agent(&dash, &fx, &fakes)
+        .env("NIXFLEET_REPO_URL", bare.to_str().unwrap())
+        .env("NIXFLEET_REPO_DIR", clone.to_str().unwrap())
+        .spawn();
+    let (reg, _) = wait_register(&dash, HOST, 0).await;
+    let short = git(&clone, &["rev-parse", "--short=7", "HEAD"]);
+    assert_eq!(reg["generation"], short.as_str(), "{reg}");
+    assert_eq!(reg["repo_dir"], clone.to_str().unwrap());
+    let mode = std::fs::metadata(&clone).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the agent's clone is not private: {mode:o}");
     assert_no_violations(&dash);
 }
 
@@ -173,7 +197,7 @@ async fn pull_of_a_broken_origin_fails_with_a_useful_message() {
         msg.contains("does not appear to be a git repository"),
         "{msg}"
     );
-    assert_eq!(s(p, "generation"), fx.head);
+    assert_eq!(s(p, "generation"), short7(&fx.head));
     assert_no_violations(&dash);
 }
 
@@ -191,7 +215,7 @@ async fn switch_success_exits_with_the_restart_code() {
     let p = &st.payload;
     assert_eq!(s(p, "status"), "ok", "{p}");
     assert_eq!(s(p, "command"), "switch");
-    assert_eq!(s(p, "generation"), fx.head);
+    assert_eq!(s(p, "generation"), short7(&fx.head));
     assert_eq!(
         fakes.read("rebuild.argv"),
         format!("switch\n--flake\n{}#{HOST}\n", fx.repo.display())
@@ -350,7 +374,7 @@ async fn pull_switch_and_update_switch_after_their_first_step() {
         s(p, "message"),
         format!("Pull: Updated to {}; Switch succeeded", &new[..7])
     );
-    assert_eq!(s(p, "generation"), new);
+    assert_eq!(s(p, "generation"), short7(&new));
     assert!(fakes.read("rebuild.argv").starts_with("switch\n--flake\n"));
     assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));
 
@@ -895,9 +919,34 @@ async fn an_unknown_command_is_an_error_and_runs_nothing() {
     assert_eq!(
         st.payload,
         json!({"status": "error", "command": "frobnicate", "exit_code": -1,
-               "message": "unknown command", "generation": fx.head})
+               "message": "unknown command", "generation": short7(&fx.head)})
     );
     assert!(outputs(&dash, after, u64::MAX).is_empty());
+    assert_no_violations(&dash);
+}
+
+/// `bump-flake` is in upstream's registry but no agent runs it: refused with
+/// a status that says why and what to do instead, and nothing runs.
+#[tokio::test]
+async fn bump_flake_is_refused_with_the_reason() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let _agent = agent(&dash, &fx, &fakes).spawn();
+    registered(&dash).await;
+    let after = command(&dash, "bump-flake").await;
+    let st = status(&dash, after).await;
+    assert_eq!(s(&st.payload, "status"), "error", "{}", st.payload);
+    assert_eq!(st.payload["exit_code"], -1);
+    let m = s(&st.payload, "message");
+    assert!(m.starts_with("bump-flake is not run by this agent"), "{m}");
+    assert!(m.contains("reset by the next pull"), "{m}");
+    assert!(
+        m.contains("update the input in the configuration repository"),
+        "{m}"
+    );
+    assert!(outputs(&dash, after, u64::MAX).is_empty());
+    assert!(!fakes.file("rebuild.argv").exists());
     assert_no_violations(&dash);
 }
 
@@ -978,14 +1027,14 @@ async fn legacy_mode_pull_is_git_pull_in_the_given_checkout() {
     let _agent = agent(&dash, &fx, &fakes).spawn(); // NIXFLEET_REPO_DIR only
     let (reg, _) = wait_register(&dash, HOST, 0).await;
     assert_eq!(s(&reg, "repo_url"), "");
-    assert_eq!(s(&reg, "generation"), fx.head);
+    assert_eq!(s(&reg, "generation"), short7(&fx.head));
 
     let after = command(&dash, "pull").await;
     let st = status(&dash, after).await;
     let p = &st.payload;
     assert_eq!(s(p, "status"), "ok", "{p}");
     assert_eq!(s(p, "message"), format!("Pull: Updated to {}", &new[..7]));
-    assert_eq!(s(p, "generation"), new);
+    assert_eq!(s(p, "generation"), short7(&new));
     // the checkout itself moved: it is the one the host switches from
     assert_eq!(git(&fx.repo, &["rev-parse", "HEAD"]), new);
     assert_no_violations(&dash);

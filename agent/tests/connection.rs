@@ -25,7 +25,7 @@ async fn registers_with_every_field_then_heartbeats_at_once() {
     // the release whose protocol the agent speaks, not the crate version
     assert_eq!(s(&reg, "agent_version"), "3.1.5");
     assert_eq!(s(&reg, "nixpkgs_version"), "24.11.20241201.abc1234");
-    assert_eq!(s(&reg, "generation"), fx.head);
+    assert_eq!(s(&reg, "generation"), short7(&fx.head));
     assert_eq!(s(&reg, "theme_color"), "#7aa2f7");
     assert_eq!(reg["heartbeat_interval"], 1);
     assert_eq!(s(&reg, "location"), "work");
@@ -33,12 +33,8 @@ async fn registers_with_every_field_then_heartbeats_at_once() {
     assert_eq!(s(&reg, "repo_url"), "");
     assert_eq!(s(&reg, "repo_dir"), fx.repo.to_str().unwrap());
     assert!(reg["os_version"].is_string());
-    // freshness: the SHA-256 of the very binary that runs
-    // hashed off this runtime's thread, which also runs the mock dashboard
-    // (blocking it would delay the heartbeat's arrival measured below)
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_nixfleet-agent"));
-    let hash = tokio::task::spawn_blocking(move || sha256_file(bin));
-    assert_eq!(s(&reg, "binary_hash"), hash.await.unwrap());
+    // freshness: the first register does not wait for the binary's hash
+    // (it comes with heartbeats when it is not ready in time; below)
     assert!(reg.get("store_path").is_none(), "not in /nix/store: {reg}");
 
     // first heartbeat right after `registered`, before any interval elapsed
@@ -53,10 +49,52 @@ async fn registers_with_every_field_then_heartbeats_at_once() {
         hb.received.duration_since(reg_frame.received)
     );
     let p = &hb.payload;
-    assert_eq!(s(p, "generation"), fx.head);
+    assert_eq!(s(p, "generation"), short7(&fx.head));
     assert!(p["pending_command"].is_null());
     assert!(p["command_pid"].is_null());
     assert_eq!(s(p, "lock_hash"), sha256_file(&fx.repo.join("flake.lock")));
+    assert_no_violations(&dash);
+}
+
+/// The binary's hash (`binary_hash`, the hub's freshness) never holds up
+/// registration: a register without it is followed by heartbeats that carry
+/// it, and a restart of the same binary registers with it at once, from the
+/// cache in the state directory.
+#[tokio::test]
+async fn binary_hash_follows_in_heartbeats_and_is_cached_for_the_next_start() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    // hashed off this runtime's thread, which also runs the mock dashboard
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_nixfleet-agent"));
+    let hash = tokio::task::spawn_blocking(move || sha256_file(bin))
+        .await
+        .unwrap();
+    let mut first = AgentBuilder::new(&dash.ws_url(), "hsb0", &fx).spawn();
+    let (reg, seq) = wait_register(&dash, "hsb0", 0).await;
+    assert!(
+        reg.get("binary_hash").is_none() || reg["binary_hash"] == hash.as_str(),
+        "{reg}"
+    );
+    let hb = heartbeat_where(&dash, "hsb0", seq, "a heartbeat with the hash", |p| {
+        p.get("binary_hash").is_some()
+    })
+    .await
+    .1;
+    assert_eq!(s(&hb, "binary_hash"), hash);
+    assert!(
+        fx.state.join("binary-hash").exists(),
+        "the hash is remembered"
+    );
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit(WAIT).await.success());
+
+    let _second = AgentBuilder::new(&dash.ws_url(), "hsb0", &fx).spawn();
+    let (reg, _) = wait_register(&dash, "hsb0", seq).await;
+    assert_eq!(
+        s(&reg, "binary_hash"),
+        hash,
+        "the cached hash is in register"
+    );
     assert_no_violations(&dash);
 }
 
@@ -88,7 +126,7 @@ async fn five_heartbeats_in_five_seconds_and_generation_is_reread() {
     dash.wait_until(WAIT, |d| {
         d.frames("hb", Some("heartbeat"))
             .into_iter()
-            .find(|f| f.seq > last && f.payload["generation"] == new_head.as_str())
+            .find(|f| f.seq > last && f.payload["generation"] == short7(&new_head))
     })
     .await
     .expect("heartbeat with the new generation");

@@ -43,7 +43,7 @@ async fn isolated(dash: &MockDashboard, fx: &Fixture) -> (Agent, std::path::Path
     dash.wait_until(WAIT, |d| {
         d.frames(HOST, Some("heartbeat"))
             .into_iter()
-            .find(|f| f.payload["generation"] == fx.head.as_str())
+            .find(|f| f.payload["generation"] == short7(&fx.head))
     })
     .await
     .expect("cloned");

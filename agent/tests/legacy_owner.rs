@@ -49,11 +49,11 @@ async fn root_pulls_a_users_checkout_as_its_owner() {
     let _agent = AgentBuilder::new(&dash.ws_url(), HOST, &fx).spawn();
     let (reg, seq) = wait_register(&dash, HOST, 0).await;
     // root read the checkout it does not own (safe.directory for its own git)
-    assert_eq!(reg["generation"], fx.head.as_str(), "{reg}");
+    assert_eq!(reg["generation"], short7(&fx.head), "{reg}");
     dash.send_command(HOST, "pull").await.expect("send");
     let st = status_for(&dash, HOST, "pull", seq).await;
     assert_eq!(st.payload["status"], "ok", "{}", st.payload);
-    assert_eq!(st.payload["generation"], new.as_str());
+    assert_eq!(st.payload["generation"], short7(&new));
     let said = dash.frames(HOST, Some("output")).into_iter().any(|f| {
         f.payload["line"]
             .as_str()

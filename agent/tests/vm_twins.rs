@@ -59,7 +59,7 @@ async fn vm_register_twin() {
     assert_eq!(reg["repo_url"], bare.to_str().unwrap());
     let clone = fx.state.join("repo");
     assert_eq!(reg["repo_dir"], clone.to_str().unwrap());
-    assert_eq!(reg["generation"], fx.head.as_str());
+    assert_eq!(reg["generation"], short7(&fx.head));
     assert_eq!(reg["location"], "cloud");
     assert_eq!(reg["theme_color"], "#3366cc");
     assert_eq!(git(&clone, &["rev-parse", "HEAD"]), fx.head);

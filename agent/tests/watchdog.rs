@@ -184,6 +184,57 @@ async fn a_switch_confirmed_in_time_is_not_rolled_back() {
     assert_no_violations(&s.dash);
 }
 
+/// `force-rebuild` (upstream's registry: "Rebuild with cache bypass", its
+/// `force-update` pipeline's first op): a switch with
+/// `--option narinfo-cache-negative-ttl 0`, with everything a switch has:
+/// detached, watched, the agent restarted on the new system, one status.
+#[tokio::test]
+async fn force_rebuild_is_a_watched_switch_that_bypasses_the_negative_cache() {
+    let s = setup().await;
+    let mut a = s.agent(&s.dash.ws_url(), 60).spawn();
+    wait_register(&s.dash, HOST, 0).await;
+    let sent = s.dash.last_seq();
+    let d = s.dash.dispatch(HOST, "force-rebuild", false);
+    assert_eq!(d.status, "EXECUTING", "{d:?}");
+    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
+    assert_eq!(
+        s.fakes.read("rebuild.argv"),
+        format!(
+            "switch\n--flake\n{}#{HOST}\n--option\nnarinfo-cache-negative-ttl\n0\n",
+            s.fx.repo.display()
+        )
+    );
+    let supervisor = supervisor_pid(&s.record());
+    let _b = s.agent(&s.dash.ws_url(), 60).spawn();
+    let st = status_for(&s.dash, HOST, "force-rebuild", sent).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    assert_eq!(
+        st.payload["message"],
+        "Force rebuild succeeded; confirmed by the new generation"
+    );
+    assert!(
+        pid_gone(supervisor).await,
+        "the supervisor ends once confirmed"
+    );
+    // not a switch to the hub: the op waits for the status (no
+    // AWAITING_RECONNECT), then its post-check (agent not outdated) passes
+    let op = s
+        .dash
+        .wait_op(d.command_id.as_deref().unwrap(), WAIT)
+        .await
+        .unwrap();
+    assert_eq!(op.status, "SUCCESS", "{op:?}");
+    let statuses = s
+        .dash
+        .frames(HOST, Some("status"))
+        .into_iter()
+        .filter(|f| f.payload["command"] == "force-rebuild")
+        .count();
+    assert_eq!(statuses, 1, "reported once");
+    assert!(!s.fakes.file("activated").exists(), "nothing rolled back");
+    assert_no_violations(&s.dash);
+}
+
 #[tokio::test]
 async fn a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once() {
     let s = setup().await;

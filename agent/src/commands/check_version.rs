@@ -12,7 +12,7 @@
 //! "mismatch: running=… installed=…"; no installed binary is an `error`.
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::*;
 use crate::host::HostType;
@@ -77,28 +77,6 @@ fn installed(config: &Config, env: &ChildEnv) -> Result<(PathBuf, String), Strin
     ))
 }
 
-fn sha256_of(path: &Path) -> Option<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Some(
-        hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    )
-}
-
 /// "0.1.0 (sha256 1a2b3c4d)".
 fn describe(version: &str, hash: &str) -> String {
     format!("{version} (sha256 {})", &hash[..hash.len().min(12)])
@@ -109,9 +87,10 @@ impl Run {
         let config = self.inner().config.clone();
         let env = self.inner().env.clone();
         let found = tokio::task::spawn_blocking(move || {
-            let running = std::env::current_exe().ok().and_then(|p| sha256_of(&p));
+            // the running image (on Linux even when its file was replaced)
+            let running = host::executable_hash();
             let installed =
-                installed(&config, &env).map(|(path, how)| (sha256_of(&path), path, how));
+                installed(&config, &env).map(|(path, how)| (host::file_sha256(&path), path, how));
             (running, installed)
         })
         .await

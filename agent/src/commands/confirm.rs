@@ -259,19 +259,14 @@ impl Run {
             }
         };
         let prefix = record.read_small("prefix").filter(|p| !p.is_empty());
-        let label = system_label(Commands::record_command(&record));
+        let what = switch_word(Commands::record_command(&record));
         let with_prefix = |m: String| match &prefix {
             Some(p) => format!("{p}; {m}"),
             None => m,
         };
         let report = match verdict {
             Verdict::Confirmed => Report::ok(with_prefix(format!(
-                "{} succeeded; confirmed by the new generation",
-                if label == "Rollback" {
-                    "Rollback"
-                } else {
-                    "Switch"
-                }
+                "{what} succeeded; confirmed by the new generation"
             ))),
             Verdict::RollBack(why) => {
                 self.sink

@@ -19,23 +19,33 @@ use super::watchdog::Watch;
 use super::*;
 use crate::config::SwitchTool;
 
+/// The options `force-rebuild` adds to the rebuild (`nixos-rebuild`,
+/// `darwin-rebuild` and `home-manager` pass `--option` on to Nix).
+pub(super) const CACHE_BYPASS: [&str; 3] = ["--option", "narinfo-cache-negative-ttl", "0"];
+
 /// How the System compartment names a command's system phase.
 pub(super) fn system_label(command: CommandName) -> &'static str {
     match command {
         CommandName::PullSwitch => "Pull+Switch",
         CommandName::Update => "Update+Switch",
         CommandName::Rollback => "Rollback",
+        CommandName::ForceRebuild => "Force rebuild",
+        _ => "Switch",
+    }
+}
+
+/// How a status names the system change itself ("Switch succeeded").
+pub(super) fn switch_word(command: CommandName) -> &'static str {
+    match command {
+        CommandName::Rollback => "Rollback",
+        CommandName::ForceRebuild => "Force rebuild",
         _ => "Switch",
     }
 }
 
 /// The outcome of a followed switch: `Ok(message)` or the failure report.
 pub(super) fn switch_report(record: &Record, ended: Ended) -> Result<String, Report> {
-    let what = if record.command() == CommandName::Rollback.as_str() {
-        "Rollback"
-    } else {
-        "Switch"
-    };
+    let what = switch_word(Commands::record_command(record));
     match ended {
         Ended::Exit(0) => Ok(format!("{what} succeeded")),
         Ended::Unrecorded(0) => Ok(format!(
@@ -68,7 +78,18 @@ impl Run {
     pub(super) async fn switch(&mut self, command: CommandName) -> Result<String, Report> {
         self.check_head(system_label(command)).await?;
         let config = self.inner().config.clone();
-        let argv = switch::argv(config.switch_tool.program(), &config.flake);
+        let mut argv = switch::argv(config.switch_tool.program(), &config.flake);
+        if command == CommandName::ForceRebuild {
+            // A cached "not in the binary cache" answer can keep serving an
+            // old build (upstream P7220): forget negative lookups for this run.
+            argv.extend(CACHE_BYPASS.iter().map(OsString::from));
+            self.sink
+                .note(format!(
+                    "[nixfleet-agent] force rebuild: {}",
+                    CACHE_BYPASS.join(" ")
+                ))
+                .await;
+        }
         self.detached(command, argv).await
     }
 
@@ -103,11 +124,7 @@ impl Run {
         command: CommandName,
         argv: Vec<OsString>,
     ) -> Result<String, Report> {
-        let what = if command == CommandName::Rollback {
-            "Rollback"
-        } else {
-            "Switch"
-        };
+        let what = switch_word(command);
         if self.ctl.stop_cause().is_some() {
             return Err(Report::error(NOT_RUN, format!("{what}: not started")));
         }

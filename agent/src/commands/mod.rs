@@ -87,7 +87,7 @@ use runlog::RunLog;
 use runner::{Control, Sink, Spec, StepResult, StopCause, clip, failure_tail, run_step};
 use switch::{Ended, Record};
 
-use deploy::system_label;
+use deploy::{switch_word, system_label};
 pub use names::{Busy, CommandName};
 use pull::{clone_repo, is_git_checkout};
 use report::{Report, failed_message, short, stopped_message};
@@ -175,8 +175,9 @@ impl Commands {
         }
         self.release(&ctl);
         ctl.finish();
-        let generation = host::git_head_commit(&config.repo_dir).unwrap_or_default();
-        self.inner.state.set_generation(&generation);
+        self.inner
+            .state
+            .set_generation(&host::generation(&config.repo_dir));
         self.inner.state.request_refresh();
         self.refresh_lock().await;
     }
@@ -213,6 +214,11 @@ impl Commands {
     // ---- frames ----
 
     fn on_command(&self, name: &str) {
+        if name == names::BUMP_FLAKE {
+            tracing::warn!("refusing {name}");
+            self.reply_error(name, names::BUMP_FLAKE_REFUSED.to_string());
+            return;
+        }
         let Some(command) = CommandName::parse(name) else {
             let shown = match clip(name, MAX_ECHO) {
                 "" => "(empty)",
@@ -394,7 +400,7 @@ impl Commands {
     }
 
     fn send_status(&self, report: Report, command: &str) {
-        let generation = host::git_head_commit(&self.inner.config.repo_dir).unwrap_or_default();
+        let generation = host::generation(&self.inner.config.repo_dir);
         self.inner.out.reliable(Outgoing::Status(Status {
             status: report.outcome,
             command: command.to_string(),
@@ -423,7 +429,7 @@ impl Commands {
         };
         let report = match command {
             CommandName::Pull => run.pull().await.map(Report::ok),
-            CommandName::Switch => run
+            CommandName::Switch | CommandName::ForceRebuild => run
                 .switch(command)
                 .await
                 .map(|m| Report::ok(m).with_restart()),

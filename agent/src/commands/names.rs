@@ -2,8 +2,8 @@
 //! rules: which ones run while another command runs. Every name is matched
 //! exactly; nothing else is ever executed.
 
-/// The commands the dashboard may ask for (upstream `ops/registry.go`, plus
-/// `pull-switch`, `update` and `kill`).
+/// The commands the dashboard may ask for (upstream `ops/registry.go` but
+/// `bump-flake`, plus `pull-switch`, `update` and `kill`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CommandName {
     /// `pull`.
@@ -34,7 +34,17 @@ pub enum CommandName {
     RefreshSystem,
     /// `refresh-git`.
     RefreshGit,
+    /// `force-rebuild`: a switch that bypasses Nix's cached negative
+    /// substituter lookups (upstream's registry: "Rebuild with cache bypass").
+    ForceRebuild,
 }
+
+/// The one agent op of upstream's registry that this agent refuses on
+/// purpose (upstream's own agent has no `bump-flake` either).
+pub const BUMP_FLAKE: &str = "bump-flake";
+
+/// Why `bump-flake` is refused: the status message.
+pub const BUMP_FLAKE_REFUSED: &str = "bump-flake is not run by this agent: a flake input updated on the host is reset by the next pull of the agent's clone (or leaves a legacy checkout differing from its repository); update the input in the configuration repository (nix flake update <input>, commit, push), then pull-switch";
 
 /// How a command relates to the one running now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +61,7 @@ pub enum Busy {
 
 impl CommandName {
     /// Every command.
-    pub const ALL: [CommandName; 14] = [
+    pub const ALL: [CommandName; 15] = [
         CommandName::Pull,
         CommandName::Switch,
         CommandName::PullSwitch,
@@ -66,6 +76,7 @@ impl CommandName {
         CommandName::RefreshLock,
         CommandName::RefreshSystem,
         CommandName::RefreshGit,
+        CommandName::ForceRebuild,
     ];
 
     /// The command with exactly this name, if any.
@@ -90,6 +101,7 @@ impl CommandName {
             CommandName::RefreshLock => "refresh-lock",
             CommandName::RefreshSystem => "refresh-system",
             CommandName::RefreshGit => "refresh-git",
+            CommandName::ForceRebuild => "force-rebuild",
         }
     }
 
@@ -112,6 +124,7 @@ impl CommandName {
                 | CommandName::PullSwitch
                 | CommandName::Update
                 | CommandName::Rollback
+                | CommandName::ForceRebuild
         )
     }
 }
@@ -130,7 +143,8 @@ mod tests {
             "Pull",
             "pull ",
             "bump-flake",
-            "force-rebuild",
+            "force-update",
+            "Force-rebuild",
             "kill_command",
             "../x",
         ] {

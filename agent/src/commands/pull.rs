@@ -36,9 +36,20 @@ pub(super) async fn clone_repo(
         OsStr::new(url),
         dir.as_os_str(),
     ];
-    step(sink, ctl, env, "Clone", OsStr::new("git"), &args, parent)
-        .await
-        .map(|_| ())
+    step(sink, ctl, env, "Clone", OsStr::new("git"), &args, parent).await?;
+    // The agent's own clone is private, as upstream's (`repo.go` chmods it
+    // 0700): it may live outside the private state directory, and the
+    // configuration can hold host details nobody else needs to read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+        Report::error(
+            NOT_RUN,
+            format!(
+                "Clone failed: cannot make {} private (0700): {e}",
+                dir.display()
+            ),
+        )
+    })
 }
 
 impl Run {
@@ -185,7 +196,7 @@ impl Run {
         }
         let after = host::git_head_commit(repo).unwrap_or_default();
         let state = &self.inner().state;
-        state.set_generation(&after);
+        state.set_generation(host::short_commit(&after));
         state.request_refresh();
         let message = if after.is_empty() {
             "Pull: done".to_string()

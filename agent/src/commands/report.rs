@@ -81,7 +81,4 @@ pub(super) fn stopped_message(cause: StopCause) -> &'static str {
     }
 }
 
-/// The first 7 characters of a commit.
-pub(super) fn short(commit: &str) -> &str {
-    clip(commit, 7)
-}
+pub(super) use crate::host::short_commit as short;

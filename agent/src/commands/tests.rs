@@ -499,8 +499,8 @@ async fn legacy_pull_updates_the_generation() {
     f.send("pull");
     let s = f.wait_statuses(2).await;
     assert_eq!(s[1].message, format!("Pull: Updated to {}", &new[..7]));
-    assert_eq!(s[1].generation, new);
-    assert_eq!(f.state.snapshot().generation, new);
+    assert_eq!(s[1].generation, &new[..7]);
+    assert_eq!(f.state.snapshot().generation, &new[..7]);
 }
 
 #[tokio::test]
@@ -524,7 +524,7 @@ async fn isolated_clone_pull_and_broken_origin() {
     let s = f.wait_statuses(1).await;
     assert_eq!(s[0].status, Outcome::Ok, "{}", s[0].message);
     assert_eq!(s[0].message, format!("Pull: Updated to {}", &new[..7]));
-    assert_eq!(s[0].generation, new);
+    assert_eq!(s[0].generation, &new[..7]);
     assert_eq!(
         fs::read_to_string(f.repo.join("flake.nix")).unwrap(),
         "{ }\n"
@@ -548,7 +548,7 @@ async fn isolated_clone_pull_and_broken_origin() {
         "{}",
         s[1].message
     );
-    assert_eq!(s[1].generation, new);
+    assert_eq!(s[1].generation, &new[..7]);
 }
 
 #[tokio::test]

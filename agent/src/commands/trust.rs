@@ -254,9 +254,7 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(format!("the check did not finish: {e}")))
 }
 
-fn short(commit: &str) -> &str {
-    commit.get(..7).unwrap_or(commit)
-}
+use crate::host::short_commit as short;
 
 impl super::Run {
     /// Refuses to move the checkout from `old` to `rev` unless it may:

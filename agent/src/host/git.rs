@@ -19,6 +19,27 @@ const MAX_SYMREF_DEPTH: usize = 5;
 /// How much of `packed-refs` is scanned at most (streamed line by line).
 const PACKED_REFS_CAP: u64 = 64 * 1024 * 1024;
 
+/// How many hex characters of a commit the wire's `generation` carries:
+/// upstream's agent sends the first 7 (`detectGeneration` in
+/// `internal/agent/heartbeat.go`), its integration test compares
+/// `register.generation` with `git rev-parse --short=7 HEAD`, and the dashboard
+/// compares and shows 7.
+pub const GENERATION_LEN: usize = 7;
+
+/// The first [`GENERATION_LEN`] characters of a commit id (all of a shorter one).
+pub fn short_commit(commit: &str) -> &str {
+    commit.get(..GENERATION_LEN).unwrap_or(commit)
+}
+
+/// The `generation` of `register`, `heartbeat` and `status`: `HEAD`'s commit as
+/// its short hash, or empty when it cannot be read. The full id stays internal
+/// ([`git_head_commit`]: switch records, signature checks).
+pub fn generation(repo_dir: &Path) -> String {
+    git_head_commit(repo_dir)
+        .map(|c| short_commit(&c).to_owned())
+        .unwrap_or_default()
+}
+
 /// The full commit id (lowercase hex: 40 digits, or 64 in SHA-256 repositories)
 /// that `HEAD` of the work tree at `repo_dir` points to.
 ///

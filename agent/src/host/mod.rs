@@ -9,26 +9,31 @@
 //!
 //! - [`HostType`], [`short_hostname`], [`os_version`] and [`nixpkgs_version`]
 //!   describe the host for `register` and `heartbeat`;
-//! - [`git_head_commit`] and [`flake_lock_hash`] describe the configuration
-//!   repository (`generation`, `lock_hash`);
+//! - [`generation`], [`git_head_commit`] and [`flake_lock_hash`] describe the
+//!   configuration repository (`generation`, `lock_hash`);
 //! - [`MetricsReader`] samples CPU, RAM, swap and load (StaSysMo files when fresh,
 //!   else measured directly);
-//! - [`binary_freshness`] identifies the running agent binary.
+//! - [`binary_freshness`] and [`hash_running_binary`] identify the running agent
+//!   binary.
 
+mod freshness;
 mod git;
 mod metrics;
 mod reboot;
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-pub use git::git_head_commit;
+pub use freshness::{
+    BinaryHash, Freshness, HASH_HEAD_START, STAMP, binary_freshness, executable_hash,
+    hash_running_binary,
+};
+pub use git::{GENERATION_LEN, generation, git_head_commit, short_commit};
 pub use metrics::{Metrics, MetricsReader, MetricsSource};
 pub use reboot::{RebootNeed, reboot_need};
 
@@ -318,95 +323,10 @@ pub fn flake_lock_hash(repo_dir: &Path) -> Option<String> {
     }
 }
 
-/// What identifies the running agent binary (the optional `register` fields
-/// `source_commit`, `store_path` and `binary_hash`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Freshness {
-    /// The commit the binary was built from, if known: `NIXFLEET_SOURCE_COMMIT`
-    /// at build time, else the package's stamp ([`STAMP`], written next to the
-    /// binary after the build so that the build itself does not depend on
-    /// the commit).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_commit: Option<String>,
-    /// The Nix store path the binary lives in (`/nix/store/<hash>-<name>`), if it
-    /// runs from the store.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub store_path: Option<String>,
-    /// Lowercase hex SHA-256 of the binary, if it could be read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub binary_hash: Option<String>,
-}
-
-/// Identifies the running binary. Reads the whole executable once (streamed), so
-/// compute it once at start-up.
-pub fn binary_freshness() -> Freshness {
-    let exe = std::env::current_exe().ok();
-    let canonical = exe.as_deref().and_then(|p| std::fs::canonicalize(p).ok());
-    let source_commit = option_env!("NIXFLEET_SOURCE_COMMIT")
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .map(str::to_owned)
-        .or_else(|| canonical.as_deref().and_then(stamped_commit));
-    let store_path = canonical
-        .as_deref()
-        .or(exe.as_deref())
-        .and_then(store_path_of);
-    Freshness {
-        source_commit,
-        store_path,
-        binary_hash: executable_hash(canonical.as_deref().or(exe.as_deref())),
-    }
-}
-
-/// Where the package keeps the commit it was built from, relative to the
-/// directory of the binary (`$out/bin/../share/nixfleet-agent/source-commit`).
-pub const STAMP: &str = "../share/nixfleet-agent/source-commit";
-
-/// The commit in the stamp next to `exe`: a git hash, optionally `-dirty`;
-/// anything else (or a file past 100 bytes) is ignored.
-fn stamped_commit(exe: &Path) -> Option<String> {
-    use std::io::Read;
-    let file = std::fs::File::open(exe.parent()?.join(STAMP)).ok()?;
-    let mut text = String::new();
-    file.take(100).read_to_string(&mut text).ok()?;
-    let commit = text.trim();
-    let hash = commit.strip_suffix("-dirty").unwrap_or(commit);
-    let valid = (7..=64).contains(&hash.len()) && hash.bytes().all(|b| b.is_ascii_hexdigit());
-    valid.then(|| commit.to_string())
-}
-
-/// SHA-256 of the running executable. On Linux `/proc/self/exe` is read first: it
-/// is the running image even when the file on disk was replaced or removed.
-fn executable_hash(exe: Option<&Path>) -> Option<String> {
-    let proc_exe = cfg!(target_os = "linux").then(|| Path::new("/proc/self/exe"));
-    [proc_exe, exe]
-        .into_iter()
-        .flatten()
-        .find_map(|path| sha256_file(path, None).ok().flatten())
-}
-
-/// The `/nix/store/<hash>-<name>` prefix of `path`, if it lies inside the store.
-fn store_path_of(path: &Path) -> Option<String> {
-    let mut components = path.components();
-    let prefix = [components.next()?, components.next()?, components.next()?];
-    if prefix
-        != [
-            Component::RootDir,
-            Component::Normal("nix".as_ref()),
-            Component::Normal("store".as_ref()),
-        ]
-    {
-        return None;
-    }
-    match components.next()? {
-        Component::Normal(entry) => {
-            let entry = entry.to_str()?;
-            // Strip the " (deleted)" Linux appends to a removed executable.
-            let entry = entry.strip_suffix(" (deleted)").unwrap_or(entry);
-            (!entry.is_empty()).then(|| format!("/nix/store/{entry}"))
-        }
-        _ => None,
-    }
+/// Lowercase hex SHA-256 of a file (blocking: reads it whole); `None` if it
+/// cannot be read.
+pub fn file_sha256(path: &Path) -> Option<String> {
+    sha256_file(path, None).ok().flatten()
 }
 
 /// Streams a file through SHA-256 in [`HASH_CHUNK`] pieces.
@@ -523,27 +443,6 @@ fn resolve_against(base: &Path, path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_stamp_next_to_the_binary_names_the_commit() {
-        let tmp = tempfile::tempdir().unwrap();
-        let bin = tmp.path().join("bin");
-        let share = tmp.path().join("share/nixfleet-agent");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::create_dir_all(&share).unwrap();
-        let exe = bin.join("nixfleet-agent");
-        assert_eq!(stamped_commit(&exe), None);
-        let rev = "0123456789abcdef0123456789abcdef01234567";
-        for (content, expected) in [
-            (format!("{rev}\n"), Some(rev.to_string())),
-            (format!("{rev}-dirty"), Some(format!("{rev}-dirty"))),
-            ("not a commit".to_string(), None),
-            (String::new(), None),
-        ] {
-            std::fs::write(share.join("source-commit"), content).unwrap();
-            assert_eq!(stamped_commit(&exe), expected);
-        }
-    }
 
     #[test]
     fn host_type_names() {
@@ -747,41 +646,6 @@ EMPTY=
         let len = data.len() as u64;
         assert_eq!(sha256_file(&path, Some(len)).expect("hash"), Some(expected));
         assert_eq!(sha256_file(&path, Some(len - 1)).expect("hash"), None);
-    }
-
-    #[test]
-    fn store_path_prefix() {
-        assert_eq!(
-            store_path_of(Path::new(
-                "/nix/store/abcd1234-nixfleet-agent-0.1.0/bin/nixfleet-agent"
-            ))
-            .as_deref(),
-            Some("/nix/store/abcd1234-nixfleet-agent-0.1.0")
-        );
-        assert_eq!(
-            store_path_of(Path::new("/nix/store/abcd-x (deleted)")).as_deref(),
-            Some("/nix/store/abcd-x")
-        );
-        assert_eq!(store_path_of(Path::new("/nix/store")), None);
-        assert_eq!(store_path_of(Path::new("/usr/bin/nixfleet-agent")), None);
-        assert_eq!(store_path_of(Path::new("nix/store/abcd-x/bin/a")), None);
-    }
-
-    #[test]
-    fn freshness_of_test_binary() {
-        let f = binary_freshness();
-        let hash = f.binary_hash.expect("the test binary is readable");
-        assert_eq!(hash.len(), 64);
-        assert!(
-            hash.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        );
-        let exe = std::env::current_exe().expect("current exe");
-        if !exe.starts_with("/nix/store") {
-            assert_eq!(f.store_path, None);
-        }
-        let json = serde_json::to_value(Freshness::default()).expect("serialize");
-        assert_eq!(json, serde_json::json!({}));
     }
 
     #[test]

@@ -74,6 +74,14 @@ pub fn config_repo(dir: &Path) -> String {
 }
 
 /// Adds a commit to `dir` and returns its hash.
+/// The `generation` the wire carries for `commit`: its short hash, as
+/// upstream's integration test computes it (`git rev-parse --short=7`, which
+/// in these small repositories is the first 7 characters).
+pub fn short7(commit: &str) -> &str {
+    assert_eq!(commit.len(), 40, "not a full commit id: {commit:?}");
+    &commit[..7]
+}
+
 pub fn commit_file(dir: &Path, name: &str, content: &str) -> String {
     let path = dir.join(name);
     if let Some(parent) = path.parent() {

@@ -92,19 +92,25 @@ pub(super) fn summarize(kind: &str, p: &Value) -> String {
             text(p, "current_command"),
             p["current_pid"]
         ),
-        "test_progress" => write!(
-            s,
-            "{}/{} done, {} passed, {}: {}",
-            p["current"],
-            p["total"],
-            p["passed"],
-            if p["running"] == true {
-                "running"
-            } else {
-                "finished"
-            },
-            short(text(p, "result"), 60)
-        ),
+        "test_progress" => {
+            // the agent sends an empty result while tests run: print nothing then
+            let result = match text(p, "result") {
+                "" => String::new(),
+                r => format!(": {}", short(r, 60)),
+            };
+            write!(
+                s,
+                "{}/{} done, {} passed, {}{result}",
+                p["current"],
+                p["total"],
+                p["passed"],
+                if p["running"] == true {
+                    "running"
+                } else {
+                    "finished"
+                },
+            )
+        }
         _ => write!(s, "{}", short(&p.to_string(), 100)),
     };
     s
@@ -141,6 +147,11 @@ mod tests {
         assert_eq!(
             summarize("test_progress", &tp),
             "2/3 done, 2 passed, running: T02 passed"
+        );
+        let running = json!({"current": 1, "total": 3, "passed": 1, "running": true, "result": ""});
+        assert_eq!(
+            summarize("test_progress", &running),
+            "1/3 done, 1 passed, running"
         );
         assert_eq!(summarize("weird", &json!({"a": 1})), "{\"a\":1}");
         // Missing fields do not break the transcript.

@@ -702,15 +702,22 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// A required generation: a git commit (7–40 hex digits), or empty when
-    /// the agent does not know it yet.
+    /// A required generation: a git commit's short hash, exactly 7 hex digits,
+    /// or empty when the agent does not know it yet. Upstream's agent sends
+    /// the first 7 characters of the commit (`detectGeneration` in
+    /// `internal/agent/heartbeat.go`) and its own integration test
+    /// (`tests/integration/t12_isolated_repo_test.go`) compares
+    /// `register.generation` with `git rev-parse --short=7 HEAD` exactly; the
+    /// hub stores the string as sent and shows and compares 7 characters
+    /// (`version_fetcher.go` `GetGitStatus`), so a longer one reaches other
+    /// consumers of its data unlike upstream's.
     fn generation(&mut self, key: &str) {
         if let Some(g) = self.string(key)
             && !g.is_empty()
-            && !is_hex(g, 7, 40)
+            && !is_hex(g, 7, 7)
         {
             self.problem(format!(
-                "`{key}` {g:?} is not a git commit (7 to 40 hex digits)"
+                "`{key}` {g:?} is not a short commit hash (exactly 7 hex digits, as upstream's detectGeneration sends)"
             ));
         }
     }

@@ -131,6 +131,20 @@ fn register_field_problems() {
             with(register(), "generation", Some(json!("unknown"))),
             "generation",
         ),
+        // upstream's agent sends 7 characters (detectGeneration), its test
+        // compares them exactly: the full hash is a violation
+        (
+            with(
+                register(),
+                "generation",
+                Some(json!("abc1234abc1234abc1234abc1234abc1234abc12")),
+            ),
+            "generation",
+        ),
+        (
+            with(heartbeat(), "generation", Some(json!("abc123"))),
+            "generation",
+        ),
         (
             with(register(), "hostname", Some(json!("host1.example.com"))),
             "hostname",
