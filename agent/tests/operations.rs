@@ -579,7 +579,8 @@ async fn names_outside_the_set_are_refused_and_run_nothing() {
     let fakes = Fakes::new(&fx);
     let _a = agent(&dash, &fx, &fakes).spawn();
     wait_register(&dash, HOST, 0).await;
-    for name in ["bump-flake", "force-rebuild", "Rollback", "reboot now"] {
+    // (`bump-flake` is refused with its reason: commands.rs)
+    for name in ["force-update", "Force-rebuild", "Rollback", "reboot now"] {
         let st = status_of(&dash, name, send(&dash, name).await).await;
         assert_eq!(s(&st.payload, "status"), "error", "{name}");
         assert_eq!(s(&st.payload, "message"), "unknown command", "{name}");

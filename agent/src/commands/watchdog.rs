@@ -32,7 +32,7 @@
 //! | `rollback.log` | supervisor | the rollback's output |
 //! | `rollback.exit` | supervisor | the rollback's exit code |
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -247,13 +247,22 @@ pub fn guard(record: &Record, watch: &Watch) -> i32 {
 }
 
 /// Activates the recorded system again; returns the first failing step's
-/// exit code, or 0.
+/// exit code, or 0. The output goes to `rollback.log` and, once the step
+/// ended, to the supervisor's own output (the switch's output).
 fn roll_back(record: &Record, watch: &Watch) -> i32 {
+    let log_path = record.dir().join("rollback.log");
     let log = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
-        .open(record.dir().join("rollback.log"));
+        .open(&log_path);
+    let note = |line: &str| {
+        eprintln!("{line}");
+        if let Ok(mut log) = log.as_ref() {
+            use std::io::Write;
+            let _ = writeln!(log, "{line}");
+        }
+    };
     let run = |program: &Path, args: &[&OsStr]| -> i32 {
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null());
@@ -265,33 +274,135 @@ fn roll_back(record: &Record, watch: &Watch) -> i32 {
         match cmd.status() {
             Ok(status) => super::runner::exit_code(status),
             Err(e) => {
-                eprintln!("nixfleet-agent: cannot run {}: {e}", program.display());
+                note(&format!(
+                    "nixfleet-agent: cannot run {}: {e}",
+                    program.display()
+                ));
                 super::switch::EXIT_NOT_STARTED
             }
         }
     };
     let previous = watch.previous.as_os_str();
-    if matches!(watch.kind, Kind::NixOs | Kind::Darwin) {
-        let code = run(
-            Path::new("nix-env"),
-            &[
-                OsStr::new("-p"),
-                watch.profile.as_os_str(),
-                OsStr::new("--set"),
-                previous,
-            ],
-        );
-        if code != 0 {
-            return code;
+    let code = (|| {
+        if matches!(watch.kind, Kind::NixOs | Kind::Darwin) {
+            let code = run(
+                Path::new("nix-env"),
+                &[
+                    OsStr::new("-p"),
+                    watch.profile.as_os_str(),
+                    OsStr::new("--set"),
+                    previous,
+                ],
+            );
+            if code != 0 {
+                return code;
+            }
         }
+        match watch.kind {
+            Kind::NixOs => {
+                let switch = watch.previous.join("bin/switch-to-configuration");
+                let (program, args, how) = activation(&switch, &unit_name(record));
+                note(&format!(
+                    "nixfleet-agent: activating {} {how}",
+                    watch.previous.display()
+                ));
+                let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+                run(&program, &args)
+            }
+            Kind::Darwin | Kind::HomeManager => run(&watch.previous.join("activate"), &[]),
+        }
+    })();
+    // the switch's output gets what the rollback printed
+    if let Ok(text) = fs::read(&log_path) {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(&text[text.len().saturating_sub(64 * 1024)..]);
     }
-    match watch.kind {
-        Kind::NixOs => run(
-            &watch.previous.join("bin/switch-to-configuration"),
-            &[OsStr::new("switch")],
-        ),
-        Kind::Darwin | Kind::HomeManager => run(&watch.previous.join("activate"), &[]),
+    code
+}
+
+/// Where transient units are started: systemd is the service manager
+/// (`sd_booted`: `/run/systemd/system` exists).
+const SYSTEMD_RUNTIME: &str = "/run/systemd/system";
+
+/// How NixOS's own `nixos-rebuild` (nixpkgs 26.05, `nixos-rebuild-ng`) runs
+/// `switch-to-configuration`: in a transient unit of its own, outside the
+/// caller's sandbox and cgroup. The agent's unit has `ProtectSystem=full`
+/// (read-only `/etc` and `/boot`, which activation writes) and
+/// `KillMode=process`; in a transient unit the activation gets PID 1's
+/// environment, a writable system, and outlives whatever happens to the
+/// agent's unit meanwhile. `--wait --pipe` make it behave like a child: its
+/// output comes back, its exit code decides.
+fn activation(switch: &Path, unit: &str) -> (PathBuf, Vec<OsString>, &'static str) {
+    let direct = || {
+        (
+            switch.to_path_buf(),
+            vec![OsString::from("switch")],
+            "directly (systemd is not the service manager here, or systemd-run is missing)",
+        )
+    };
+    if !Path::new(SYSTEMD_RUNTIME).is_dir() {
+        return direct();
     }
+    let Some(systemd_run) = on_path("systemd-run") else {
+        return direct();
+    };
+    let mut args: Vec<OsString> = Vec::new();
+    for name in [
+        "LOCALE_ARCHIVE",
+        "NIXOS_INSTALL_BOOTLOADER",
+        "NIXOS_NO_CHECK",
+    ] {
+        args.push("-E".into());
+        args.push(name.into());
+    }
+    for flag in [
+        "--collect",
+        "--no-ask-password",
+        "--pipe",
+        "--quiet",
+        "--service-type=exec",
+        "--wait",
+    ] {
+        args.push(flag.into());
+    }
+    args.push(format!("--unit={unit}").into());
+    args.push(switch.as_os_str().to_owned());
+    args.push("switch".into());
+    (
+        systemd_run,
+        args,
+        "in a transient unit (systemd-run), as nixos-rebuild does",
+    )
+}
+
+/// A transient unit name used once: a stale unit of an earlier attempt
+/// ("already loaded") can never block this one.
+fn unit_name(record: &Record) -> String {
+    let id: String = record
+        .dir()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(32)
+        .collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "nixfleet-agent-rollback-{id}-{}-{nanos:x}",
+        std::process::id()
+    )
+}
+
+/// The first executable `name` in `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// The last lines of the rollback's output.
