@@ -1,0 +1,559 @@
+//! The host twin: the NixOS module's own units (`checks/twin/`, as the module
+//! renders them for a reference host) booted under a real systemd in
+//! `systemd-nspawn`, with the real agent binary as the unit's `ExecStart`,
+//! against the mock dashboard on loopback (the container shares the host's
+//! network). What the unit does to the agent's processes (its sandbox:
+//! `ProtectSystem=full` makes `/etc` and `/boot` read-only; `KillMode=process`;
+//! `Restart=always` with exit 101; `LoadCredential`; the token's path unit) is
+//! real here, not assumed.
+//!
+//! The tools the unit's `PATH` names are the container's (`/usr`, bound from
+//! this machine), except for two fakes that behave like NixOS's where it
+//! matters: `nixos-rebuild` sets the system profile and activates the new
+//! system through `systemd-run`, as nixos-rebuild 26.05 does; every system's
+//! `bin/switch-to-configuration` installs the "boot loader" (writes `/boot`)
+//! and activates (writes `/etc`, points `/run/current-system` at itself), and
+//! fails as the real one does when it cannot write (exit 1 "Failed to install
+//! bootloader", exit 2 for the activation).
+//!
+//! Needs root and `systemd-nspawn` (Debian's `systemd-container`). Without
+//! them the tests say so and pass, unless `NIXFLEET_HOST_TWIN=require` (what
+//! `.ci/run` sets), where they fail.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use nixfleet_mock_dashboard::MockDashboard;
+
+/// The store hash the golden units use for every store path.
+const HASH: &str = "00000000000000000000000000000000";
+/// The container's host name, and so the agent's.
+const HOST: &str = "twin";
+/// Waits that include a restart by systemd (`RestartSec=5s`).
+const SLOW: Duration = Duration::from_secs(60);
+
+fn store(name: &str) -> String {
+    format!("/nix/store/{HASH}-{name}")
+}
+
+/// Whether this machine can boot the twin; `None` with the reason if not.
+fn unavailable() -> Option<String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["/usr/bin/systemd-nspawn", "/usr/lib/systemd/systemd"] {
+        if !Path::new(tool).exists() {
+            return Some(format!(
+                "{tool} is missing (apt-get install systemd-container)"
+            ));
+        }
+    }
+    None
+}
+
+/// `true` when the twin can run; otherwise says why, and fails where the
+/// twin is required.
+fn twin_available() -> bool {
+    let Some(why) = unavailable() else {
+        return true;
+    };
+    if std::env::var("NIXFLEET_HOST_TWIN").as_deref() == Ok("require") {
+        panic!("the host twin is required but cannot run: {why}");
+    }
+    eprintln!("host twin skipped: {why}");
+    false
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn symlink(target: &str, link: &Path) {
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(target, link).unwrap();
+}
+
+/// `nixos-rebuild switch`, as far as the agent can tell: "builds" the system
+/// the test named in `/twin/next-system`, sets the system profile, and
+/// activates it in a transient unit with nixos-rebuild-ng's invocation.
+const FAKE_NIXOS_REBUILD: &str = r#"#!/bin/sh
+echo "nixos-rebuild (twin fake) $*"
+[ "$1" = switch ] || { echo "error: unsupported action $1" >&2; exit 1; }
+echo "building the system configuration..."
+new=$(cat /twin/next-system) || { echo "error: nothing to build" >&2; exit 1; }
+nix-env -p /nix/var/nix/profiles/system --set "$new" || exit 1
+echo "activating the configuration..."
+exec systemd-run -E LOCALE_ARCHIVE -E NIXOS_INSTALL_BOOTLOADER -E NIXOS_NO_CHECK \
+  --collect --no-ask-password --pipe --quiet --service-type=exec --wait \
+  "--unit=nixos-rebuild-switch-to-configuration-$$" "$new/bin/switch-to-configuration" switch
+"#;
+
+/// `nix-env -p PROFILE --set PATH`: the profile link (the real one makes a
+/// numbered generation link beside it; the link is what counts).
+const FAKE_NIX_ENV: &str = r#"#!/bin/sh
+[ "$1" = -p ] && [ "$3" = --set ] || { echo "nix-env (twin fake): unsupported: $*" >&2; exit 1; }
+mkdir -p "$(dirname "$2")" && ln -sfn "$4" "$2"
+"#;
+
+/// A system's `bin/switch-to-configuration switch`: the boot loader first,
+/// then the activation, as switch-to-configuration-ng does.
+const FAKE_SWITCH_TO_CONFIGURATION: &str = r#"#!/bin/sh
+top=$(dirname "$(dirname "$(readlink -f "$0")")")
+name=$(basename "$top" | cut -d- -f2-)
+[ "$1" = switch ] || { echo "unsupported action $1" >&2; exit 1; }
+if ! { mkdir -p /boot/loader && echo "$name" > /boot/loader/default; }; then
+  echo "Failed to install bootloader" >&2
+  exit 1
+fi
+if ! echo "$name" > /etc/nixos-generation; then
+  echo "Activation script snippet 'etc' failed" >&2
+  exit 2
+fi
+ln -sfn "$top" /run/current-system
+echo "activated $name"
+"#;
+
+/// Points `/run/current-system` and `/run/booted-system` at the system
+/// profile at boot, as NixOS's stage 2 does.
+const BOOTED_SYSTEM_UNIT: &str = "[Unit]
+Description=The booted system (as NixOS's stage 2 links it)
+Before=nixfleet-agent.service
+DefaultDependencies=no
+After=local-fs.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'p=$(readlink -f /nix/var/nix/profiles/system); ln -sfn $p /run/current-system; ln -sfn $p /run/booted-system'
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// One booted container.
+struct Twin {
+    root: PathBuf,
+    exchange: PathBuf,
+    secrets: PathBuf,
+    nspawn: Child,
+    /// The container's PID 1, as seen from here.
+    init: i32,
+    _tmp: tempfile::TempDir,
+}
+
+impl Twin {
+    /// Builds the root file system and boots it; the agent starts with the
+    /// system (`multi-user.target`).
+    async fn boot(dash: &MockDashboard, fx: &Fixture, name: &str, deadline_secs: u64) -> Twin {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let exchange = tmp.path().join("exchange");
+        let secrets = tmp.path().join("secrets");
+        for dir in [
+            "etc",
+            "var",
+            "run",
+            "tmp",
+            "boot",
+            "root",
+            "usr",
+            "srv/nixcfg",
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        std::fs::create_dir_all(&exchange).unwrap();
+        for (link, target) in [
+            ("bin", "usr/bin"),
+            ("sbin", "usr/sbin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+        ] {
+            symlink(target, &root.join(link));
+        }
+        let etc = root.join("etc");
+        for file in [
+            "passwd",
+            "group",
+            "shadow",
+            "nsswitch.conf",
+            "ld.so.cache",
+            "ld.so.conf",
+        ] {
+            std::fs::copy(Path::new("/etc").join(file), etc.join(file)).unwrap();
+        }
+        std::fs::copy("/usr/lib/os-release", etc.join("os-release")).unwrap();
+        write(&etc.join("machine-id"), "");
+        write(&etc.join("hostname"), &format!("{HOST}\n"));
+
+        // the module's units, unchanged, and a drop-in for the test's
+        // dashboard and timing (Environment= only)
+        let units = etc.join("systemd/system");
+        std::fs::create_dir_all(&units).unwrap();
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../checks/twin");
+        for unit in [
+            "nixfleet-agent.service",
+            "nixfleet-agent-token.path",
+            "nixfleet-agent-token-changed.service",
+        ] {
+            std::fs::copy(golden.join(unit), units.join(unit)).unwrap();
+        }
+        write(
+            &units.join("nixfleet-agent.service.d/twin.conf"),
+            &format!(
+                "[Service]\nEnvironment=\"NIXFLEET_URL={}\"\nEnvironment=\"NIXFLEET_INTERVAL=1\"\nEnvironment=\"NIXFLEET_ROLLBACK_DEADLINE={deadline_secs}\"\nEnvironment=\"NIXFLEET_LOG_LEVEL=debug\"\n",
+                dash.ws_url()
+            ),
+        );
+        write(
+            &units.join("twin-booted-system.service"),
+            BOOTED_SYSTEM_UNIT,
+        );
+        symlink(
+            "/usr/lib/systemd/system/multi-user.target",
+            &units.join("default.target"),
+        );
+        let wants = units.join("multi-user.target.wants");
+        for unit in [
+            "nixfleet-agent.service",
+            "nixfleet-agent-token.path",
+            "twin-booted-system.service",
+        ] {
+            symlink(&format!("../{unit}"), &wants.join(unit));
+        }
+
+        // the store: the tools the unit's PATH names are the container's
+        // /usr, but for the fakes of nix and nixos-rebuild
+        let nix_store = root.join("nix/store");
+        for pkg in [
+            "bash",
+            "coreutils",
+            "git",
+            "gnutar",
+            "gzip",
+            "xz",
+            "openssh",
+            "findutils",
+            "gnugrep",
+            "gnused",
+            "systemd",
+        ] {
+            symlink("/usr", &nix_store.join(format!("{HASH}-{pkg}")));
+        }
+        write_exec(
+            &nix_store.join(format!("{HASH}-nixos-rebuild/bin/nixos-rebuild")),
+            FAKE_NIXOS_REBUILD,
+        );
+        write_exec(
+            &nix_store.join(format!("{HASH}-nix/bin/nix-env")),
+            FAKE_NIX_ENV,
+        );
+        std::fs::create_dir_all(nix_store.join(format!("{HASH}-nixfleet-agent/bin"))).unwrap();
+        let twin = Twin {
+            root,
+            exchange,
+            secrets,
+            nspawn: Command::new("true").spawn().unwrap(),
+            init: 0,
+            _tmp: tmp,
+        };
+        let first = twin.system("a");
+        symlink(&first, &twin.root.join("nix/var/nix/profiles/system"));
+        write(
+            &twin.root.join("etc/nixos-generation"),
+            "nixos-system-twin-a\n",
+        );
+        write(
+            &twin.root.join("boot/loader/default"),
+            "nixos-system-twin-a\n",
+        );
+        write(&twin.secrets.join("nixfleet-token"), TOKEN);
+        twin.start(fx, name)
+    }
+
+    /// A system toplevel `nixos-system-twin-<n>` in the store; its path.
+    fn system(&self, n: &str) -> String {
+        let path = store(&format!("nixos-system-twin-{n}"));
+        write_exec(
+            &self.path(&path).join("bin/switch-to-configuration"),
+            FAKE_SWITCH_TO_CONFIGURATION,
+        );
+        path
+    }
+
+    /// A path inside the container, as seen from here.
+    fn path(&self, inside: &str) -> PathBuf {
+        self.root.join(inside.trim_start_matches('/'))
+    }
+
+    fn start(mut self, fx: &Fixture, name: &str) -> Twin {
+        let _ = self.nspawn.wait();
+        // nspawn refuses to clean up its propagation directory on a
+        // non-tmpfs /run (as on a machine without systemd as PID 1)
+        ensure_tmpfs("/run/systemd/nspawn");
+        let agent = env!("CARGO_BIN_EXE_nixfleet-agent");
+        let log = std::fs::File::create(self.exchange.join("../nspawn.log")).unwrap();
+        let bind = |from: &Path, to: &str| format!("--bind={}:{to}", from.display());
+        self.nspawn = Command::new("systemd-nspawn")
+            .arg("--quiet")
+            .arg(format!("--directory={}", self.root.display()))
+            .arg(format!("--machine={name}"))
+            .args(["--boot", "--register=no", "--keep-unit", "--bind-ro=/usr"])
+            .arg(format!(
+                "--bind-ro={agent}:{}",
+                store("nixfleet-agent/bin/nixfleet-agent")
+            ))
+            .arg(bind(&fx.repo, "/srv/nixcfg"))
+            .arg(bind(&self.secrets, "/run/agenix"))
+            .arg(bind(&self.exchange, "/twin"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("systemd-nspawn");
+        self.init = find_init(self.nspawn.id() as i32);
+        self
+    }
+
+    /// Runs a command inside the container (all its namespaces); its output.
+    fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--target={}", self.init))
+            .arg("--all")
+            .args(args)
+            .output()
+            .expect("nsenter")
+    }
+
+    fn read(&self, inside: &str) -> String {
+        std::fs::read_to_string(self.path(inside))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// The agent's journal, for failure messages.
+    fn journal(&self) -> String {
+        let out = self.exec(&[
+            "journalctl",
+            "-u",
+            "nixfleet-agent",
+            "--no-pager",
+            "-n",
+            "80",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Twin {
+    fn drop(&mut self) {
+        // SIGRTMIN+3 to the container's systemd: halt; then make sure
+        if self.init > 0 {
+            unsafe { libc::kill(self.init, libc::SIGRTMIN() + 3) };
+        }
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+    }
+}
+
+/// Mounts a tmpfs at `dir` unless one is there.
+fn ensure_tmpfs(dir: &str) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| l.split(' ').nth(1) == Some(dir)) {
+        return;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs", dir])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs on {dir}");
+}
+
+/// The container's systemd: the descendant of nspawn whose PID is 1 in its
+/// own namespace.
+fn find_init(nspawn: i32) -> i32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut todo = vec![nspawn];
+        while let Some(pid) = todo.pop() {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if status
+                .lines()
+                .any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
+                && pid != nspawn
+            {
+                return pid;
+            }
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container's systemd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Registered with the token from `LoadCredential` (the unit's environment
+/// has none), heartbeats, a test run, `restart` by the dashboard, a token
+/// rotated by the secret manager (the path unit restarts the agent, which
+/// uses the new token), and `systemctl stop` (SIGTERM): close 1000.
+#[tokio::test]
+async fn twin_unit_registers_runs_restarts_rotates_the_token_and_closes_1000() {
+    if !twin_available() {
+        return;
+    }
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    host_test(&fx.repo, HOST, "T01-hello.sh", "echo hello from the twin");
+    git(&fx.repo, &["add", "-A"]);
+    git(&fx.repo, &["commit", "-qm", "tests"]);
+    let twin = Twin::boot(&dash, &fx, "nixfleet-twin-1", 120).await;
+    let (reg, seq) = match dash.wait_frame(HOST, "register", 0, SLOW).await {
+        Some(f) => (f.payload, f.seq),
+        None => panic!("no register; journal:\n{}", twin.journal()),
+    };
+    assert_eq!(reg["repo_dir"], "/srv/nixcfg");
+    heartbeat_where(&dash, HOST, seq, "a heartbeat", |_| true).await;
+
+    // a test run
+    let sent = dash.last_seq();
+    dash.send_command(HOST, "test").await.unwrap();
+    let st = status_for(&dash, HOST, "test", sent).await;
+    assert_eq!(
+        st.payload["status"],
+        "ok",
+        "{}\n{}",
+        st.payload,
+        twin.journal()
+    );
+    assert_eq!(st.payload["message"], "1/1 passed");
+
+    // restart: systemd starts the agent again (exit 101, RestartSec=5s)
+    let sent = dash.last_seq();
+    dash.send_command(HOST, "restart").await.unwrap();
+    let st = status_for(&dash, HOST, "restart", sent).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    let again = dash.wait_frame(HOST, "register", st.seq, SLOW).await;
+    assert!(
+        again.is_some(),
+        "not started again; journal:\n{}",
+        twin.journal()
+    );
+
+    // the token rotated: only the new one is accepted from now on
+    let seq = dash.last_seq();
+    dash.add_token("rotated-token");
+    dash.remove_token(TOKEN);
+    write(&twin.secrets.join("nixfleet-token"), "rotated-token");
+    let again = dash.wait_frame(HOST, "register", seq, SLOW).await;
+    assert!(
+        again.is_some(),
+        "no register with the new token; journal:\n{}",
+        twin.journal()
+    );
+
+    // systemctl stop: SIGTERM to the agent, a clean close
+    let seq = dash.last_seq();
+    let out = twin.exec(&["systemctl", "stop", "nixfleet-agent.service"]);
+    assert!(out.status.success(), "{out:?}");
+    let closed = dash.wait_event("closed", Some(HOST), seq, WAIT).await;
+    assert_eq!(closed.and_then(|e| e.code), Some(1000));
+    assert_no_violations(&dash);
+}
+
+/// `switch` under the real unit: the agent exits 101, systemd starts it
+/// again, the new generation confirms, one status `ok`. Then a switch whose
+/// new generation fails its health check: the old system is activated
+/// again (its `/boot` and `/etc` writes done, in a transient unit outside the
+/// agent's read-only sandbox) and one status `error` names the rollback.
+#[tokio::test]
+async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
+    if !twin_available() {
+        return;
+    }
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let twin = Twin::boot(&dash, &fx, "nixfleet-twin-2", 40).await;
+    let Some(reg) = dash.wait_frame(HOST, "register", 0, SLOW).await else {
+        panic!("no register; journal:\n{}", twin.journal());
+    };
+
+    // 1. a switch to b, confirmed
+    let b = twin.system("b");
+    write(&twin.exchange.join("next-system"), &b);
+    let d = dash.dispatch(HOST, "switch", false);
+    assert_eq!(d.status, "EXECUTING", "{d:?}");
+    let st = status_for(&dash, HOST, "switch", reg.seq).await;
+    assert_eq!(
+        st.payload["message"],
+        "Switch succeeded; confirmed by the new generation",
+        "{}\n{}",
+        st.payload,
+        twin.journal()
+    );
+    assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-b");
+    assert_eq!(twin.read("/boot/loader/default"), "nixos-system-twin-b");
+
+    // 2. a switch to c whose agent fails its health check
+    host_check(
+        &fx.repo,
+        "fail.sh",
+        "echo 'the service does not answer'; exit 1",
+    );
+    let c = twin.system("c");
+    write(&twin.exchange.join("next-system"), &c);
+    let sent = dash.last_seq();
+    dash.send_command(HOST, "switch").await.unwrap();
+    let st = status_for(&dash, HOST, "switch", sent).await;
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    let message = st.payload["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "rolled back to {HASH}-nixos-system-twin-b: health check fail.sh failed"
+        )),
+        "{message}\n{}",
+        twin.journal()
+    );
+    // the old generation is active again and is the boot default
+    assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-b");
+    assert_eq!(twin.read("/boot/loader/default"), "nixos-system-twin-b");
+    assert_eq!(
+        std::fs::read_link(twin.path("/nix/var/nix/profiles/system")).unwrap(),
+        PathBuf::from(&b)
+    );
+    let statuses = dash
+        .frames(HOST, Some("status"))
+        .into_iter()
+        .filter(|f| f.seq > sent && f.payload["command"] == "switch")
+        .count();
+    assert_eq!(statuses, 1, "one status");
+    assert_no_violations(&dash);
+}
+
+/// An executable health check `hosts/twin/health/<name>`, committed.
+fn host_check(repo: &Path, name: &str, body: &str) {
+    write_exec(
+        &repo.join(format!("hosts/{HOST}/health/{name}")),
+        &format!("#!/bin/sh\n{body}\n"),
+    );
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-qm", name]);
+}
