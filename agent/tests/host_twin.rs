@@ -227,7 +227,17 @@ impl Twin {
 
         // the store: the tools the unit's PATH names are the container's
         // /usr, but for the fakes of nix and nixos-rebuild
+        // (this machine's own Nix tools, if any, are left out: the fakes come
+        // later on the unit's PATH)
         let nix_store = root.join("nix/store");
+        let usr_bin = nix_store.join(format!("{HASH}-twin-usr/bin"));
+        std::fs::create_dir_all(&usr_bin).unwrap();
+        for entry in std::fs::read_dir("/usr/bin").unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("nix") {
+                symlink(&format!("/usr/bin/{name}"), &usr_bin.join(&name));
+            }
+        }
         for pkg in [
             "bash",
             "coreutils",
@@ -241,7 +251,9 @@ impl Twin {
             "gnused",
             "systemd",
         ] {
-            symlink("/usr", &nix_store.join(format!("{HASH}-{pkg}")));
+            let dir = nix_store.join(format!("{HASH}-{pkg}"));
+            symlink(&store("twin-usr/bin"), &dir.join("bin"));
+            symlink("/usr/sbin", &dir.join("sbin"));
         }
         write_exec(
             &nix_store.join(format!("{HASH}-nixos-rebuild/bin/nixos-rebuild")),

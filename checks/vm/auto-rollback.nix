@@ -6,6 +6,10 @@
 # (its switch-to-configuration, and the system profile set back to it). The
 # booted generation's agent registers again and reports the `switch` once:
 # `error` "rolled back to <generation>: …", System `error` the same.
+# The VM boots through systemd-boot, so the rollback's activation must also
+# install the boot loader: its default entry is the booted system again
+# (an activation inside the agent's read-only sandbox could do neither; the
+# host twin, agent/tests/host_twin.rs, asserts the same under the real unit).
 { mkTest, flakeSystemSettings }:
 
 mkTest {
@@ -14,6 +18,10 @@ mkTest {
     { lib, ... }:
     {
       environment.etc."nixfleet-generation".text = lib.mkDefault "booted";
+      virtualisation.useBootLoader = true;
+      virtualisation.useEFIBoot = true;
+      boot.loader.systemd-boot.enable = true;
+      boot.loader.efi.canTouchEfiVariables = true;
       services.nixfleet-agent.rollbackDeadline = 30;
       specialisation.cut-off.configuration = {
         environment.etc."nixfleet-generation".text = "cut-off";
@@ -42,6 +50,11 @@ mkTest {
         agent.wait_until_succeeds("grep -qx booted /etc/nixfleet-generation", timeout=120)
         assert agent.succeed("readlink -f /run/current-system").strip() == booted
         assert agent.succeed(f"readlink -f {profile}").strip() == booted
+
+    with subtest("the boot loader's default entry is the booted system again"):
+        default = agent.succeed("sed -n 's/^default //p' /boot/loader/loader.conf").strip()
+        entry = agent.succeed(f"cat /boot/loader/entries/{default}")
+        assert f"init={booted}/init" in entry, entry
 
     with subtest("the booted generation's agent reports the switch once"):
         done = wait_frame("status", after, '.payload.command == "switch"', timeout=120)
