@@ -256,7 +256,7 @@ impl Twin {
             symlink("/usr/sbin", &dir.join("sbin"));
         }
         write_exec(
-            &nix_store.join(format!("{HASH}-nixos-rebuild/bin/nixos-rebuild")),
+            &nix_store.join(format!("{HASH}-nixos-rebuild-ng/bin/nixos-rebuild")),
             FAKE_NIXOS_REBUILD,
         );
         write_exec(

@@ -14,8 +14,9 @@
 let
   inherit (pkgs) lib;
 
-  evalHost =
-    settings:
+  evalHost = evalNamedHost "web-1";
+  evalNamedHost =
+    hostName: settings:
     nixpkgs.lib.nixosSystem {
       modules = [
         nixosModule
@@ -27,7 +28,7 @@ let
             device = "/dev/vda";
             fsType = "ext4";
           };
-          networking.hostName = "web-1";
+          networking.hostName = hostName;
           services.nixfleet-agent = settings;
         }
       ];
@@ -85,6 +86,21 @@ let
   ];
 
   host = evalHost valid;
+
+  # The host twin's reference host (checks/twin/): its units as NixOS really
+  # renders them, compared with the golden units the twin boots.
+  twinUnits = (evalNamedHost "twin" (import ../twin/reference.nix)).config.systemd.units;
+  twinUnitNames = [
+    "nixfleet-agent.service"
+    "nixfleet-agent-token.path"
+    "nixfleet-agent-token-changed.service"
+  ];
+  twinUnitFiles = map (
+    name:
+    "${name}=${
+      pkgs.writeText "twin-${name}" (builtins.unsafeDiscardStringContext twinUnits.${name}.text)
+    }"
+  ) twinUnitNames;
   service = host.config.systemd.services.nixfleet-agent;
   unit = host.config.systemd.units."nixfleet-agent.service";
 
@@ -133,5 +149,6 @@ pkgs.runCommand "nixfleet-nixos-module-check"
   }
   ''
     python3 ${./check_unit.py} "$unitTextPath" "$factsPath"
+    python3 ${../twin/compare_units.py} ${../twin} ${lib.escapeShellArgs twinUnitFiles}
     touch $out
   ''

@@ -142,7 +142,7 @@ fn register_field_problems() {
             "generation",
         ),
         (
-            with(heartbeat(), "generation", Some(json!("abc123"))),
+            with(register(), "generation", Some(json!("abc123"))),
             "generation",
         ),
         (
