@@ -115,6 +115,14 @@ if ! echo "$name" > /etc/nixos-generation; then
   exit 2
 fi
 ln -sfn "$top" /run/current-system
+# the generation's own settings of the agent's unit (a drop-in), if it has any
+dropin=/etc/systemd/system/nixfleet-agent.service.d/generation.conf
+if [ -f "$top/agent.conf" ]; then
+  mkdir -p "${dropin%/*}" && cp "$top/agent.conf" "$dropin"
+else
+  rm -f "$dropin"
+fi
+systemctl daemon-reload
 echo "activated $name"
 "#;
 
@@ -293,6 +301,13 @@ impl Twin {
             &self.path(&path).join("bin/switch-to-configuration"),
             FAKE_SWITCH_TO_CONFIGURATION,
         );
+        path
+    }
+
+    /// A system whose activation gives the agent's unit `drop_in`.
+    fn system_with_agent_settings(&self, n: &str, drop_in: &str) -> String {
+        let path = self.system(n);
+        write(&self.path(&path).join("agent.conf"), drop_in);
         path
     }
 
@@ -482,6 +497,30 @@ async fn twin_unit_registers_runs_restarts_rotates_the_token_and_closes_1000() {
         twin.journal()
     );
 
+    // stop: a long test and what it started are ended, as a tree
+    host_test(
+        &fx.repo,
+        HOST,
+        "T02-long.sh",
+        "sleep 600 & echo $! > /twin/sleep.pid.tmp; mv /twin/sleep.pid.tmp /twin/sleep.pid; wait",
+    );
+    let sent = dash.last_seq();
+    dash.send_command(HOST, "test").await.unwrap();
+    file_appears(&twin.exchange.join("sleep.pid")).await;
+    let sleeper = std::fs::read_to_string(twin.exchange.join("sleep.pid")).unwrap();
+    let sleeper = sleeper.trim();
+    let alive = |pid: &str| twin.exec(&["kill", "-0", pid]).status.success();
+    assert!(alive(sleeper), "the test's child runs");
+    dash.send_command(HOST, "stop").await.unwrap();
+    let st = status_for(&dash, HOST, "test", sent).await;
+    assert_eq!(st.payload["status"], "stopped", "{}", st.payload);
+    // (a killed child is reaped by the container's systemd, its new parent)
+    let deadline = std::time::Instant::now() + WAIT;
+    while alive(sleeper) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!alive(sleeper), "the test's child was stopped with it");
+
     // systemctl stop: SIGTERM to the agent, a clean close
     let seq = dash.last_seq();
     let out = twin.exec(&["systemctl", "stop", "nixfleet-agent.service"]);
@@ -555,6 +594,52 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
         .frames(HOST, Some("status"))
         .into_iter()
         .filter(|f| f.seq > sent && f.payload["command"] == "switch")
+        .count();
+    assert_eq!(statuses, 1, "one status");
+    assert_no_violations(&dash);
+}
+
+/// The new generation's agent never starts (its unit's `ExecStart` fails):
+/// nothing can confirm the switch, so the supervisor, outside the agent,
+/// rolls back at the deadline; the old generation's agent, started by
+/// systemd again, reports the one status.
+#[tokio::test]
+async fn twin_a_new_generation_whose_agent_never_starts_is_rolled_back() {
+    if !twin_available() {
+        return;
+    }
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let twin = Twin::boot(&dash, &fx, "nixfleet-twin-3", 12).await;
+    let Some(reg) = dash.wait_frame(HOST, "register", 0, SLOW).await else {
+        panic!("no register; journal:\n{}", twin.journal());
+    };
+    let broken =
+        twin.system_with_agent_settings("broken", "[Service]\nExecStart=\nExecStart=/bin/false\n");
+    write(&twin.exchange.join("next-system"), &broken);
+    dash.send_command(HOST, "switch").await.unwrap();
+    let st = status_for(&dash, HOST, "switch", reg.seq).await;
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    let message = st.payload["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "rolled back to {HASH}-nixos-system-twin-a: the new generation's agent did not confirm within 12 s"
+        )),
+        "{message}\n{}",
+        twin.journal()
+    );
+    assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-a");
+    assert_eq!(twin.read("/boot/loader/default"), "nixos-system-twin-a");
+    assert!(
+        !twin
+            .path("/etc/systemd/system/nixfleet-agent.service.d/generation.conf")
+            .exists(),
+        "the broken generation's unit settings are gone"
+    );
+    let statuses = dash
+        .frames(HOST, Some("status"))
+        .into_iter()
+        .filter(|f| f.payload["command"] == "switch")
         .count();
     assert_eq!(statuses, 1, "one status");
     assert_no_violations(&dash);
