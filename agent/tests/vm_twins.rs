@@ -8,12 +8,12 @@
 //! | `host-tests` | `commands.rs`: `test_runs_all_pass_some_fail_and_none`; `operations.rs`: `tests_are_every_executable_sh_and_the_others_are_listed_as_skipped` |
 //! | `pull` | `commands.rs`: `pull_updates_the_generation` |
 //! | `stop` | `commands.rs`: `stop_kills_the_process_tree_and_the_agent_takes_a_new_command`, `a_second_command_is_rejected`, `heartbeats_carry_the_running_command` |
-//! | `restart` | [`vm_restart_twin`] |
+//! | `restart` | [`vm_restart_twin`]; `host_twin.rs`: `twin_unit_registers_runs_restarts_rotates_the_token_and_closes_1000` |
 //! | `config-error` | `cli.rs`: `invalid_configuration_exits_78_naming_the_variable` |
 //! | `dashboard-restart` | `connection.rs`: `dashboard_restarted_agent_registers_again` |
 //! | `token-secrecy` | [`vm_token_secrecy_twin`]; `connection.rs`: `the_token_never_reaches_the_log` |
-//! | `switch` | `dashboard_row.rs`: `pull_switch_moves_system_through_outdated_and_working_to_ok`, `pull_switch_test_through_the_lifecycle_with_the_right_compartments`; `operations.rs`: `rollback_runs_the_tool_detached_and_restarts` |
-//! | `auto-rollback` | `watchdog.rs`: `a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once`, `the_window_survives_a_reboot_of_the_supervisor` |
+//! | `switch` | `host_twin.rs`: `twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back`; `dashboard_row.rs`: `pull_switch_moves_system_through_outdated_and_working_to_ok`, `pull_switch_test_through_the_lifecycle_with_the_right_compartments`; `operations.rs`: `rollback_runs_the_tool_detached_and_restarts` |
+//! | `auto-rollback` | `host_twin.rs` (under the module's unit and a real systemd): `twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back`, `twin_a_new_generation_whose_agent_never_starts_is_rolled_back`; `watchdog.rs`: `a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once`, `the_window_survives_a_reboot_of_the_supervisor` |
 //! | `rollback` | `operations.rs`: `rollback_runs_the_tool_detached_and_restarts`, `a_rollback_survives_an_agent_restart_and_is_reported_once` |
 //! | `reboot` | `operations.rs`: `reboot_while_a_test_runs_stops_it_then_reports_after_the_boot`, `reboot_failures_are_reported_with_their_output` |
 //!
