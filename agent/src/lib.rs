@@ -8,6 +8,7 @@
 
 pub mod atomic;
 pub mod backoff;
+pub mod bounded;
 pub mod commands;
 pub mod compartments;
 pub mod config;

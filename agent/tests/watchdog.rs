@@ -304,10 +304,12 @@ async fn a_failed_health_check_rolls_back_at_once() {
 #[tokio::test]
 async fn a_unit_that_was_active_and_failed_after_the_switch_rolls_back() {
     let s = setup().await;
-    // a host has hundreds of units; the one that fails comes after them
-    let mut active: String = (0..400)
-        .map(|n| format!("a-unit-{n:03}.service loaded active running filler\n"))
+    // a host has hundreds of units; the one that fails comes after them,
+    // and the list is longer than a pipe holds (64 KiB)
+    let mut active: String = (0..2000)
+        .map(|n| format!("a-unit-{n:04}.service loaded active running a unit of the host\n"))
         .collect();
+    assert!(active.len() > 96 * 1024);
     active.push_str("nginx.service loaded active running nginx\n");
     std::fs::write(s.fakes.file("units.active"), active).unwrap();
     let mut a = s.agent(&s.dash.ws_url(), 600).spawn();

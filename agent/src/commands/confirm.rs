@@ -32,7 +32,7 @@ fn units(
     env: &[(std::ffi::OsString, std::ffi::OsString)],
 ) -> Result<BTreeSet<String>, String> {
     let filter = format!("--state={state}");
-    let out = crate::compartments::run_bounded(
+    let out = crate::bounded::run(
         "systemctl",
         &[
             OsStr::new("list-units"),

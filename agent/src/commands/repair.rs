@@ -99,7 +99,7 @@ fn held(path: &Path, env: &[(OsString, OsString)]) -> bool {
             return false;
         }
     }
-    let lsof = crate::compartments::run_bounded(
+    let lsof = crate::bounded::run(
         "lsof",
         &[
             std::ffi::OsStr::new("-t"),
@@ -155,7 +155,7 @@ pub fn broken(repo: &Path, env: &[(OsString, OsString)]) -> Option<String> {
     for args in checks {
         let mut argv = vec![std::ffi::OsStr::new("-C"), repo.as_os_str()];
         argv.extend(args.iter().map(std::ffi::OsStr::new));
-        match crate::compartments::run_bounded("git", &argv, env, Duration::from_secs(60)) {
+        match crate::bounded::run("git", &argv, env, Duration::from_secs(60)) {
             Ok(out) if out.status.success() => {}
             Ok(out) => {
                 let err = String::from_utf8_lossy(&out.stderr);

@@ -16,7 +16,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::compartments::run_bounded;
+use crate::bounded::run as run_bounded;
 
 /// How long one git or gpg call of a check may take.
 const LIMIT: Duration = Duration::from_secs(60);

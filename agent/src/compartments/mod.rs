@@ -260,7 +260,7 @@ pub fn measure_lock(repo: &Path, env: &[(std::ffi::OsString, std::ffi::OsString)
         OsStr::new("--"),
         OsStr::new("flake.lock"),
     ];
-    let output = match run_bounded("git", &args, env, GIT_TIMEOUT) {
+    let output = match crate::bounded::run("git", &args, env, GIT_TIMEOUT) {
         Ok(o) => o,
         Err(e) => {
             return Check::at(Level::Error, format!("cannot check flake.lock: {e}"), now);
@@ -298,52 +298,6 @@ fn clip(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// Runs a short-lived program with a time limit (killed when over it).
-pub(crate) fn run_bounded(
-    program: &str,
-    args: &[&OsStr],
-    env: &[(std::ffi::OsString, std::ffi::OsString)],
-    limit: Duration,
-) -> std::io::Result<std::process::Output> {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            let mut stdout = Vec::new();
-            let mut stderr = Vec::new();
-            if let Some(mut o) = child.stdout.take() {
-                o.by_ref().take(64 * 1024).read_to_end(&mut stdout)?;
-            }
-            if let Some(mut e) = child.stderr.take() {
-                e.by_ref().take(64 * 1024).read_to_end(&mut stderr)?;
-            }
-            return Ok(std::process::Output {
-                status,
-                stdout,
-                stderr,
-            });
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{program} took longer than {} s", limit.as_secs()),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// The compartments of one agent process, shared by its tasks.

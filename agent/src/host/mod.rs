@@ -24,8 +24,7 @@ mod reboot;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -383,7 +382,8 @@ fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
 
 /// Runs a small helper tool and returns its trimmed standard output if it exits
 /// successfully within [`COMMAND_TIMEOUT`] and prints something; the tool is
-/// killed on timeout. The agent token never reaches the child's environment.
+/// killed on timeout. It gets nothing of the agent's environment (so never the
+/// token): only a system `PATH`.
 fn run_command(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Option<String> {
     run_command_with_timeout(program, args, COMMAND_TIMEOUT)
 }
@@ -395,39 +395,15 @@ fn run_command_with_timeout(
     timeout: Duration,
 ) -> Option<String> {
     let program = program.as_ref();
-    let mut child = Command::new(program)
-        .args(args)
-        .env_remove("NIXFLEET_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|err| tracing::debug!(program = ?program, error = %err, "cannot run helper"))
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let env = [("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into())];
+    let out = crate::bounded::run(program, &args, &env, timeout)
+        .map_err(|err| tracing::debug!(program = ?program, error = %err, "helper failed"))
         .ok()?;
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) | Err(_) => {
-                tracing::debug!(program = ?program, "helper timed out; killing it");
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    };
-    if !status.success() {
+    if !out.status.success() {
         return None;
     }
-    let mut out = Vec::new();
-    child
-        .stdout
-        .take()?
-        .take(SMALL_FILE_CAP)
-        .read_to_end(&mut out)
-        .ok()?;
-    let text = String::from_utf8_lossy(&out).trim().to_owned();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (!text.is_empty()).then_some(text)
 }
 
@@ -663,7 +639,7 @@ EMPTY=
             run_command_with_timeout("/nonexistent/tool", &[], Duration::from_secs(5)),
             None
         );
-        let start = Instant::now();
+        let start = std::time::Instant::now();
         assert_eq!(
             run_command_with_timeout("sleep", &["10"], Duration::from_millis(100)),
             None
