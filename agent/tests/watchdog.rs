@@ -235,6 +235,48 @@ async fn force_rebuild_is_a_watched_switch_that_bypasses_the_negative_cache() {
     assert_no_violations(&s.dash);
 }
 
+/// A switch tool that activates the new system and then exits non-zero, as
+/// switch-to-configuration does when some units fail to start (exit 4): the
+/// switch happened, so it is watched like one that succeeded and the agent
+/// restarts onto the new generation; the one status says what failed and
+/// what the watchdog decided.
+#[tokio::test]
+async fn a_switch_that_activated_but_exited_non_zero_is_watched_and_reported_once() {
+    let s = setup().await;
+    let d = s.fakes.dir.display();
+    let next = s.fx.tmp.path().join("store/nixos-system-watchhost-2");
+    write_exec(
+        &next.join("bin/switch-to-configuration"),
+        &format!("#!/bin/sh\necho \"$0 $*\" >> {d}/activated\n"),
+    );
+    let current = s.fx.tmp.path().join("current-system");
+    write_exec(
+        &s.fakes.bin.join("nixos-rebuild"),
+        &format!(
+            "#!/bin/sh\nln -sfn {} {}\necho 'warning: the following units failed: flaky.service' >&2\nexit 4\n",
+            next.display(),
+            current.display()
+        ),
+    );
+    // 1. the new generation passes its checks: it stays, and the status is
+    // the tool's failure
+    let mut a = s.agent(&s.dash.ws_url(), 60).spawn();
+    let sent = s.switch_and_restart(&mut a).await;
+    let _b = s.agent(&s.dash.ws_url(), 60).spawn();
+    let st = status_for(&s.dash, HOST, "switch", sent).await;
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    assert_eq!(st.payload["exit_code"], 4, "{}", st.payload);
+    assert_eq!(
+        st.payload["message"],
+        "Switch failed: `nixos-rebuild switch --flake ".to_string()
+            + &format!("{}#{HOST}", s.fx.repo.display())
+            + "` exited 4 after activating the new generation (warning: the following units failed: flaky.service); the new generation passed its checks and stays",
+    );
+    assert!(!s.fakes.file("activated").exists(), "nothing rolled back");
+    assert_eq!(s.statuses().len(), 1, "reported once");
+    assert_no_violations(&s.dash);
+}
+
 #[tokio::test]
 async fn a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once() {
     let s = setup().await;

@@ -85,6 +85,7 @@ fn watch_for(config: &Config, env: &ChildEnv) -> Result<Watch, String> {
         kind,
         profile: config.rollback.system_profile.clone(),
         deadline: config.rollback.deadline,
+        current: Some(current),
     })
 }
 
@@ -264,11 +265,33 @@ impl Run {
             Some(p) => format!("{p}; {m}"),
             None => m,
         };
-        let report = match verdict {
-            Verdict::Confirmed => Report::ok(with_prefix(format!(
+        // a tool that failed after activating: its failure is part of the story
+        let failed_tool = watchdog::activated_with_error(&record).map(|code| {
+            let mut failed = format!(
+                "`{}` exited {code} after activating the new generation",
+                record.label()
+            );
+            let tail = record.tail();
+            if !tail.is_empty() {
+                failed.push_str(&format!(" ({})", tail.lines().last().unwrap_or_default()));
+            }
+            (code, failed)
+        });
+        let report = match (verdict, failed_tool) {
+            (Verdict::Confirmed, None) => Report::ok(with_prefix(format!(
                 "{what} succeeded; confirmed by the new generation"
             ))),
-            Verdict::RollBack(why) => {
+            (Verdict::Confirmed, Some((code, failed))) => Report::error(
+                code,
+                with_prefix(format!(
+                    "{what} failed: {failed}; the new generation passed its checks and stays"
+                )),
+            ),
+            (Verdict::RollBack(why), failed) => {
+                let why = match failed {
+                    Some((_, failed)) => format!("{why} ({failed})"),
+                    None => why,
+                };
                 self.sink
                     .note(format!("[nixfleet-agent] rolling back: {why}"))
                     .await;

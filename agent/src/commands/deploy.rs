@@ -15,7 +15,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::watchdog::Watch;
+use super::watchdog::{self, Watch};
 use super::*;
 use crate::config::SwitchTool;
 
@@ -165,7 +165,10 @@ impl Run {
     /// A watched switch that succeeded is reported by the next agent process,
     /// once the new generation confirmed it (or it was rolled back).
     async fn defer_if_watched(&self, record: &Record, ended: Ended) -> Option<Report> {
-        if ended != Ended::Exit(0) {
+        let Ended::Exit(code) = ended else {
+            return None;
+        };
+        if !watchdog::engaged(record, code) {
             return None;
         }
         let watch = Watch::load(record)?;
@@ -227,7 +230,7 @@ impl Commands {
         let root = self.inner.config.state_dir.join("switch");
         for record in switch::pending(&root) {
             if let Some(code) = record.exit_code() {
-                if code == 0
+                if watchdog::engaged(&record, code)
                     && let Some(watch) = Watch::load(&record)
                 {
                     if !self.confirm_switch(record.clone(), watch) {

@@ -131,12 +131,14 @@ pub fn supervise_main(args: &[String]) -> i32 {
             1
         }
     };
+    // a watched switch that succeeded, or that failed after activating the
+    // new system (marked before its code is on record), waits for the new
+    // generation's verdict
+    let watch = Watch::load(&record).filter(|w| watchdog::note_tool_end(&record, w, code));
     let code = record.finish_with(code);
-    // a watched switch that succeeded (and whose success is on record) waits
-    // for the new generation's verdict
-    if code == 0
-        && record.exit_code() == Some(0)
-        && let Some(watch) = Watch::load(&record)
+    if let Some(watch) = watch
+        && record.exit_code() == Some(code)
+        && watchdog::engaged(&record, code)
     {
         return watchdog::guard(&record, &watch);
     }

@@ -56,6 +56,10 @@ pub struct Watch {
     pub kind: Kind,
     /// The system profile set back to `previous` (NixOS and nix-darwin).
     pub profile: PathBuf,
+    /// The link that names the running system (`/run/current-system`, or the
+    /// Home Manager profile): whether a switch activated is told by where it
+    /// points, not by the tool's exit code.
+    pub current: Option<PathBuf>,
     /// The confirmation window.
     pub deadline: Duration,
 }
@@ -93,13 +97,16 @@ pub enum Verdict {
 impl Watch {
     /// Writes the `watch` file of `record`.
     pub fn save(&self, record: &Record) -> std::io::Result<()> {
-        let text = format!(
+        let mut text = format!(
             "previous={}\nkind={}\nprofile={}\ndeadline={}\n",
             self.previous.display(),
             self.kind.as_str(),
             self.profile.display(),
             self.deadline.as_secs()
         );
+        if let Some(current) = &self.current {
+            text.push_str(&format!("current={}\n", current.display()));
+        }
         record.write_file("watch", text.as_bytes())
     }
 
@@ -122,7 +129,17 @@ impl Watch {
             kind,
             profile: PathBuf::from(field("profile")?),
             deadline: Duration::from_secs(field("deadline")?.parse().ok()?),
+            current: field("current").map(PathBuf::from),
         })
+    }
+
+    /// Whether the running system is no longer the one before the switch:
+    /// the switch activated, whatever the tool's exit code says.
+    pub fn activated(&self) -> bool {
+        self.current
+            .as_deref()
+            .and_then(|c| fs::canonicalize(c).ok())
+            .is_some_and(|now| now != self.previous)
     }
 
     /// The name of the generation rolled back to: its store path's name.
@@ -132,6 +149,41 @@ impl Watch {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| self.previous.display().to_string())
     }
+}
+
+/// The record's marker of a switch whose tool failed after it had activated
+/// the new system (its content: the tool's exit code).
+const ACTIVATED_MARKER: &str = "activated.exit";
+
+/// Called by the supervisor when the tool ended with `code`, before the code
+/// is on record: a failed tool whose switch activated all the same is marked,
+/// so that it is watched (health checks, failed units, the restart onto the
+/// new generation) like a switch that succeeded. Returns whether the switch
+/// is to be watched.
+pub fn note_tool_end(record: &Record, watch: &Watch, code: i32) -> bool {
+    if code == 0 {
+        return true;
+    }
+    if !watch.activated() {
+        return false;
+    }
+    if let Err(e) = record.write_file(ACTIVATED_MARKER, code.to_string().as_bytes()) {
+        eprintln!("nixfleet-agent: cannot mark the switch as activated: {e}");
+        return false;
+    }
+    true
+}
+
+/// The exit code of a tool that failed after activating, if the supervisor
+/// marked it so.
+pub fn activated_with_error(record: &Record) -> Option<i32> {
+    record.read_small(ACTIVATED_MARKER)?.trim().parse().ok()
+}
+
+/// Whether a switch that ended with `code` is watched: it succeeded, or it
+/// failed after activating.
+pub fn engaged(record: &Record, code: i32) -> bool {
+    code == 0 || activated_with_error(record) == Some(code)
 }
 
 /// Decides, unless decided already; returns the verdict that holds.
