@@ -53,7 +53,8 @@ pub fn identity(config: &Config, freshness: host::Freshness) -> Identity {
             heartbeat_interval: config.interval_secs,
             location: config.location.clone(),
             device_type: config.device_type.clone(),
-            repo_url: config.repo_url().to_string(),
+            // a credential in the URL never reaches the dashboard
+            repo_url: config::redact_repo_url(config.repo_url()),
             repo_dir: config.repo_dir.display().to_string(),
             freshness,
         },

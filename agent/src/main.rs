@@ -163,7 +163,9 @@ fn print_check(config: &Config) -> i32 {
     let (sample, source) = metrics.sample();
     let generation = host::git_head_commit(&config.repo_dir);
     let mode = match &config.repo_mode {
-        config::RepoMode::Isolated { url } => format!("isolated (own clone of {url})"),
+        config::RepoMode::Isolated { url } => {
+            format!("isolated (own clone of {})", config::redact_repo_url(url))
+        }
         config::RepoMode::Legacy => "legacy (existing checkout)".to_string(),
     };
     println!("configuration OK");

@@ -494,3 +494,47 @@ async fn a_password_in_the_dashboard_url_is_never_logged() {
     assert!(text.contains("dashboard:        ws://***@"), "{text}");
     assert!(!text.contains(PASSWORD) && !String::from_utf8_lossy(&out.stderr).contains(PASSWORD));
 }
+
+/// A repository URL may carry a credential (`https://<token>@host/…`): it
+/// never reaches `register.repo_url`, a status message, the log or
+/// `--check`.
+#[tokio::test]
+async fn a_credential_in_the_repository_url_is_never_shown() {
+    const SECRET: &str = "repo-tok-51d2";
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    // nobody listens there: the initial clone and every pull fail
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let repo_url = format!("http://{SECRET}@{addr}/cfg.git");
+    let builder = || {
+        AgentBuilder::new(&dash.ws_url(), "repotok", &fx)
+            .without("NIXFLEET_REPO_DIR")
+            .env("NIXFLEET_REPO_URL", &repo_url)
+            .env("NIXFLEET_LOG_LEVEL", "trace")
+    };
+    let mut agent = builder().spawn();
+    let (reg, seq) = wait_register(&dash, "repotok", 0).await;
+    assert_eq!(s(&reg, "repo_url"), format!("http://***@{addr}/cfg.git"));
+    dash.send_command("repotok", "pull").await.unwrap();
+    let st = status_for(&dash, "repotok", "pull", seq).await;
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    let everything: String = dash
+        .frames("repotok", None)
+        .iter()
+        .map(|f| f.payload.to_string())
+        .collect();
+    assert!(
+        !everything.contains(SECRET),
+        "leaked to the dashboard: {everything}"
+    );
+    agent.signal(libc::SIGTERM);
+    agent.wait_exit(Duration::from_secs(10)).await;
+    assert!(agent.log.wait_closed(WAIT).await, "stderr never ended");
+    assert!(!agent.log.text().contains(SECRET), "{}", agent.log.text());
+    let out = builder().command().arg("--check").output().await.unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("***@"), "{printed}");
+    assert!(!printed.contains(SECRET), "{printed}");
+}

@@ -165,7 +165,8 @@ impl Commands {
         let log = Arc::new(RunLog::create(&config.log_dir, "clone"));
         let sink = Sink::new("clone", None, log);
         tracing::info!(
-            "cloning {url} (branch {}) into {}",
+            "cloning {} (branch {}) into {}",
+            crate::config::redact_repo_url(url),
             config.branch,
             config.repo_dir.display()
         );

@@ -202,7 +202,7 @@ pub use deploy::{
     RollbackSettings, SYSTEM_KNOWN_HOSTS, SYSTEM_PROFILE, SshSettings, TrustSettings,
 };
 use deploy::{rollback_settings, trust_settings};
-pub use secrets::{Token, TokenSource, parse_token_file, redact_url};
+pub use secrets::{Token, TokenSource, parse_token_file, redact_repo_url, redact_url};
 use secrets::{token, url};
 
 /// An invalid configuration: which variable, and how to fix it.

@@ -160,6 +160,30 @@ pub(super) fn url(env: &Env<'_>) -> Result<String, ConfigError> {
     }
 }
 
+/// A repository URL fit for a log line, `--check`, a status message or the
+/// dashboard (`register.repo_url`): a credential in it is replaced by `***`.
+/// For `http(s)://` the whole user-info part counts as one (a token is often
+/// the user name: `https://<token>@host/…`); for `ssh://` and scp-like
+/// `user@host:path` only a password (`user:password@`), since the user name is
+/// not secret; query values as [`redact_url`] does.
+pub fn redact_repo_url(url: &str) -> String {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return redact_url(url);
+    }
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => (String::new(), url),
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') && !userinfo.contains('/') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}{user}:***@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// `url` fit for a log line, an error or `--check`: a password or token in
 /// it is replaced by `***` — the user-info part (`user:password@`), and the
 /// value of every query parameter.

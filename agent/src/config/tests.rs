@@ -247,3 +247,24 @@ fn token_is_redacted() {
     let c = with(&[("NIXFLEET_TOKEN", "hunter2")]).unwrap();
     assert!(!format!("{c:?}").contains("hunter2"));
 }
+
+#[test]
+fn repository_credentials_are_redacted_but_not_ssh_user_names() {
+    use super::redact_repo_url as r;
+    assert_eq!(
+        r("https://user:tok@github.com/me/cfg.git"),
+        "https://***@github.com/me/cfg.git"
+    );
+    assert_eq!(
+        r("https://ghp_secret@github.com/me/cfg.git"),
+        "https://***@github.com/me/cfg.git"
+    );
+    assert_eq!(r("git@github.com:me/cfg.git"), "git@github.com:me/cfg.git");
+    assert_eq!(r("ssh://git@host/me/cfg.git"), "ssh://git@host/me/cfg.git");
+    assert_eq!(
+        r("ssh://git:pw@host/me/cfg.git"),
+        "ssh://git:***@host/me/cfg.git"
+    );
+    assert_eq!(r("/srv/git/cfg.git"), "/srv/git/cfg.git");
+    assert_eq!(r("--branch"), "--branch");
+}

@@ -345,7 +345,8 @@ impl Spec<'_> {
         let mut label = self.program.to_string_lossy().into_owned();
         for arg in self.args {
             label.push(' ');
-            label.push_str(&arg.to_string_lossy());
+            // a repository URL's credential never reaches a message
+            label.push_str(&crate::config::redact_repo_url(&arg.to_string_lossy()));
         }
         label
     }
