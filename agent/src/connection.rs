@@ -380,13 +380,15 @@ impl Connection {
                         r = guarded(sink.feed(text(&marker)), &deadline, &mut events).await;
                     }
                     if r.is_ok()
-                        && let Some(frame) = &ready
+                        && let Some((_, frame)) = &ready
                     {
                         r = guarded(sink.send(text(frame)), &deadline, &mut events).await;
                     }
-                    if r.is_ok() {
-                        self.out.outbox_done();
-                        if let Some(Outgoing::Status(st)) = &ready {
+                    if r.is_ok()
+                        && let Some((id, frame)) = &ready
+                    {
+                        self.out.outbox_done(*id);
+                        if let Outgoing::Status(st) = frame {
                             tracing::debug!(
                                 "status of {} written; it counts once the dashboard confirms it",
                                 st.command
@@ -396,7 +398,7 @@ impl Connection {
                     // The hub completes an operation only at the heartbeat
                     // after its status (upstream lifecycle.go), so one follows
                     // every status at once, carrying the new compartments.
-                    if r.is_ok() && matches!(ready, Some(Outgoing::Status(_))) {
+                    if r.is_ok() && matches!(ready, Some((_, Outgoing::Status(_)))) {
                         let frame = self.heartbeat_frame();
                         r = guarded(sink.send(text(&frame)), &deadline, &mut events).await;
                     }
@@ -447,9 +449,9 @@ impl Connection {
         let until = Instant::now() + DRAIN_WAIT;
         let work = async {
             loop {
-                if let Some(frame) = self.out.outbox_ready() {
+                if let Some((id, frame)) = self.out.outbox_ready() {
                     guarded(sink.send(text(&frame)), deadline, events).await?;
-                    self.out.outbox_done();
+                    self.out.outbox_done(id);
                     if matches!(frame, Outgoing::Status(_)) {
                         let beat = self.heartbeat_frame();
                         guarded(sink.send(text(&beat)), deadline, events).await?;

@@ -136,8 +136,13 @@ pub fn lanes(stall_timeout: Duration) -> (std::sync::Arc<Outbound>, OutboundRx) 
 /// confirmed by a pong.
 #[derive(Debug, Default)]
 struct Outbox {
-    /// `(output lines enqueued before it, frame)`, in order.
-    queue: VecDeque<(u64, Outgoing)>,
+    /// `(output lines enqueued before it, id, frame)`, in order.
+    queue: VecDeque<(u64, u64, Outgoing)>,
+    /// The id of the frame handed out to be written ([`Outbound::outbox_ready`])
+    /// and not yet done: never evicted.
+    in_flight: Option<u64>,
+    /// The next frame's id.
+    next_id: u64,
     /// Written on this connection, not yet confirmed, in order.
     unconfirmed: VecDeque<Outgoing>,
     /// Frames ever moved to `unconfirmed` / ever confirmed (on this connection).
@@ -157,6 +162,43 @@ const MAX_PINGS: usize = 64;
 impl Outbox {
     fn len(&self) -> usize {
         self.queue.len() + self.unconfirmed.len()
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Makes room for one more frame when the outbox is full; returns
+    /// whether `incoming` is to be queued. The frame being written is never
+    /// evicted, and a status never for a progress frame: the oldest progress
+    /// frame goes first; a new progress frame is dropped when only statuses
+    /// are left; only a new status evicts the oldest status.
+    fn make_room(&mut self, incoming: &Outgoing) -> bool {
+        if self.len() < OUTBOX_CAPACITY {
+            return true;
+        }
+        let in_flight = self.in_flight;
+        let evictable = |status: bool| {
+            move |(_, id, frame): &(u64, u64, Outgoing)| {
+                Some(*id) != in_flight && matches!(frame, Outgoing::Status(_)) == status
+            }
+        };
+        if let Some(i) = self.queue.iter().position(evictable(false)) {
+            if let Some((_, _, old)) = self.queue.remove(i) {
+                tracing::warn!("outbox full, dropping the oldest {} frame", old.kind());
+            }
+            return true;
+        }
+        if !matches!(incoming, Outgoing::Status(_)) {
+            tracing::warn!("outbox full of statuses, dropping a new {} frame", incoming.kind());
+            return false;
+        }
+        if let Some(i) = self.queue.iter().position(evictable(true)) {
+            tracing::warn!("outbox full of statuses, dropping the oldest one");
+            self.queue.remove(i);
+        }
+        true
     }
 }
 
@@ -180,12 +222,10 @@ impl Outbound {
         let is_status = matches!(frame, Outgoing::Status(_));
         {
             let mut outbox = lock(&self.outbox);
-            if outbox.len() >= OUTBOX_CAPACITY
-                && let Some((_, old)) = outbox.queue.pop_front()
-            {
-                tracing::warn!("outbox full, dropping the oldest {} frame", old.kind());
+            if outbox.make_room(&frame) {
+                let id = outbox.id();
+                outbox.queue.push_back((after, id, frame));
             }
-            outbox.queue.push_back((after, frame));
         }
         self.outbox_changed.notify_one();
         if is_status {
@@ -198,7 +238,8 @@ impl Outbound {
     pub fn restore(&self, frames: Vec<Outgoing>) {
         let mut outbox = lock(&self.outbox);
         for frame in frames.into_iter().rev() {
-            outbox.queue.push_front((0, frame));
+            let id = outbox.id();
+            outbox.queue.push_front((0, id, frame));
         }
         drop(outbox);
         self.outbox_changed.notify_one();
@@ -211,7 +252,7 @@ impl Outbound {
         outbox
             .unconfirmed
             .iter()
-            .chain(outbox.queue.iter().map(|(_, f)| f))
+            .chain(outbox.queue.iter().map(|(_, _, f)| f))
             .filter_map(|f| match f {
                 Outgoing::Status(s) => Some(s.clone()),
                 _ => None,
@@ -333,16 +374,19 @@ impl Outbound {
         self.outbox_changed.notified().await;
     }
 
-    /// The next outbox frame if every output line queued before it has been
-    /// consumed; a clone, so that it is only removed by [`Outbound::outbox_done`]
-    /// after it was written.
-    pub fn outbox_ready(&self) -> Option<Outgoing> {
+    /// The next outbox frame and its id if every output line queued before it
+    /// has been consumed; a clone, so that it is only removed by
+    /// [`Outbound::outbox_done`] after it was written. Until then it is in
+    /// flight: a full outbox never evicts it.
+    pub fn outbox_ready(&self) -> Option<(u64, Outgoing)> {
         let consumed = self.consumed.load(Ordering::SeqCst);
-        let outbox = lock(&self.outbox);
-        match outbox.queue.front() {
-            Some((after, frame)) if *after <= consumed => Some(frame.clone()),
+        let mut outbox = lock(&self.outbox);
+        let ready = match outbox.queue.front() {
+            Some((after, id, frame)) if *after <= consumed => Some((*id, frame.clone())),
             _ => None,
-        }
+        };
+        outbox.in_flight = ready.as_ref().map(|(id, _)| *id);
+        ready
     }
 
     /// True if the outbox holds a frame still waiting for earlier output.
@@ -350,11 +394,14 @@ impl Outbound {
         !lock(&self.outbox).queue.is_empty()
     }
 
-    /// After writing the frame [`Outbound::outbox_ready`] returned: it is
-    /// now unconfirmed until a pong confirms it.
-    pub fn outbox_done(&self) {
+    /// After writing the frame [`Outbound::outbox_ready`] returned as `id`: it
+    /// is now unconfirmed until a pong confirms it. Only that very frame moves.
+    pub fn outbox_done(&self, id: u64) {
         let mut outbox = lock(&self.outbox);
-        if let Some((_, frame)) = outbox.queue.pop_front() {
+        outbox.in_flight = None;
+        if outbox.queue.front().is_some_and(|(_, front, _)| *front == id)
+            && let Some((_, _, frame)) = outbox.queue.pop_front()
+        {
             outbox.unconfirmed.push_back(frame);
             outbox.written += 1;
         }
@@ -439,7 +486,8 @@ impl Outbound {
             );
         }
         for frame in back.into_iter().rev() {
-            outbox.queue.push_front((0, frame));
+            let id = outbox.id();
+            outbox.queue.push_front((0, id, frame));
         }
         outbox.pings.clear();
         outbox.written = 0;
@@ -498,6 +546,17 @@ mod tests {
         }
     }
 
+    /// The frame the writer would take now.
+    fn ready(out: &Outbound) -> Option<Outgoing> {
+        out.outbox_ready().map(|(_, frame)| frame)
+    }
+
+    /// The writer takes the next frame and writes it.
+    fn done(out: &Outbound) {
+        let (id, _) = out.outbox_ready().expect("a frame to write");
+        out.outbox_done(id);
+    }
+
     #[tokio::test]
     async fn status_waits_for_earlier_output() {
         let (out, mut rx) = lanes(Duration::from_secs(5));
@@ -505,17 +564,17 @@ mod tests {
         out.line(line("a")).await;
         out.line(line("b")).await;
         out.reliable(status(0));
-        assert!(out.outbox_ready().is_none(), "status overtook output");
+        assert!(ready(&out).is_none(), "status overtook output");
         assert!(rx.output.recv().await.is_some());
         out.note_consumed(1, 5);
-        assert!(out.outbox_ready().is_none());
+        assert!(ready(&out).is_none());
         assert!(rx.output.recv().await.is_some());
         out.note_consumed(1, 5);
-        assert_eq!(out.outbox_ready(), Some(status(0)));
+        assert_eq!(ready(&out), Some(status(0)));
         // not removed until written
-        assert_eq!(out.outbox_ready(), Some(status(0)));
-        out.outbox_done();
-        assert!(out.outbox_ready().is_none());
+        assert_eq!(ready(&out), Some(status(0)));
+        done(&out);
+        assert!(ready(&out).is_none());
         // written, not yet confirmed: still undelivered
         assert_eq!(out.unconfirmed(), 1);
         assert_eq!(out.undelivered().len(), 1);
@@ -526,10 +585,10 @@ mod tests {
         let (out, _rx) = lanes(Duration::from_secs(1));
         out.reliable(status(1));
         out.reliable(status(2));
-        out.outbox_done();
+        done(&out);
         let first = out.confirmation_ping().expect("a ping for status 1");
         assert!(out.confirmation_ping().is_none(), "one ping per batch");
-        out.outbox_done();
+        done(&out);
         let second = out.confirmation_ping().expect("a ping for status 2");
         out.pong(b"");
         out.pong(b"something else");
@@ -546,18 +605,18 @@ mod tests {
         let (out, _rx) = lanes(Duration::from_secs(1));
         out.reliable(status(1));
         out.reliable(status(2));
-        out.outbox_done();
+        done(&out);
         out.confirmation_ping();
         out.requeue_unconfirmed();
         assert_eq!(out.unconfirmed(), 0);
-        assert_eq!(out.outbox_ready(), Some(status(1)));
-        out.outbox_done();
-        assert_eq!(out.outbox_ready(), Some(status(2)));
+        assert_eq!(ready(&out), Some(status(1)));
+        done(&out);
+        assert_eq!(ready(&out), Some(status(2)));
         // a pong of the old connection's ping confirms nothing now
         out.pong(b"nixfleet-ack:1");
         assert_eq!(out.unconfirmed(), 1);
         out.restore(vec![status(0)]);
-        assert_eq!(out.outbox_ready(), Some(status(0)));
+        assert_eq!(ready(&out), Some(status(0)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -600,7 +659,51 @@ mod tests {
         for i in 0..(OUTBOX_CAPACITY as i32 + 5) {
             out.reliable(status(i));
         }
-        assert_eq!(out.outbox_ready(), Some(status(5)));
+        assert_eq!(ready(&out), Some(status(5)));
+    }
+
+    fn progress(current: u32) -> Outgoing {
+        Outgoing::TestProgress(crate::protocol::TestProgress {
+            current,
+            total: 1000,
+            passed: current,
+            running: true,
+            result: String::new(),
+        })
+    }
+
+    #[test]
+    fn a_full_outbox_never_evicts_the_frame_being_written_nor_a_status_for_progress() {
+        let (out, _rx) = lanes(Duration::from_secs(1));
+        out.reliable(status(0));
+        // the writer takes the status; while it writes, the outbox fills up
+        let (id, frame) = out.outbox_ready().unwrap();
+        assert_eq!(frame, status(0));
+        for i in 0..(OUTBOX_CAPACITY as u32 + 10) {
+            out.reliable(progress(i));
+        }
+        out.reliable(status(1));
+        // the frame written is the one that moves to unconfirmed
+        out.outbox_done(id);
+        assert_eq!(out.unconfirmed(), 1);
+        let exit_codes: Vec<i32> = out.undelivered().iter().map(|s| s.exit_code).collect();
+        assert_eq!(exit_codes, [0, 1], "both statuses kept");
+        let mut queued = 0;
+        while let Some((id, _)) = out.outbox_ready() {
+            out.outbox_done(id);
+            queued += 1;
+        }
+        assert!(queued < OUTBOX_CAPACITY, "{queued}");
+    }
+
+    #[test]
+    fn a_done_for_a_frame_that_is_not_at_the_front_moves_nothing() {
+        let (out, _rx) = lanes(Duration::from_secs(1));
+        out.reliable(status(0));
+        let (id, _) = out.outbox_ready().unwrap();
+        out.outbox_done(id + 100);
+        assert_eq!(out.unconfirmed(), 0, "nothing was written");
+        assert_eq!(ready(&out), Some(status(0)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -77,8 +77,8 @@ async fn fake_writer(out: Arc<Outbound>, rx: OutboundRx, frames: Arc<Mutex<Vec<O
             _ = out.outbox_changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
         }
-        while let Some(f) = out.outbox_ready() {
-            out.outbox_done();
+        while let Some((id, f)) = out.outbox_ready() {
+            out.outbox_done(id);
             lock(&frames).push(f);
         }
     }
