@@ -135,6 +135,7 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         }
         _ = &mut signal => {
             commands.shutdown().await;
+            write_state_on_exit(&state, &out, &config.state_dir).await;
             return 0;
         }
     }
@@ -173,8 +174,19 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         }
     };
     commands.shutdown().await;
+    write_state_on_exit(&state, &out, &config.state_dir).await;
+    stop.code
+}
+
+/// The compartments and the undelivered statuses, written before the
+/// process exits, however it exits.
+async fn write_state_on_exit(
+    state: &AgentState,
+    out: &Arc<outbound::Outbound>,
+    state_dir: &std::path::Path,
+) {
     let compartments = state.compartments().clone();
-    let (o, dir) = (out.clone(), config.state_dir.clone());
+    let (o, dir) = (out.clone(), state_dir.to_path_buf());
     let flushed = tokio::task::spawn_blocking(move || {
         compartments.flush();
         undelivered::flush(&o, &dir);
@@ -182,7 +194,6 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
     if let Err(e) = flushed.await {
         tracing::warn!("writing the state on exit failed: {e}");
     }
-    stop.code
 }
 
 /// Hashes the binary on a thread of its own when the cache did not have the

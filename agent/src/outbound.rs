@@ -191,7 +191,10 @@ impl Outbox {
             return true;
         }
         if !matches!(incoming, Outgoing::Status(_)) {
-            tracing::warn!("outbox full of statuses, dropping a new {} frame", incoming.kind());
+            tracing::warn!(
+                "outbox full of statuses, dropping a new {} frame",
+                incoming.kind()
+            );
             return false;
         }
         if let Some(i) = self.queue.iter().position(evictable(true)) {
@@ -399,7 +402,10 @@ impl Outbound {
     pub fn outbox_done(&self, id: u64) {
         let mut outbox = lock(&self.outbox);
         outbox.in_flight = None;
-        if outbox.queue.front().is_some_and(|(_, front, _)| *front == id)
+        if outbox
+            .queue
+            .front()
+            .is_some_and(|(_, front, _)| *front == id)
             && let Some((_, _, frame)) = outbox.queue.pop_front()
         {
             outbox.unconfirmed.push_back(frame);

@@ -588,3 +588,38 @@ async fn names_outside_the_set_are_refused_and_run_nothing() {
     assert!(!fakes.file("rebuild.argv").exists());
     assert_no_violations(&dash);
 }
+
+/// The status of a reboot an earlier process asked for is kept before the
+/// reboot record that stands for it goes: at no moment is the result only in
+/// memory (a kill or a power loss then loses nothing). The dashboard is down,
+/// so the status can only be kept.
+#[tokio::test]
+async fn the_reboot_status_is_kept_before_its_record_goes() {
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let boot_id = fx.tmp.path().join("boot_id");
+    std::fs::write(&boot_id, "second-boot\n").unwrap();
+    std::fs::create_dir_all(&fx.state).unwrap();
+    let record = fx.state.join("reboot.json");
+    std::fs::write(
+        &record,
+        r#"{"boot":"first-boot","requested_at":"2026-12-01T21:27:05Z"}"#,
+    )
+    .unwrap();
+    let undelivered = fx.state.join("undelivered.json");
+    let _a = AgentBuilder::new("ws://127.0.0.1:9/ws", HOST, &fx)
+        .with_fakes(&fakes)
+        .env("NIXFLEET_BOOT_ID_FILE", boot_id.to_str().unwrap())
+        .spawn();
+    // the moment the record is gone, the status must be on disk already
+    let deadline = std::time::Instant::now() + WAIT;
+    while record.exists() {
+        assert!(std::time::Instant::now() < deadline, "the record stays");
+        std::thread::yield_now();
+    }
+    let kept = std::fs::read_to_string(&undelivered).unwrap_or_default();
+    assert!(
+        kept.contains("Rebooted: the host is back"),
+        "the record went before its status was kept: {kept:?}"
+    );
+}

@@ -306,7 +306,7 @@ impl Run {
                 }
             }
         };
-        self.finish(report);
+        self.finish(report).await;
     }
 
     /// The report after the supervisor's rollback (waited for), with the

@@ -279,6 +279,9 @@ impl Commands {
         self.row()
             .system_result(system_label(command), report.outcome, report.exit_code);
         self.send_status(report, command.as_str());
+        // at start, before connecting: the status is kept before the record
+        // stops counting
+        crate::undelivered::flush(&self.inner.out, &self.inner.config.state_dir);
         record.mark_reported();
     }
 
@@ -332,13 +335,13 @@ impl Commands {
                 .await;
             let ended = switch::follow(&record, &run.sink, &run.ctl, None, true).await;
             if let Some(deferred) = run.defer_if_watched(&record, ended).await {
-                run.finish(deferred);
+                run.finish(deferred).await;
                 return;
             }
             let report = switch_report(&record, ended)
                 .map(|m| Report::ok(m).with_restart())
                 .unwrap_or_else(|r| r);
-            run.finish(report);
+            run.finish(report).await;
         });
         true
     }

@@ -450,7 +450,7 @@ impl Commands {
             }
         };
         let report = report.unwrap_or_else(|r| r);
-        run.finish(report);
+        run.finish(report).await;
     }
 }
 

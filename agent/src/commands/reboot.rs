@@ -154,7 +154,6 @@ impl Commands {
         let Some(pending) = read_record(&record) else {
             return;
         };
-        let _ = std::fs::remove_file(&record);
         let report = match pending {
             Ok(p) if p.boot != boot_identity(&config.boot_id_file) => Report::ok(format!(
                 "Rebooted: the host is back (reboot requested at {})",
@@ -169,11 +168,15 @@ impl Commands {
             ),
             Err(why) => {
                 tracing::warn!("ignoring the unreadable reboot record: {why}");
+                let _ = std::fs::remove_file(&record);
                 return;
             }
         };
         tracing::info!("reporting the reboot asked for by an earlier agent process");
         self.send_status(report, "reboot");
+        // the status is kept before the record that asked for it goes
+        crate::undelivered::flush(&self.inner.out, &config.state_dir);
+        let _ = std::fs::remove_file(&record);
     }
 }
 

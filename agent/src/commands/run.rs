@@ -127,10 +127,12 @@ impl Run {
         self.ctl.finish();
     }
 
-    /// Reports the run: the slot is released first, then the status queued,
-    /// then the switch record marked, then (after a successful switch) the
-    /// agent asked to exit for a restart.
-    pub(super) fn finish(self, mut report: Report) {
+    /// Reports the run: the slot is released first, then the status queued;
+    /// a switch's status is written to the undelivered statuses before its
+    /// record is marked reported (a kill or power loss in between must leave
+    /// the status somewhere); then (after a successful switch) the agent is
+    /// asked to exit for a restart.
+    pub(super) async fn finish(self, mut report: Report) {
         if let Some(cause) = self.ctl.stop_cause()
             && report.outcome != Outcome::Ok
         {
@@ -160,9 +162,17 @@ impl Run {
         self.commands.release(&self.ctl);
         let restart = report.restart;
         self.commands.send_status(report, &command);
-        if let Some(record) = &self.record {
-            record.mark_reported();
-            switch::prune(&inner.config.state_dir.join("switch"), switch::KEEP_RECORDS);
+        if let Some(record) = self.record.clone() {
+            let (out, dir) = (inner.out.clone(), inner.config.state_dir.clone());
+            let persisted = tokio::task::spawn_blocking(move || {
+                crate::undelivered::flush(&out, &dir);
+                record.mark_reported();
+                switch::prune(&dir.join("switch"), switch::KEEP_RECORDS);
+            })
+            .await;
+            if let Err(e) = persisted {
+                tracing::warn!("keeping the switch's status failed: {e}");
+            }
         }
         if restart {
             inner.exiting.store(true, Ordering::SeqCst);
