@@ -76,9 +76,16 @@ pub(super) fn switch_report(record: &Record, ended: Ended) -> Result<String, Rep
 
 impl Run {
     pub(super) async fn switch(&mut self, command: CommandName) -> Result<String, Report> {
-        self.check_head(system_label(command)).await?;
         let config = self.inner().config.clone();
-        let mut argv = switch::argv(config.switch_tool.program(), &config.flake);
+        let pin = |commit: &str| trust::pinned_flake(&config.repo_dir, &config.flake, commit);
+        let pinnable = pin("0").is_some();
+        let verified = self.check_head(system_label(command), pinnable).await?;
+        // with signatures required, the verified commit itself is built
+        let flake = verified
+            .as_deref()
+            .and_then(pin)
+            .unwrap_or_else(|| config.flake.clone());
+        let mut argv = switch::argv(config.switch_tool.program(), &flake);
         if command == CommandName::ForceRebuild {
             // A cached "not in the binary cache" answer can keep serving an
             // old build (upstream P7220): forget negative lookups for this run.

@@ -113,18 +113,33 @@ impl ChildEnv {
     /// the child runs (`GIT_CONFIG_COUNT`, command scope, which git honours
     /// for that setting): the agent, as root, reads a checkout that belongs
     /// to another user without any system git configuration.
+    ///
+    /// That checkout's `.git/config` is its owner's to write, and git as root
+    /// must not run what it names: command scope overrides it for the
+    /// settings that start programs (`core.fsmonitor` on `git status`, hooks,
+    /// the signature programs of `verify-commit`), and `GIT_OPTIONAL_LOCKS=0`
+    /// keeps root's git from writing the owner's index.
     pub fn with_safe_directory(mut self, dir: &Path) -> ChildEnv {
-        self.vars.extend([
-            (OsString::from("GIT_CONFIG_COUNT"), OsString::from("1")),
-            (
-                OsString::from("GIT_CONFIG_KEY_0"),
-                OsString::from("safe.directory"),
-            ),
-            (
-                OsString::from("GIT_CONFIG_VALUE_0"),
-                dir.as_os_str().to_owned(),
-            ),
-        ]);
+        let settings: [(&str, &OsStr); 6] = [
+            ("safe.directory", dir.as_os_str()),
+            ("core.fsmonitor", OsStr::new("false")),
+            ("core.hooksPath", OsStr::new("/dev/null")),
+            ("gpg.program", OsStr::new("gpg")),
+            ("gpg.ssh.program", OsStr::new("ssh-keygen")),
+            ("gpg.x509.program", OsStr::new("gpgsm")),
+        ];
+        self.vars.push((
+            OsString::from("GIT_CONFIG_COUNT"),
+            OsString::from(settings.len().to_string()),
+        ));
+        for (i, (key, value)) in settings.iter().enumerate() {
+            self.vars
+                .push((format!("GIT_CONFIG_KEY_{i}").into(), OsString::from(key)));
+            self.vars
+                .push((format!("GIT_CONFIG_VALUE_{i}").into(), value.to_os_string()));
+        }
+        self.vars
+            .push((OsString::from("GIT_OPTIONAL_LOCKS"), OsString::from("0")));
         self
     }
 
@@ -136,10 +151,12 @@ impl ChildEnv {
             .vars
             .iter()
             .filter(|(k, _)| {
+                let k = k.to_string_lossy();
+                // the owner's own git configuration applies to the owner's git
                 !matches!(
-                    k.to_str(),
-                    Some("HOME" | "USER" | "LOGNAME" | "GIT_SSH_COMMAND")
-                )
+                    &*k,
+                    "HOME" | "USER" | "LOGNAME" | "GIT_SSH_COMMAND" | "GIT_OPTIONAL_LOCKS"
+                ) && !k.starts_with("GIT_CONFIG_")
             })
             .cloned()
             .collect();
@@ -276,6 +293,75 @@ mod tests {
             Path::new("/var/lib/nixfleet-agent"),
             &settings(key, false),
         )
+    }
+
+    /// Root's git in a checkout another user owns does not run what that
+    /// user's `.git/config` names (real git, a real repository).
+    #[test]
+    fn git_with_a_safe_directory_runs_nothing_the_checkout_config_names() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        let marker = tmp.path().join("ran");
+        let evil = tmp.path().join("evil.sh");
+        std::fs::write(&evil, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+        std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let git = |args: &[&str], env: &[(OsString, OsString)]| {
+            std::process::Command::new("git")
+                .args(args)
+                .current_dir(&repo)
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("PATH", std::env::var_os("PATH").unwrap())
+                .env("HOME", tmp.path())
+                .output()
+                .unwrap()
+        };
+        std::fs::create_dir_all(&repo).unwrap();
+        for args in [
+            &["init", "-q"][..],
+            &["config", "user.email", "a@b"],
+            &["config", "user.name", "a"],
+        ] {
+            assert!(git(args, &[]).status.success());
+        }
+        std::fs::write(repo.join("f"), "x").unwrap();
+        git(&["add", "f"], &[]);
+        git(&["commit", "-qm", "f"], &[]);
+        let evil = evil.to_str().unwrap();
+        git(&["config", "core.fsmonitor", evil], &[]);
+        git(&["config", "gpg.ssh.program", evil], &[]);
+        git(&["config", "gpg.program", evil], &[]);
+        // the configuration works as its owner wrote it
+        git(&["status", "--porcelain"], &[]);
+        assert!(
+            marker.exists(),
+            "the fixture's fsmonitor did not run at all"
+        );
+        std::fs::remove_file(&marker).unwrap();
+
+        let env = build(&[], None).with_safe_directory(&repo);
+        let out = git(&["status", "--porcelain"], env.vars());
+        assert!(out.status.success(), "{out:?}");
+        let _ = git(&["verify-commit", "HEAD"], env.vars());
+        assert!(
+            !marker.exists(),
+            "root's git ran a program the checkout's config names"
+        );
+        // the owner's own git gets the owner's configuration
+        let owner = crate::commands::owner::Account {
+            name: "alice".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/home/alice".into(),
+        };
+        let theirs = env.as_owner(&owner);
+        assert!(
+            theirs
+                .vars()
+                .iter()
+                .all(|(k, _)| !k.to_string_lossy().starts_with("GIT_CONFIG"))
+        );
     }
 
     #[test]

@@ -320,12 +320,20 @@ impl super::Run {
     }
 
     /// When signed commits are required: refuses to build a HEAD without a
-    /// trusted signature, or with changes to tracked files on top of it.
-    pub(super) async fn check_head(&self, what: &str) -> Result<(), super::Report> {
+    /// trusted signature; returns the verified commit, which the switch then
+    /// builds exactly ([`pinned_flake`]). Changes to tracked files on top of
+    /// it are refused where the build would take the working tree; where it
+    /// takes the commit, they do not matter and `git status` is not run (in a
+    /// checkout another user owns it could run that user's filters as root).
+    pub(super) async fn check_head(
+        &self,
+        what: &str,
+        pinned: bool,
+    ) -> Result<Option<String>, super::Report> {
         let inner = self.inner();
         let trust = inner.config.trust.clone();
         if !trust.require_signed {
-            return Ok(());
+            return Ok(None);
         }
         let repo = inner.config.repo_dir.clone();
         let env = inner.env.vars().to_vec();
@@ -333,9 +341,9 @@ impl super::Run {
         let verified = self.verified.clone();
         let refused =
             |why: String| super::Report::error(super::NOT_RUN, format!("{what} refused: {why}"));
-        let checked = blocking(move || {
+        let (head, newly) = blocking(move || {
             let head = rev_parse(&repo, "HEAD", &env)?;
-            if tracked_changes(&repo, &env)? {
+            if !pinned && tracked_changes(&repo, &env)? {
                 return Err(format!(
                     "the checkout has changes to tracked files on top of {}, and only signed commits are deployed",
                     short(&head)
@@ -343,7 +351,7 @@ impl super::Run {
             }
             // the pull of this run verified it already
             if verified.as_deref() == Some(head.as_str()) {
-                return Ok(None);
+                return Ok((head, false));
             }
             verify_commit(&repo, &head, &trust.signers, &scratch, &env).map_err(|why| {
                 format!(
@@ -351,19 +359,60 @@ impl super::Run {
                     short(&head)
                 )
             })?;
-            Ok(Some(head))
+            Ok((head, true))
         })
         .await
         .map_err(refused)?;
-        let Some(checked) = checked else {
-            return Ok(());
-        };
-        self.sink
-            .note(format!(
-                "[nixfleet-agent] commit {} is signed by a trusted key",
-                short(&checked)
-            ))
-            .await;
-        Ok(())
+        if newly {
+            self.sink
+                .note(format!(
+                    "[nixfleet-agent] commit {} is signed by a trusted key",
+                    short(&head)
+                ))
+                .await;
+        }
+        Ok(Some(head))
+    }
+}
+
+/// The flake reference that builds exactly `commit` of the checkout, for a
+/// `flake` that names the checkout itself (`<repo_dir>#<attr>`):
+/// `git+file://<repo_dir>?rev=<commit>#<attr>`. Nix takes the tree from the
+/// commit, never the working tree, so what was verified is what is built.
+/// `None` for any other flake, or a path a URL cannot carry as it is.
+pub fn pinned_flake(repo_dir: &Path, flake: &str, commit: &str) -> Option<String> {
+    let repo = repo_dir.to_str()?;
+    let attr = flake.strip_prefix(repo)?.strip_prefix('#')?;
+    let plain = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.+@".contains(&b))
+    };
+    (repo.starts_with('/') && plain(repo) && plain(attr) && !attr.is_empty())
+        .then(|| format!("git+file://{repo}?rev={commit}#{attr}"))
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::pinned_flake;
+    use std::path::Path;
+
+    #[test]
+    fn only_the_checkout_itself_is_pinned() {
+        let repo = Path::new("/srv/nixcfg");
+        assert_eq!(
+            pinned_flake(repo, "/srv/nixcfg#web-1", "abc").as_deref(),
+            Some("git+file:///srv/nixcfg?rev=abc#web-1")
+        );
+        assert_eq!(
+            pinned_flake(repo, "/srv/nixcfg#alice@mac", "abc").as_deref(),
+            Some("git+file:///srv/nixcfg?rev=abc#alice@mac")
+        );
+        assert_eq!(pinned_flake(repo, "/srv/other#web-1", "abc"), None);
+        assert_eq!(pinned_flake(repo, "/srv/nixcfg/sub#web-1", "abc"), None);
+        assert_eq!(pinned_flake(repo, "github:me/cfg#web-1", "abc"), None);
+        assert_eq!(
+            pinned_flake(Path::new("/srv/nix cfg"), "/srv/nix cfg#w", "abc"),
+            None
+        );
     }
 }
