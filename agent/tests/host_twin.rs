@@ -20,6 +20,8 @@
 //! them the tests say so and pass, unless `NIXFLEET_HOST_TWIN=require` (what
 //! `.ci/run` sets), where they fail.
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use std::path::{Path, PathBuf};
