@@ -1,10 +1,16 @@
 {
-  description = "NixFleet agent: connects NixOS and nix-darwin hosts to a NixFleet dashboard";
+  description = "NixFleet agent: connects NixOS, nix-darwin and Home Manager hosts to a NixFleet dashboard";
 
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
     nix-darwin = {
       url = "github:nix-darwin/nix-darwin/nix-darwin-26.05";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+    # Only for checks.*.home-manager-module: the module itself needs nothing
+    # of it (Home Manager evaluates it).
+    home-manager = {
+      url = "github:nix-community/home-manager/release-26.05";
       inputs.nixpkgs.follows = "nixpkgs";
     };
   };
@@ -14,6 +20,7 @@
       self,
       nixpkgs,
       nix-darwin,
+      home-manager,
     }:
     let
       inherit (nixpkgs) lib;
@@ -254,6 +261,11 @@
         default = self.darwinModules.nixfleet-agent;
       };
 
+      homeManagerModules = {
+        nixfleet-agent = withFlakePackage ./modules/home-manager;
+        default = self.homeManagerModules.nixfleet-agent;
+      };
+
       checks = forAllSystems (
         system:
         let
@@ -299,6 +311,7 @@
                 system
                 nixpkgs
                 nix-darwin
+                home-manager
                 ;
               flake = import ./flake.nix;
             };
@@ -308,6 +321,13 @@
             nixos-module = import ./checks/eval/nixos.nix {
               inherit pkgs nixpkgs system;
               nixosModule = self.nixosModules.default;
+            };
+
+            # Home Manager's own launchd and systemd-user modules with ours:
+            # the macOS agent (evaluated) and the Linux user units (built).
+            home-manager-module = import ./checks/eval/home-manager.nix {
+              inherit pkgs nixpkgs home-manager;
+              homeManagerModule = self.homeManagerModules.default;
             };
           };
 

@@ -22,7 +22,7 @@ let
   # Where the agent keeps its own clone in isolated mode (`$STATE/repo`).
   # The NixOS module's StateDirectory and the nix-darwin module's
   # NIXFLEET_STATE_DIR both resolve to this directory.
-  stateDir = "/var/lib/nixfleet-agent";
+  stateDir = cfg.stateDirectory;
 
   repoDirEffective = if cfg.repoDir != null then cfg.repoDir else "${stateDir}/repo";
 
@@ -117,9 +117,12 @@ in
         agent token, either bare or as a line
         `NIXFLEET_TOKEN=<token>`. It is typically provided by agenix or sops-nix.
         On NixOS it is handed to the service as the systemd credential `token`
-        (`LoadCredential`), on nix-darwin the agent reads the file itself
-        (`NIXFLEET_TOKEN_FILE`). The token never appears in the unit, the plist,
-        the process environment, the command line or the Nix store.
+        (`LoadCredential`), on nix-darwin and with Home Manager the agent reads
+        the file itself (`NIXFLEET_TOKEN_FILE`). The token never appears in the
+        unit, the plist, the process environment, the command line or the Nix
+        store. Write the whole path: `~` is not expanded (launchd does not
+        expand it), so a path that starts with `~` is refused; in Home Manager
+        use e.g. `"''${config.home.homeDirectory}/.config/nixfleet/token"`.
       '';
     };
 
@@ -190,7 +193,8 @@ in
         Absolute path (a string) of a private ssh key outside the Nix store,
         e.g. `config.age.secrets.nixfleet-deploy-key.path`, used for
         `ssh://` and scp-style `repoUrl`s. On NixOS it is handed to the service as
-        the systemd credential `ssh-key`, on nix-darwin as `NIXFLEET_SSH_KEY`.
+        the systemd credential `ssh-key`, on nix-darwin and with Home Manager
+        as `NIXFLEET_SSH_KEY` (a whole path: `~` is not expanded).
         A server listed in the system's known hosts
         (`programs.ssh.knownHosts`) is checked strictly against it; any other
         server is trusted on first use, unless `requireKnownHosts` is set.
@@ -354,11 +358,13 @@ in
 
     flake = mkOption {
       type = types.nullOr types.str;
-      default = if cfg.hostname == null then null else "${repoDirEffective}#${cfg.hostname}";
+      default = if cfg.flakeAttribute == null then null else "${repoDirEffective}#${cfg.flakeAttribute}";
       defaultText = lib.literalMD ''
-        `"<repoDir>#<hostname>"`, where `<repoDir>` is `repoDir` or, in isolated
-        mode, the agent's clone {file}`/var/lib/nixfleet-agent/repo`; `null`
-        (the agent's own default) when `hostname` is `null`
+        `"<repoDir>#<hostname>"` (Home Manager: `"<repoDir>#<user>@<hostname>"`),
+        where `<repoDir>` is `repoDir` or, in isolated mode, the agent's clone
+        {file}`/var/lib/nixfleet-agent/repo` (Home Manager:
+        {file}`~/.local/state/nixfleet-agent/repo`); `null` (the agent's own
+        default) when `hostname` is `null`
       '';
       example = "/var/lib/nixfleet-agent/repo#web-1";
       description = ''
@@ -377,6 +383,27 @@ in
         Extra environment variables for the agent; they override the ones the
         module sets. They end up in the world-readable unit file or plist and in
         the Nix store, so never put a secret here.
+      '';
+    };
+
+    stateDirectory = mkOption {
+      type = types.str;
+      default = "/var/lib/nixfleet-agent";
+      internal = true;
+      description = ''
+        Where the platform module keeps the agent's state (its clone among
+        it): the system's directory, or the user's with Home Manager.
+      '';
+    };
+
+    flakeAttribute = mkOption {
+      type = types.nullOr types.str;
+      default = cfg.hostname;
+      defaultText = lib.literalExpression "hostname";
+      internal = true;
+      description = ''
+        The configuration attribute `flake` names by default: the host name,
+        or `<user>@<hostname>` with Home Manager.
       '';
     };
 
@@ -418,17 +445,6 @@ in
         NIXFLEET_ROLLBACK_DEADLINE = toString cfg.rollbackDeadline;
       };
     }
-
-    # Legacy mode: Nix reads the checkout with libgit2, which refuses a
-    # repository owned by another user unless git's configuration files mark
-    # it safe (it ignores the GIT_CONFIG_* variables the agent gives its own
-    # git). /etc/gitconfig is read by git and libgit2 on both platforms.
-    (lib.mkIf (cfg.enable && cfg.repoDir != null) {
-      environment.etc."gitconfig".text = lib.mkAfter ''
-        [safe]
-        	directory = ${cfg.repoDir}
-      '';
-    })
 
     (lib.mkIf cfg.enable {
       assertions = [

@@ -46,6 +46,50 @@ pub fn remove_pid_file(path: &Path) {
     }
 }
 
+/// How often the size of a bounded log is looked at.
+const SIZE_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Keeps `path` below `max` bytes (forever): when it is larger, it becomes
+/// `<path>.1` (replacing the one before) and the agent reopens `path`. For a
+/// log nothing else rotates (a launchd agent of a user).
+pub async fn bound_size(path: PathBuf, max: u64) {
+    let mut tick = tokio::time::interval(SIZE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let p = path.clone();
+        let rotated = tokio::task::spawn_blocking(move || rotate_if_larger(&p, max, reopen)).await;
+        match rotated {
+            Ok(Ok(true)) => {
+                tracing::info!("rotated the log file {} at {max} bytes", path.display())
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!("cannot rotate the log file {}: {e}", path.display()),
+            Err(e) => tracing::warn!("rotating the log file failed: {e}"),
+        }
+    }
+}
+
+/// Moves `path` to `<path>.1` and reopens `path` (with `reopen`) when it is
+/// larger than `max` bytes; whether it did.
+pub fn rotate_if_larger(
+    path: &Path,
+    max: u64,
+    reopen: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > max => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    std::fs::rename(path, &old)?;
+    reopen(path)?;
+    Ok(true)
+}
+
 /// Reopens `log_file` on every SIGHUP (forever).
 pub async fn reopen_on_hangup(log_file: Option<PathBuf>) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -67,6 +111,29 @@ pub async fn reopen_on_hangup(log_file: Option<PathBuf>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_past_its_bound_is_moved_aside_and_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("agent.log");
+        let reopened = std::cell::Cell::new(false);
+        let reopen = |p: &Path| {
+            reopened.set(true);
+            std::fs::write(p, b"")
+        };
+        assert!(!rotate_if_larger(&log, 10, reopen).unwrap(), "no log yet");
+        std::fs::write(&log, b"0123456789").unwrap();
+        assert!(!rotate_if_larger(&log, 10, reopen).unwrap(), "at the bound");
+        assert!(!reopened.get());
+        std::fs::write(&log, b"0123456789A").unwrap();
+        assert!(rotate_if_larger(&log, 10, reopen).unwrap());
+        assert!(reopened.get());
+        assert_eq!(
+            std::fs::read(dir.path().join("agent.log.1")).unwrap(),
+            b"0123456789A"
+        );
+        assert_eq!(std::fs::read(&log).unwrap(), b"");
+    }
 
     #[test]
     fn pid_files_are_ours_to_remove() {

@@ -86,6 +86,9 @@ fn main() -> ExitCode {
             "nixfleet-agent starting"
         );
         tokio::spawn(logfile::reopen_on_hangup(config.log_file.clone()));
+        if let (Some(path), Some(max)) = (&config.log_file, config.log_max_bytes) {
+            tokio::spawn(logfile::bound_size(path.clone(), max));
+        }
         if let Some(path) = &pid_file
             && let Err(e) = logfile::write_pid_file(path)
         {

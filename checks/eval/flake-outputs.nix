@@ -13,6 +13,7 @@
   system,
   nixpkgs,
   nix-darwin,
+  home-manager,
   flake,
 }:
 
@@ -27,7 +28,7 @@ let
         self = outputs // {
           inherit rev;
         };
-        inherit nixpkgs nix-darwin;
+        inherit nixpkgs nix-darwin home-manager;
       };
     in
     outputs;

@@ -62,7 +62,10 @@ in
   # Importing it into a NixOS configuration fails with a clear error.
   _class = "darwin";
 
-  imports = [ ../common.nix ];
+  imports = [
+    ../common.nix
+    ../system-gitconfig.nix
+  ];
 
   config = lib.mkIf cfg.enable {
     launchd.daemons.nixfleet-agent = {

@@ -19,7 +19,10 @@ in
   # Importing it into a nix-darwin configuration fails with a clear error.
   _class = "nixos";
 
-  imports = [ ../common.nix ];
+  imports = [
+    ../common.nix
+    ../system-gitconfig.nix
+  ];
 
   config = lib.mkIf cfg.enable {
     systemd.services.nixfleet-agent = {

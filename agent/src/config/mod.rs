@@ -187,6 +187,10 @@ pub struct Config {
     pub booted_system: PathBuf,
     /// A log file to reopen on SIGHUP (`NIXFLEET_LOG_FILE`, nix-darwin).
     pub log_file: Option<PathBuf>,
+    /// The size past which the agent rotates `log_file` itself
+    /// (`NIXFLEET_LOG_MAX_SIZE`, MiB; Home Manager on macOS, where no
+    /// newsyslog rotates a user's log).
+    pub log_max_bytes: Option<u64>,
     /// Where to write the agent's PID (`NIXFLEET_PID_FILE`, for newsyslog).
     pub pid_file: Option<PathBuf>,
     /// What identifies this boot (Linux: `/proc/sys/kernel/random/boot_id`;
@@ -596,6 +600,20 @@ impl Config {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(BOOTED_SYSTEM)),
             log_file: absolute_path(&env, "NIXFLEET_LOG_FILE")?,
+            log_max_bytes: match env.get("NIXFLEET_LOG_MAX_SIZE") {
+                None => None,
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(mib) if (1..=100_000).contains(&mib) => Some(mib * 1024 * 1024),
+                    _ => {
+                        return Err(err(
+                            "NIXFLEET_LOG_MAX_SIZE",
+                            format!(
+                                "{v:?} is not a size in MiB from 1 to 100000; unset it for no bound"
+                            ),
+                        ));
+                    }
+                },
+            },
             pid_file: absolute_path(&env, "NIXFLEET_PID_FILE")?,
             boot_id_file: env
                 .get("NIXFLEET_BOOT_ID_FILE")
