@@ -50,14 +50,64 @@ async fn isolated(dash: &MockDashboard, fx: &Fixture) -> (Agent, std::path::Path
     (agent, fx.state.join("repo"))
 }
 
+/// Dates a file an hour back, as a lock a killed git left a while ago.
+fn an_hour_old(path: &std::path::Path) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+}
+
+/// A lock nobody holds open but that is recent may belong to a git at work
+/// that keeps it closed (`git commit -a` while the editor is open): left.
+#[tokio::test]
+async fn a_recent_lock_is_left_alone() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let (_agent, clone) = isolated(&dash, &fx).await;
+    let lock = clone.join(".git/index.lock");
+    std::fs::write(&lock, "").unwrap();
+    let (st, lines) = pull(&dash).await;
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    assert!(lock.exists(), "a recent lock was removed: {lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("removed a stale git lock")));
+    assert_no_violations(&dash);
+}
+
+/// In a checkout the agent does not own (legacy mode), an old unheld lock is
+/// reported with what to do, never deleted.
+#[tokio::test]
+async fn a_lock_in_a_legacy_checkout_is_reported_never_removed() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let _bare = bare_origin(&fx);
+    let _agent = AgentBuilder::new(&dash.ws_url(), HOST, &fx).spawn();
+    wait_register(&dash, HOST, 0).await;
+    let lock = fx.repo.join(".git/index.lock");
+    std::fs::write(&lock, "").unwrap();
+    an_hour_old(&lock);
+    let (st, lines) = pull(&dash).await;
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    assert!(lock.exists(), "the lock in the user's checkout was deleted");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("index.lock exists and no process holds it")
+                && l.contains("never deletes files in a checkout it does not own")),
+        "{lines:?}"
+    );
+    assert_no_violations(&dash);
+}
+
 #[tokio::test]
 async fn locks_left_by_a_killed_git_are_removed_before_a_pull() {
     let dash = dashboard().await;
     let fx = Fixture::new();
     let (_agent, clone) = isolated(&dash, &fx).await;
-    // what a git killed mid-pull leaves behind
-    std::fs::write(clone.join(".git/index.lock"), "").unwrap();
-    std::fs::write(clone.join(".git/refs/heads/main.lock"), "").unwrap();
+    // what a git killed mid-pull left behind, a while ago
+    for lock in [".git/index.lock", ".git/refs/heads/main.lock"] {
+        std::fs::write(clone.join(lock), "").unwrap();
+        an_hour_old(&clone.join(lock));
+    }
     let new = commit_file(&fx.repo, "hosts/faulty/a.nix", "{ }\n");
     git(&fx.repo, &["push", "-q", "origin", "main"]);
     let (st, lines) = pull(&dash).await;
@@ -82,6 +132,7 @@ async fn a_lock_a_running_process_holds_is_left_alone() {
     let (_agent, clone) = isolated(&dash, &fx).await;
     let lock = clone.join(".git/index.lock");
     std::fs::write(&lock, "").unwrap();
+    an_hour_old(&lock);
     // a "git" still at work: it holds its lock file open
     let mut holder = std::process::Command::new("sh")
         .arg("-c")
@@ -176,7 +227,14 @@ async fn a_git_killed_mid_pull_does_not_wedge_the_next_pull() {
     assert_eq!(line.trim(), "locked");
     git_child.kill().unwrap(); // SIGKILL: the lock stays
     git_child.wait().unwrap();
-    assert!(clone.join(".git/index.lock").exists());
+    let lock = clone.join(".git/index.lock");
+    assert!(lock.exists());
+    // right away the lock might still be a git's at work: left alone
+    let (st, _) = pull(&dash).await;
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    assert!(lock.exists());
+    // minutes later it is stale: removed, and the pull goes through
+    an_hour_old(&lock);
     let (st, _) = tokio::time::timeout(Duration::from_secs(30), pull(&dash))
         .await
         .unwrap();
@@ -434,6 +492,9 @@ async fn a_switch_whose_result_cannot_be_known_says_unknown_never_failed() {
         .find(|p| p.is_dir())
         .expect("the switch record");
     let supervisor: i32 = std::fs::read_to_string(record.join("supervisor.pid"))
+        .unwrap()
+        .lines()
+        .next()
         .unwrap()
         .trim()
         .parse()

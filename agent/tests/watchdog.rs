@@ -132,6 +132,9 @@ impl Setup {
 fn supervisor_pid(record: &Path) -> i32 {
     std::fs::read_to_string(record.join("supervisor.pid"))
         .unwrap()
+        .lines()
+        .next()
+        .unwrap()
         .trim()
         .parse()
         .unwrap()

@@ -224,17 +224,28 @@ impl Run {
         Ok(())
     }
 
-    /// Removes the git lock files nobody holds, saying so in the output.
+    /// Removes the stale git locks of the agent's own clone, or reports
+    /// those of a checkout it does not own, saying so in the output.
     async fn remove_stale_locks(&mut self) {
         let repo = self.inner().config.repo_dir.clone();
         let env = self.inner().env.vars().to_vec();
-        let removed = tokio::task::spawn_blocking(move || repair::remove_stale_locks(&repo, &env))
+        let own = matches!(self.inner().config.repo_mode, RepoMode::Isolated { .. });
+        let locks = tokio::task::spawn_blocking(move || repair::stale_locks(&repo, &env, own))
             .await
             .unwrap_or_default();
-        for lock in removed {
+        for lock in locks.removed {
             self.sink
                 .note(format!(
                     "[nixfleet-agent] removed a stale git lock: {} (left by a git that did not finish)",
+                    lock.display()
+                ))
+                .await;
+        }
+        for lock in locks.reported {
+            self.sink
+                .note(format!(
+                    "[nixfleet-agent] {} exists and no process holds it; the agent never deletes files in a checkout it does not own: if no git is running there, remove it (rm {})",
+                    lock.display(),
                     lock.display()
                 ))
                 .await;

@@ -3,12 +3,17 @@
 //! - **Stale lock files.** A git killed mid-operation (SIGKILL, power loss,
 //!   a full disk) leaves `index.lock`, `HEAD.lock`, a ref's `.lock` or
 //!   `shallow.lock`, and every later git in the repository fails with
-//!   "Unable to create '…/index.lock': File exists". Before a pull the agent
-//!   removes the lock files that no running process holds open (git keeps its
-//!   lock file open while it works): on Linux it looks at every process's open
-//!   files in `/proc`; elsewhere it asks `lsof`, and without `lsof` it takes a
-//!   lock older than [`UNHELD_AGE`] for stale. Each removal is logged and
-//!   shown in the command's output.
+//!   "Unable to create '…/index.lock': File exists". Before a pull, in the
+//!   agent's own clone only, the agent removes a lock file that is older than
+//!   [`STALE_AGE`] and that no running process holds open (on Linux it looks
+//!   at every process's open files in `/proc`; elsewhere it asks `lsof`, and
+//!   without `lsof` only a lock older than [`UNHELD_AGE`] counts). Age
+//!   matters because git does not always keep its lock open: `git commit -a`
+//!   holds `index.lock` closed while the editor runs. In a checkout the agent
+//!   does not own (legacy mode) it never deletes a lock: it says which ones
+//!   it found and how to remove them. A `.git` that is not a real directory
+//!   (a link, or a worktree's `gitdir:` file) is left alone. Each removal or
+//!   finding is logged and shown in the command's output.
 //! - **A broken repository.** When a pull fails and the repository itself
 //!   is unusable — `HEAD` does not name a commit with a tree, or the index
 //!   cannot be read (`git status`) — the agent's own clone (isolated mode) is
@@ -21,6 +26,9 @@ use std::time::Duration;
 
 /// Without a way to see open files, a lock this old is taken for stale.
 pub const UNHELD_AGE: Duration = Duration::from_secs(10 * 60);
+/// A lock younger than this may belong to a git that is just starting, or to
+/// one that keeps it closed for a while: never removed.
+pub const STALE_AGE: Duration = Duration::from_secs(2 * 60);
 /// Lock files looked at under `.git` (besides `refs/**/*.lock`).
 const TOP_LOCKS: [&str; 7] = [
     "index.lock",
@@ -34,9 +42,12 @@ const TOP_LOCKS: [&str; 7] = [
 /// Most entries looked at under `.git/refs` (a bound, not a limit in practice).
 const MAX_REF_ENTRIES: usize = 100_000;
 
-/// The lock files in `repo/.git`.
+/// The lock files in `repo/.git` (none when `.git` is not a real directory).
 pub fn lock_files(repo: &Path) -> Vec<PathBuf> {
     let git = repo.join(".git");
+    if !git.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        return Vec::new();
+    }
     let mut found: Vec<PathBuf> = TOP_LOCKS
         .iter()
         .map(|name| git.join(name))
@@ -120,9 +131,20 @@ fn held(path: &Path, env: &[(OsString, OsString)]) -> bool {
     }
 }
 
-/// Removes the lock files nobody holds; returns what was removed (blocking).
-pub fn remove_stale_locks(repo: &Path, env: &[(OsString, OsString)]) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
+/// What was done about the lock files of a repository.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Locks {
+    /// Removed (the agent's own clone).
+    pub removed: Vec<PathBuf>,
+    /// Found, unheld, and left alone: in a checkout the agent does not own.
+    pub reported: Vec<PathBuf>,
+}
+
+/// Deals with the lock files of `repo` (blocking): in the agent's own clone
+/// (`own`) the ones older than [`STALE_AGE`] that nobody holds are removed;
+/// in another checkout the unheld ones are only reported.
+pub fn stale_locks(repo: &Path, env: &[(OsString, OsString)], own: bool) -> Locks {
+    let mut locks = Locks::default();
     for lock in lock_files(repo) {
         if held(&lock, env) {
             tracing::info!(
@@ -131,18 +153,35 @@ pub fn remove_stale_locks(repo: &Path, env: &[(OsString, OsString)]) -> Vec<Path
             );
             continue;
         }
+        if !own {
+            tracing::warn!(
+                "git lock {} in a checkout the agent does not own: left alone",
+                lock.display()
+            );
+            locks.reported.push(lock);
+            continue;
+        }
+        let young = std::fs::symlink_metadata(&lock)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < STALE_AGE);
+        if young {
+            tracing::info!("{} is recent; left alone", lock.display());
+            continue;
+        }
         match std::fs::remove_file(&lock) {
             Ok(()) => {
                 tracing::warn!(
                     "removed the stale git lock {} (left by a git that did not finish)",
                     lock.display()
                 );
-                removed.push(lock);
+                locks.removed.push(lock);
             }
             Err(e) => tracing::warn!("cannot remove the stale git lock {}: {e}", lock.display()),
         }
     }
-    removed
+    locks
 }
 
 /// Why the repository is unusable, if it is (blocking): `HEAD` must name a
@@ -177,29 +216,75 @@ pub fn broken(repo: &Path, env: &[(OsString, OsString)]) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn aged(path: &Path, age: Duration) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - age).unwrap();
+    }
+
     #[test]
-    fn finds_top_and_ref_locks_and_only_removes_unheld_ones() {
+    fn finds_top_and_ref_locks_and_only_removes_old_unheld_ones() {
         let dir = tempfile::tempdir().unwrap();
         let git = dir.path().join(".git");
         std::fs::create_dir_all(git.join("refs/heads/feature")).unwrap();
+        let old = Duration::from_secs(3600);
         std::fs::write(git.join("index.lock"), "").unwrap();
+        aged(&git.join("index.lock"), old);
         std::fs::write(git.join("refs/heads/feature/x.lock"), "").unwrap();
+        aged(&git.join("refs/heads/feature/x.lock"), old);
         std::fs::write(git.join("refs/heads/main"), "").unwrap();
         let held_lock = git.join("HEAD.lock");
         std::fs::write(&held_lock, "").unwrap();
+        aged(&held_lock, old);
+        // an editor open under `git commit -a`: recent, closed, not stale
+        let fresh = git.join("config.lock");
+        std::fs::write(&fresh, "").unwrap();
         let names: Vec<String> = lock_files(dir.path())
             .iter()
             .map(|p| p.strip_prefix(&git).unwrap().display().to_string())
             .collect();
         assert_eq!(
             names,
-            ["HEAD.lock", "index.lock", "refs/heads/feature/x.lock"]
+            [
+                "HEAD.lock",
+                "config.lock",
+                "index.lock",
+                "refs/heads/feature/x.lock"
+            ]
         );
         // this process holds HEAD.lock open, as a running git would
         let _open = std::fs::File::open(&held_lock).unwrap();
-        let removed = remove_stale_locks(dir.path(), &[]);
-        assert_eq!(removed.len(), 2, "{removed:?}");
+        let locks = stale_locks(dir.path(), &[], true);
+        assert_eq!(locks.removed.len(), 2, "{locks:?}");
         assert!(held_lock.exists(), "a held lock stays");
+        assert!(fresh.exists(), "a recent lock stays");
         assert!(!git.join("index.lock").exists());
+    }
+
+    #[test]
+    fn in_a_checkout_of_somebody_else_locks_are_reported_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path().join(".git");
+        std::fs::create_dir_all(&git).unwrap();
+        std::fs::write(git.join("index.lock"), "").unwrap();
+        aged(&git.join("index.lock"), Duration::from_secs(3600));
+        let locks = stale_locks(dir.path(), &[], false);
+        assert_eq!(locks.reported, [git.join("index.lock")]);
+        assert!(locks.removed.is_empty());
+        assert!(git.join("index.lock").exists());
+    }
+
+    #[test]
+    fn a_dot_git_that_is_a_link_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("index.lock"), "").unwrap();
+        aged(&elsewhere.join("index.lock"), Duration::from_secs(3600));
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, repo.join(".git")).unwrap();
+        assert!(lock_files(&repo).is_empty());
+        assert_eq!(stale_locks(&repo, &[], true), Locks::default());
+        assert!(elsewhere.join("index.lock").exists());
     }
 }

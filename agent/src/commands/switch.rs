@@ -11,7 +11,7 @@
 //! | `command` | agent | the dashboard command it belongs to (`switch`, `pull-switch`, `update`) |
 //! | `argv` | agent | program and arguments, NUL-separated |
 //! | `stdout.log`, `stderr.log` | supervisor and tool | the tool's output |
-//! | `supervisor.pid` | agent and supervisor | PID of the supervisor |
+//! | `supervisor.pid` | agent and supervisor | PID of the supervisor, and the boot it runs in |
 //! | `pid` | supervisor | PID of the tool = its process group |
 //! | `exit` | supervisor | the tool's exit code (128 + signal if killed) |
 //! | `exit.reserve` | agent | room for `exit` on a disk that fills up (freed by the supervisor when writing `exit` fails) |
@@ -92,7 +92,7 @@ pub fn supervise_main(args: &[String]) -> i32 {
         return 2;
     };
     let record = Record::open(PathBuf::from(dir));
-    if let Err(e) = record.write_file("supervisor.pid", std::process::id().to_string().as_bytes()) {
+    if let Err(e) = record.write_supervisor_pid(std::process::id()) {
         eprintln!("nixfleet-agent: cannot write to the switch record {dir}: {e}");
     }
     // Started again after a reboot inside the confirmation window: the tool
@@ -306,10 +306,23 @@ impl Record {
 
     /// The supervisor's PID.
     pub fn supervisor_pid(&self) -> Option<u32> {
-        self.read_small("supervisor.pid")?
-            .parse()
-            .ok()
-            .filter(|&p| p > 1)
+        let text = self.read_small("supervisor.pid")?;
+        let mut lines = text.lines();
+        let pid = lines.next()?.trim().parse().ok().filter(|&p| p > 1)?;
+        // a PID of another boot names some other process now (where no
+        // /proc tells a supervisor from it, macOS)
+        match lines.next() {
+            Some(boot) if boot != this_boot() => None,
+            _ => Some(pid),
+        }
+    }
+
+    /// Records the supervisor's PID with the boot it runs in.
+    pub fn write_supervisor_pid(&self, pid: u32) -> std::io::Result<()> {
+        self.write_file(
+            "supervisor.pid",
+            format!("{pid}\n{}", this_boot()).as_bytes(),
+        )
     }
 
     /// True once the final status was queued.
@@ -387,7 +400,7 @@ impl Record {
         if let Some(pid) = child.id() {
             // The supervisor writes it too; whichever is first helps a new
             // agent tell a live switch from a dead one.
-            let _ = self.write_file("supervisor.pid", pid.to_string().as_bytes());
+            let _ = self.write_supervisor_pid(pid);
         }
         Ok(child)
     }
@@ -405,6 +418,11 @@ impl PrivateDir for fs::DirBuilder {
 }
 
 /// True if `pid` is alive and (where `/proc` tells) a switch supervisor.
+/// What identifies the current boot.
+fn this_boot() -> String {
+    super::reboot::boot_identity(Path::new(crate::config::BOOT_ID_FILE))
+}
+
 fn is_supervisor(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
@@ -609,6 +627,20 @@ pub fn argv(program: &str, flake: &str) -> Vec<OsString> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_supervisor_pid_of_another_boot_names_nobody() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Record::create(&tmp.path().join("switch"), "switch", &argv("x", "y")).unwrap();
+        r.write_supervisor_pid(4242).unwrap();
+        assert_eq!(r.supervisor_pid(), Some(4242));
+        r.write_file("supervisor.pid", b"4242\nanother boot")
+            .unwrap();
+        assert_eq!(r.supervisor_pid(), None, "a PID of another boot");
+        // a record of an older agent, without the boot: the PID alone
+        r.write_file("supervisor.pid", b"4242").unwrap();
+        assert_eq!(r.supervisor_pid(), Some(4242));
+    }
 
     fn fake_tool(dir: &Path, body: &str) -> PathBuf {
         let path = dir.join("fake-rebuild");
