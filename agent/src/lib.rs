@@ -198,7 +198,7 @@ async fn write_state_on_exit(
 
 /// Hashes the binary on a thread of its own when the cache did not have the
 /// hash (it may take seconds for a large debug build, and must not hold the
-/// one blocking thread the host facts use); the receiver resolves when the
+/// blocking pool the host facts use); the receiver resolves when the
 /// hash is in `identity`. `None` when there is nothing to do.
 fn hash_in_background(
     identity: &Identity,

@@ -66,9 +66,11 @@ fn main() -> ExitCode {
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        // One blocking thread is enough (the host-facts refresher reads one
-        // snapshot at a time) and keeps the idle footprint small.
-        .max_blocking_threads(1)
+        // A few blocking threads: the host facts, a reconnect's DNS lookup and
+        // a command's 10-60 s checks (git, signatures, units) must not queue
+        // behind each other. Idle ones end after tokio's keep-alive (10 s), so
+        // an idle agent keeps none of them.
+        .max_blocking_threads(4)
         .build()
     {
         Ok(rt) => rt,

@@ -154,6 +154,8 @@ struct Keyring {
     dir: PathBuf,
     gnupg: PathBuf,
     allowed: PathBuf,
+    /// The children's environment (PATH above all), for the cleanup's gpgconf.
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
 }
 
 impl Keyring {
@@ -178,6 +180,7 @@ impl Keyring {
             allowed: dir.join("allowed_signers"),
             dir,
             gnupg,
+            env: env.to_vec(),
         };
         let mut allowed = String::new();
         for path in signers {
@@ -229,7 +232,12 @@ impl Drop for Keyring {
             })
             .unwrap_or(false);
         if helpers {
-            let _ = run_bounded(
+            // the children's environment, so that gpgconf is found and its
+            // helpers for this home are the ones it ends
+            let mut env = self.env.clone();
+            env.retain(|(k, _)| k != "GNUPGHOME");
+            env.push(("GNUPGHOME".into(), self.gnupg.clone().into_os_string()));
+            let killed = run_bounded(
                 "gpgconf",
                 &[
                     OsStr::new("--homedir"),
@@ -237,9 +245,12 @@ impl Drop for Keyring {
                     OsStr::new("--kill"),
                     OsStr::new("all"),
                 ],
-                &[],
+                &env,
                 Duration::from_secs(10),
             );
+            if let Err(e) = killed {
+                tracing::warn!("cannot end the gpg helpers of {}: {e}", self.gnupg.display());
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
