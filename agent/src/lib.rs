@@ -21,6 +21,7 @@ pub mod protocol;
 pub mod state;
 pub mod tls;
 pub mod undelivered;
+pub mod util;
 
 use std::sync::Arc;
 

@@ -31,6 +31,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 
 use crate::protocol::{Outgoing, Output, Stream};
+use crate::util::lock;
 
 /// Capacity of the control lane.
 pub const CONTROL_CAPACITY: usize = 64;
@@ -203,10 +204,6 @@ impl Outbox {
         }
         true
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Outbound {

@@ -357,11 +357,7 @@ fn default_signal() -> String {
 const MAX_ECHO: usize = 64;
 
 fn clip(text: &str) -> String {
-    let mut end = text.len().min(MAX_ECHO);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
+    crate::util::clip(text, MAX_ECHO).to_string()
 }
 
 /// Parses one text frame from the dashboard.

@@ -93,6 +93,8 @@ use pull::{clone_repo, is_git_checkout};
 use report::{Report, failed_message, short, stopped_message};
 use run::{Run, step};
 
+use crate::util::lock;
+
 /// `exit_code` of a status when no process ran.
 pub const NOT_RUN: i32 = -1;
 /// Longest status message, in bytes.
@@ -119,10 +121,6 @@ struct Inner {
     exiting: AtomicBool,
     /// A `reboot` is under way (it never runs twice at once).
     rebooting: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Commands {
@@ -281,12 +279,12 @@ impl Commands {
         lock(&self.inner.slot).clone()
     }
 
-    /// Takes the slot for `command`, or `None` if another run holds it.
     /// The environment every child of the agent gets.
     pub fn child_env(&self) -> &ChildEnv {
         &self.inner.env
     }
 
+    /// Takes the slot for `command`, or `None` if another run holds it.
     fn claim(&self, command: CommandName) -> Option<Arc<Control>> {
         let mut slot = lock(&self.inner.slot);
         if slot.is_some() {

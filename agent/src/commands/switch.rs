@@ -609,7 +609,7 @@ pub async fn follow(
     };
     out.finish(sink).await;
     err.finish(sink).await;
-    ctl.detach();
+    ctl.step_ended();
     ended
 }
 

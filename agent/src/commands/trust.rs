@@ -249,7 +249,10 @@ impl Drop for Keyring {
                 Duration::from_secs(10),
             );
             if let Err(e) = killed {
-                tracing::warn!("cannot end the gpg helpers of {}: {e}", self.gnupg.display());
+                tracing::warn!(
+                    "cannot end the gpg helpers of {}: {e}",
+                    self.gnupg.display()
+                );
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -32,6 +32,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::protocol::{StatusCheck, UpdateStatus};
+use crate::util::clip;
+use crate::util::lock;
 
 /// How long a `working` may stay with nothing running before it is `unknown`.
 pub const STALE_WORKING: Duration = Duration::from_secs(5 * 60);
@@ -292,14 +294,6 @@ pub fn measure_lock(repo: &Path, env: &[(std::ffi::OsString, std::ffi::OsString)
     lock_check_for_age(Some(age), now)
 }
 
-fn clip(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// The compartments of one agent process, shared by its tasks.
 #[derive(Debug)]
 pub struct Store {
@@ -315,10 +309,6 @@ pub struct Store {
 struct Inner {
     c: Compartments,
     idle_since: Option<Instant>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Store {

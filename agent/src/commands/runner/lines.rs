@@ -173,14 +173,4 @@ pub fn failure_tail(stderr: &Tail, stdout: &Tail) -> String {
     }
 }
 
-/// `text` cut to at most `max` bytes at a character boundary.
-pub fn clip(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
+pub use crate::util::clip;

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::util::lock;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
@@ -122,8 +123,9 @@ impl Control {
         }
     }
 
-    /// The current process group is gone.
-    pub fn detach(&self) {
+    /// The current step (and its process group) is over: nothing left to
+    /// signal, and no longer a detached switch.
+    pub fn step_ended(&self) {
         self.pgid.store(0, Ordering::SeqCst);
         self.detached.store(false, Ordering::SeqCst);
     }
@@ -184,10 +186,6 @@ impl Control {
         let mut rx = self.done.subscribe();
         let _ = rx.wait_for(|done| *done).await;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Sends `sig` to process group `pgid`; never to group 0 (our own) or 1.
@@ -430,7 +428,7 @@ pub async fn run_step(
         }
         status
     };
-    ctl.detach();
+    ctl.step_ended();
     let status = status?;
     Ok(StepResult {
         code: exit_code(status),

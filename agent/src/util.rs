@@ -1,0 +1,33 @@
+//! Two small helpers every part of the agent uses: cutting text at a byte
+//! bound without splitting a character, and taking a lock that a panicking
+//! holder left poisoned (the data is still whole: every holder only swaps or
+//! pushes values).
+
+use std::sync::{Mutex, MutexGuard};
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+pub fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The guard of `m`, poisoned or not.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clips_at_a_character_boundary() {
+        assert_eq!(super::clip("héllo", 2), "h");
+        assert_eq!(super::clip("héllo", 3), "hé");
+        assert_eq!(super::clip("abc", 10), "abc");
+    }
+}
