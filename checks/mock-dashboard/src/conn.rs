@@ -10,42 +10,17 @@ use std::time::Instant;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use serde_json::Value;
 
+use crate::link::{ConnHandle, Outgoing};
 use crate::state::{DEFAULT_INTERVAL, HostState, State};
 use crate::validate::{self, BINARY};
 use crate::{CLOSE_TIMEOUT, Frame, MockDashboard, lock};
 
 /// Frames recorded at most before waiters are woken (see `Reader::read_loop`).
 const BURST: u32 = 256;
-
-/// What the rest of the dashboard holds of a live connection.
-pub(crate) struct ConnHandle {
-    pub(crate) id: u64,
-    /// Frames to write.
-    pub(crate) out: mpsc::UnboundedSender<Outgoing>,
-    /// True: do not read the socket.
-    pub(crate) paused: watch::Sender<bool>,
-    /// True: drop the socket now, without a close frame.
-    pub(crate) kill: watch::Sender<bool>,
-}
-
-/// Acknowledgement of a write: `Err` carries the write error.
-pub(crate) type Ack = Option<oneshot::Sender<Result<(), String>>>;
-
-/// Work for the writer task.
-pub(crate) enum Outgoing {
-    /// Write this frame.
-    Message(Message, Ack),
-    /// Write a close frame, wait for the agent's answer, then drop the socket.
-    Close {
-        code: u16,
-        reason: &'static str,
-        ack: Ack,
-    },
-}
 
 /// Serve one upgraded connection until it ends.
 pub(crate) async fn run(dash: MockDashboard, socket: WebSocket, peer: SocketAddr) {

@@ -31,9 +31,9 @@
 use std::time::Duration;
 
 use axum::extract::ws::Message;
-use serde::Serialize;
 
-use crate::conn::Outgoing;
+use crate::link::Outgoing;
+pub use crate::op::{Dispatched, Op};
 use crate::state::State;
 
 /// How long a switch waits for the agent to register again (upstream's
@@ -59,63 +59,6 @@ pub const AGENT_OPS: [&str; 13] = [
     "bump-flake",
     "force-rebuild",
 ];
-
-/// One operation on one host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Op {
-    /// `op-<n>`.
-    pub id: String,
-    /// The host.
-    pub host: String,
-    /// The op (= the command sent).
-    pub op: String,
-    /// Upstream's state name: `EXECUTING`, `SUCCESS`, `PARTIAL`, …
-    pub status: &'static str,
-    /// Why it failed or is partial.
-    pub error: Option<String>,
-    /// The agent's exit code, once known.
-    pub exit_code: Option<i64>,
-    /// Post-check waiting for the next heartbeat.
-    #[serde(skip)]
-    pub(crate) deferred: bool,
-}
-
-impl Op {
-    /// Whether the operation is over.
-    pub fn is_terminal(&self) -> bool {
-        matches!(
-            self.status,
-            "SUCCESS" | "ERROR" | "TIMEOUT" | "SKIPPED" | "BLOCKED" | "KILLED" | "PARTIAL"
-        )
-    }
-}
-
-/// The answer to a dispatch for one host (upstream `handleDispatchOp`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Dispatched {
-    /// The host.
-    pub host_id: String,
-    /// `EXECUTING`, `blocked` or `error`.
-    pub status: String,
-    /// The operation's id, when one was created and sent.
-    pub command_id: Option<String>,
-    /// The pre-check's code when blocked (`busy`, `already_current`, …).
-    pub code: Option<String>,
-    /// Why it was blocked or failed.
-    pub message: Option<String>,
-}
-
-impl Dispatched {
-    fn refused(host: &str, status: &str, code: &str, message: String) -> Dispatched {
-        Dispatched {
-            host_id: host.to_owned(),
-            status: status.to_owned(),
-            command_id: None,
-            code: Some(code.to_owned()),
-            message: Some(message),
-        }
-    }
-}
 
 fn command_frame(name: &str) -> Message {
     let text = serde_json::json!({"type": "command", "payload": {"command": name}});

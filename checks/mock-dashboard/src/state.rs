@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::conn::ConnHandle;
 use crate::hub::{Remote, Stored};
-use crate::lifecycle::Op;
+use crate::link::ConnHandle;
+use crate::op::Op;
 use crate::{Event, Frame, HostInfo, MAX_EVENTS, MAX_FRAMES_PER_HOST, MAX_VIOLATIONS, Violation};
 
 /// Heartbeat interval assumed for a host whose `register` carried no valid one.
