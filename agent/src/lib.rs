@@ -13,6 +13,7 @@ pub mod commands;
 pub mod compartments;
 pub mod config;
 pub mod connection;
+pub mod deploy;
 pub mod heartbeat;
 pub mod host;
 pub mod logfile;

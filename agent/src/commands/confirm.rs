@@ -1,4 +1,4 @@
-//! The agent's side of the rollback watchdog (`commands/watchdog.rs`):
+//! The agent's side of the rollback watchdog (`deploy/watchdog.rs`):
 //! preparing a watched switch, and confirming it from the new generation.
 //!
 //! The agent that starts after a watched switch (the new generation's, or
@@ -18,10 +18,10 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::watchdog::{self, Kind, Verdict, Watch};
 use super::*;
 use crate::compartments::{Check, Level, Part};
 use crate::config::SwitchTool;
+use crate::deploy::watchdog::{self, Kind, Verdict, Watch};
 
 /// How long a reporting agent waits for a rollback that is under way.
 const ROLLBACK_WAIT: Duration = Duration::from_secs(15 * 60);
@@ -320,7 +320,7 @@ impl Run {
             if !record.supervisor_alive() || waited.elapsed() > ROLLBACK_WAIT {
                 break watchdog::rollback_exit(record);
             }
-            tokio::time::sleep(switch::POLL * 5).await;
+            tokio::time::sleep(deploy::POLL * 5).await;
         };
         let generation = watch.previous_name();
         let (level, report) = match exit {

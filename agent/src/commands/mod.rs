@@ -50,8 +50,7 @@
 
 mod check_version;
 mod confirm;
-mod deploy;
-mod env;
+pub(crate) mod env;
 mod host_tests;
 mod names;
 mod owner;
@@ -62,11 +61,10 @@ mod repair;
 mod report;
 mod row;
 mod run;
-mod runlog;
-mod runner;
-mod switch;
+pub(crate) mod runlog;
+pub(crate) mod runner;
+mod switches;
 mod trust;
-mod watchdog;
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -74,10 +72,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use crate::deploy::{SUPERVISE_FLAG, supervise_main};
 pub use env::ChildEnv;
-pub use switch::{SUPERVISE_FLAG, supervise_main};
 
 use crate::config::{Config, EXIT_RESTART, RepoMode};
+use crate::deploy::{self, Ended, Record};
 use crate::host;
 use crate::outbound::Outbound;
 use crate::protocol::{CommandRejected, Incoming, Outcome, Outgoing, Status, TestProgress};
@@ -85,13 +84,12 @@ use crate::state::AgentState;
 use row::{Phase, PhaseEnd, Row, TestDots};
 use runlog::RunLog;
 use runner::{Control, Sink, Spec, StepResult, StopCause, clip, failure_tail, run_step};
-use switch::{Ended, Record};
 
-use deploy::{switch_word, system_label};
 pub use names::{Busy, CommandName};
 use pull::{clone_repo, is_git_checkout};
 use report::{Report, failed_message, short, stopped_message};
 use run::{Run, step};
+use switches::{switch_word, system_label};
 
 use crate::util::lock;
 

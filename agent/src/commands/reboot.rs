@@ -22,7 +22,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::host::HostType;
+use crate::host::{HostType, boot_identity};
 
 /// The reboot record's file name in the state directory.
 pub const RECORD: &str = "reboot.json";
@@ -34,14 +34,6 @@ struct Pending {
     boot: String,
     /// When, RFC 3339 UTC.
     requested_at: String,
-}
-
-/// What identifies the current boot: the boot-id file (Linux), else the boot time.
-pub fn boot_identity(boot_id_file: &Path) -> String {
-    match std::fs::read_to_string(boot_id_file) {
-        Ok(id) if !id.trim().is_empty() => id.trim().chars().take(128).collect(),
-        _ => format!("booted at {}", sysinfo::System::boot_time()),
-    }
 }
 
 /// The reboot tool for the host type.

@@ -167,7 +167,7 @@ impl Run {
             let persisted = tokio::task::spawn_blocking(move || {
                 crate::undelivered::flush(&out, &dir);
                 record.mark_reported();
-                switch::prune(&dir.join("switch"), switch::KEEP_RECORDS);
+                deploy::prune(&dir.join("switch"), deploy::KEEP_RECORDS);
             })
             .await;
             if let Err(e) = persisted {

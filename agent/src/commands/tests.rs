@@ -644,10 +644,10 @@ async fn each_run_has_a_log_file() {
 async fn finished_switch_records_are_reported_once_at_startup() {
     let f = fixture(&[]);
     let root = f.tmp.path().join("state/switch");
-    let ok = Record::create(&root, "switch", &switch::argv("nixos-rebuild", "x#y")).unwrap();
+    let ok = Record::create(&root, "switch", &deploy::argv("nixos-rebuild", "x#y")).unwrap();
     ok.write_file("exit", b"0").unwrap();
     let failed =
-        Record::create(&root, "pull-switch", &switch::argv("nixos-rebuild", "x#y")).unwrap();
+        Record::create(&root, "pull-switch", &deploy::argv("nixos-rebuild", "x#y")).unwrap();
     fs::write(
         failed.dir().join("stderr.log"),
         "building...\nerror: boom\n",
@@ -655,7 +655,7 @@ async fn finished_switch_records_are_reported_once_at_startup() {
     .unwrap();
     failed.write_file("exit", b"1").unwrap();
     // a record whose supervisor is gone without an exit code
-    let vanished = Record::create(&root, "update", &switch::argv("nixos-rebuild", "x#y")).unwrap();
+    let vanished = Record::create(&root, "update", &deploy::argv("nixos-rebuild", "x#y")).unwrap();
     vanished.write_file("supervisor.pid", b"999999999").unwrap();
 
     f.commands.startup().await;
@@ -677,7 +677,7 @@ async fn finished_switch_records_are_reported_once_at_startup() {
     );
     assert!(s[2].message.contains("result unknown"), "{}", s[2].message);
     assert!(!s[2].message.contains("failed"), "{}", s[2].message);
-    assert!(switch::pending(&root).is_empty());
+    assert!(deploy::pending(&root).is_empty());
 
     // a second start reports nothing more
     f.commands.startup().await;

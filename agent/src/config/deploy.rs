@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{ConfigError, Env, absolute_path, err, flag};
+use super::parse::{ConfigError, Env, absolute_path, err, flag};
 
 /// git's ssh: the key and the host-key policy.
 ///

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::{ConfigError, Env, err};
+use super::parse::{ConfigError, Env, err};
 
 /// Largest token file the agent reads.
 const MAX_TOKEN_FILE: u64 = 64 * 1024;

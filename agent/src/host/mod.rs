@@ -34,7 +34,7 @@ pub use freshness::{
 };
 pub use git::{GENERATION_LEN, generation, git_head_commit, short_commit};
 pub use metrics::{Metrics, MetricsReader, MetricsSource};
-pub use reboot::{RebootNeed, reboot_need};
+pub use reboot::{RebootNeed, boot_identity, reboot_need};
 
 /// Cap for small text files (versions, host names, `os-release`, git refs).
 const SMALL_FILE_CAP: u64 = 64 * 1024;

@@ -39,6 +39,14 @@ impl RebootNeed {
     }
 }
 
+/// What identifies the current boot: the boot-id file (Linux), else the boot time.
+pub fn boot_identity(boot_id_file: &Path) -> String {
+    match std::fs::read_to_string(boot_id_file) {
+        Ok(id) if !id.trim().is_empty() => id.trim().chars().take(128).collect(),
+        _ => format!("booted at {}", sysinfo::System::boot_time()),
+    }
+}
+
 /// Compares the booted and the current system. `None` when it cannot be
 /// told: no booted system (not NixOS, or a container without one).
 pub fn reboot_need(booted: &Path, current: &Path) -> Option<RebootNeed> {

@@ -10,8 +10,8 @@ use serde::Serialize;
 use crate::hub::Compartments;
 use crate::op::Op;
 
-/// How long [`MockDashboard::send_command`], [`MockDashboard::send_text`] and
-/// [`MockDashboard::disconnect`] wait for a frame to be written to the socket.
+/// How long [`MockDashboard::send_command`](crate::MockDashboard::send_command), [`MockDashboard::send_text`](crate::MockDashboard::send_text) and
+/// [`MockDashboard::disconnect`](crate::MockDashboard::disconnect) wait for a frame to be written to the socket.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One text frame received from an agent.

@@ -13,50 +13,41 @@
 //! reading (a full TCP window) is detected as dead after the deadline instead of
 //! blocking the agent forever.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::backoff::Backoff;
 use crate::compartments::with_reboot_need;
 use crate::config::Config;
 use crate::host::RebootNeed;
 use crate::outbound::{Outbound, OutboundRx};
-use crate::protocol::{Heartbeat, Incoming, IncomingError, Outgoing, Register, parse_incoming};
+use crate::protocol::{Heartbeat, Outgoing, Register};
 use crate::state::AgentState;
+
+mod socket;
+use socket::{
+    AbortOnDrop, Deadline, ReaderEvent, SessionEnd, Socket, close, guarded, lost, read_loop, text,
+    wait_stop, write_all,
+};
+pub use socket::{CommandSink, Stop};
 
 /// Largest frame accepted from the dashboard; larger ones end the session.
 pub const MAX_INCOMING_FRAME: usize = 64 * 1024;
 /// Output lines written per batch before the writer looks at the other lanes again.
 const OUTPUT_BATCH: usize = 256;
-/// How long a shutdown waits for the dashboard's close reply.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long a shutdown spends delivering what is already in the outbox (and
 /// waiting for the dashboard's pong that confirms it).
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Why the agent is stopping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stop {
-    /// The process's exit status.
-    pub code: i32,
-    /// Close reason sent to the dashboard.
-    pub reason: &'static str,
-}
 
 /// The parts of `register` that do not change while the agent runs.
 #[derive(Debug, Clone)]
@@ -68,9 +59,6 @@ pub struct Identity {
     /// background hash, then carried by every `register` and `heartbeat`.
     pub binary_hash: crate::host::BinaryHash,
 }
-
-/// What the connection hands incoming commands to.
-pub type CommandSink = Arc<dyn Fn(Incoming) + Send + Sync>;
 
 /// Everything a connection needs.
 pub struct Connection {
@@ -91,18 +79,6 @@ pub struct Connection {
 /// How long a token read from a file is used before it is read again (at
 /// the next connection attempt; never while connected).
 pub const TOKEN_REREAD: Duration = Duration::from_secs(60);
-
-#[derive(Debug)]
-enum SessionEnd {
-    Stopped(Stop),
-    Lost(String),
-}
-
-enum ReaderEvent {
-    Registered,
-    Closed(Option<CloseFrame>),
-    Failed(String),
-}
 
 impl Connection {
     /// Prepares a connection; nothing is dialed yet.
@@ -494,178 +470,4 @@ impl Connection {
 enum DialError {
     Unauthorized,
     Other(String),
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// The read deadline: `limit` after the last frame heard.
-struct Deadline {
-    started: Instant,
-    heard: Arc<AtomicU64>,
-    limit: Duration,
-}
-
-impl Deadline {
-    fn at(&self) -> Instant {
-        self.started + Duration::from_millis(self.heard.load(Ordering::Relaxed)) + self.limit
-    }
-
-    /// Resolves once nothing was heard for `limit`.
-    async fn expired(&self) {
-        loop {
-            let at = self.at();
-            if Instant::now() >= at {
-                return;
-            }
-            tokio::time::sleep_until(at).await;
-        }
-    }
-}
-
-fn text(frame: &Outgoing) -> Message {
-    Message::text(frame.to_json())
-}
-
-fn lost(ev: Option<ReaderEvent>) -> SessionEnd {
-    match ev {
-        Some(ReaderEvent::Closed(Some(frame))) => SessionEnd::Lost(format!(
-            "the dashboard closed the connection ({} {})",
-            u16::from(frame.code),
-            frame.reason
-        )),
-        Some(ReaderEvent::Closed(None)) => {
-            SessionEnd::Lost("the dashboard closed the connection".into())
-        }
-        Some(ReaderEvent::Failed(why)) => SessionEnd::Lost(why),
-        Some(ReaderEvent::Registered) => SessionEnd::Lost("unexpected `registered`".into()),
-        None => SessionEnd::Lost("the connection ended".into()),
-    }
-}
-
-async fn wait_stop(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
-    loop {
-        if let Some(s) = *stop.borrow_and_update() {
-            return s;
-        }
-        if stop.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
-}
-
-/// Runs a write, giving up when the read deadline passes or the reader fails.
-async fn guarded<F>(
-    write: F,
-    deadline: &Deadline,
-    events: &mut mpsc::Receiver<ReaderEvent>,
-) -> Result<(), SessionEnd>
-where
-    F: Future<Output = Result<(), WsError>>,
-{
-    tokio::select! {
-        r = write => r.map_err(|e| SessionEnd::Lost(format!("write failed: {e}"))),
-        ev = events.recv() => Err(lost(ev)),
-        _ = deadline.expired() => Err(SessionEnd::Lost("the dashboard stopped reading".into())),
-    }
-}
-
-async fn write_all(
-    sink: &mut futures_util::stream::SplitSink<Socket, Message>,
-    frames: Vec<Message>,
-    deadline: &Deadline,
-    events: &mut mpsc::Receiver<ReaderEvent>,
-) -> Result<(), SessionEnd> {
-    let work = async {
-        for frame in frames {
-            sink.feed(frame).await?;
-        }
-        sink.flush().await
-    };
-    guarded(work, deadline, events).await
-}
-
-async fn close(
-    sink: &mut futures_util::stream::SplitSink<Socket, Message>,
-    events: &mut mpsc::Receiver<ReaderEvent>,
-    reason: &'static str,
-) {
-    let frame = CloseFrame {
-        code: CloseCode::Normal,
-        reason: reason.into(),
-    };
-    let wait = async {
-        if sink.send(Message::Close(Some(frame))).await.is_err() {
-            return;
-        }
-        // wait for the dashboard's close reply (or the socket's end)
-        while let Some(ev) = events.recv().await {
-            if matches!(ev, ReaderEvent::Closed(_) | ReaderEvent::Failed(_)) {
-                return;
-            }
-        }
-    };
-    if tokio::time::timeout(CLOSE_WAIT, wait).await.is_err() {
-        tracing::warn!("the dashboard did not answer the close within 5 s");
-    }
-}
-
-async fn read_loop(
-    mut stream: futures_util::stream::SplitStream<Socket>,
-    started: Instant,
-    heard: Arc<AtomicU64>,
-    events: mpsc::Sender<ReaderEvent>,
-    on_command: CommandSink,
-    out: Arc<Outbound>,
-) {
-    loop {
-        let msg = match stream.next().await {
-            Some(Ok(msg)) => msg,
-            Some(Err(WsError::Capacity(e))) => {
-                let _ = events
-                    .send(ReaderEvent::Failed(format!(
-                        "oversized frame from the dashboard: {e}"
-                    )))
-                    .await;
-                return;
-            }
-            Some(Err(e)) => {
-                let _ = events
-                    .send(ReaderEvent::Failed(format!("read failed: {e}")))
-                    .await;
-                return;
-            }
-            None => {
-                let _ = events
-                    .send(ReaderEvent::Failed("the connection ended".into()))
-                    .await;
-                return;
-            }
-        };
-        heard.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        match msg {
-            Message::Text(text) => match parse_incoming(&text) {
-                Ok(Incoming::Registered { .. }) => {
-                    let _ = events.send(ReaderEvent::Registered).await;
-                }
-                Ok(other) => on_command(other),
-                Err(IncomingError::UnknownType(kind)) => {
-                    tracing::warn!("ignoring a frame of unknown type {kind:?}");
-                }
-                Err(e) => tracing::warn!("ignoring a {e}"),
-            },
-            Message::Binary(_) => tracing::warn!("ignoring a binary frame"),
-            Message::Close(frame) => {
-                let _ = events.send(ReaderEvent::Closed(frame)).await;
-            }
-            // the dashboard read everything written before our ping
-            Message::Pong(data) => out.pong(&data),
-            Message::Ping(_) | Message::Frame(_) => {}
-        }
-    }
 }

@@ -39,7 +39,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::switch::Record;
+use super::activation::{activation, unit_name};
+use super::record::{EXIT_NOT_STARTED, Record};
 
 /// How often the supervisor looks for the verdict.
 const POLL: Duration = Duration::from_millis(100);
@@ -324,13 +325,13 @@ fn roll_back(record: &Record, watch: &Watch) -> i32 {
             cmd.stdout(out).stderr(err);
         }
         match cmd.status() {
-            Ok(status) => super::runner::exit_code(status),
+            Ok(status) => crate::commands::runner::exit_code(status),
             Err(e) => {
                 note(&format!(
                     "nixfleet-agent: cannot run {}: {e}",
                     program.display()
                 ));
-                super::switch::EXIT_NOT_STARTED
+                EXIT_NOT_STARTED
             }
         }
     };
@@ -372,96 +373,11 @@ fn roll_back(record: &Record, watch: &Watch) -> i32 {
     code
 }
 
-/// Where transient units are started: systemd is the service manager
-/// (`sd_booted`: `/run/systemd/system` exists).
-const SYSTEMD_RUNTIME: &str = "/run/systemd/system";
-
-/// How NixOS's own `nixos-rebuild` (nixpkgs 26.05, `nixos-rebuild-ng`) runs
-/// `switch-to-configuration`: in a transient unit of its own, outside the
-/// caller's sandbox and cgroup. The agent's unit has `ProtectSystem=full`
-/// (read-only `/etc` and `/boot`, which activation writes) and
-/// `KillMode=process`; in a transient unit the activation gets PID 1's
-/// environment, a writable system, and outlives whatever happens to the
-/// agent's unit meanwhile. `--wait --pipe` make it behave like a child: its
-/// output comes back, its exit code decides.
-fn activation(switch: &Path, unit: &str) -> (PathBuf, Vec<OsString>, &'static str) {
-    let direct = || {
-        (
-            switch.to_path_buf(),
-            vec![OsString::from("switch")],
-            "directly (systemd is not the service manager here, or systemd-run is missing)",
-        )
-    };
-    if !Path::new(SYSTEMD_RUNTIME).is_dir() {
-        return direct();
-    }
-    let Some(systemd_run) = on_path("systemd-run") else {
-        return direct();
-    };
-    let mut args: Vec<OsString> = Vec::new();
-    for name in [
-        "LOCALE_ARCHIVE",
-        "NIXOS_INSTALL_BOOTLOADER",
-        "NIXOS_NO_CHECK",
-    ] {
-        args.push("-E".into());
-        args.push(name.into());
-    }
-    for flag in [
-        "--collect",
-        "--no-ask-password",
-        "--pipe",
-        "--quiet",
-        "--service-type=exec",
-        "--wait",
-    ] {
-        args.push(flag.into());
-    }
-    args.push(format!("--unit={unit}").into());
-    args.push(switch.as_os_str().to_owned());
-    args.push("switch".into());
-    (
-        systemd_run,
-        args,
-        "in a transient unit (systemd-run), as nixos-rebuild does",
-    )
-}
-
-/// A transient unit name used once: a stale unit of an earlier attempt
-/// ("already loaded") can never block this one.
-fn unit_name(record: &Record) -> String {
-    let id: String = record
-        .dir()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(32)
-        .collect();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "nixfleet-agent-rollback-{id}-{}-{nanos:x}",
-        std::process::id()
-    )
-}
-
-/// The first executable `name` in `PATH`.
-fn on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-}
-
 /// The last lines of the rollback's output.
 pub fn rollback_tail(record: &Record) -> String {
     let Ok(text) = fs::read(record.dir().join("rollback.log")) else {
         return String::new();
     };
     let from = text.len().saturating_sub(4096);
-    super::runner::Tail::from_bytes(&text[from..]).text()
+    crate::commands::runner::Tail::from_bytes(&text[from..]).text()
 }

@@ -1,6 +1,6 @@
 //! The commands that switch the system: `switch`, `pull-switch`, `update`,
 //! `rollback`, and the switches an earlier agent process left behind. Each
-//! runs detached under the switch supervisor (`commands/switch.rs`), so it
+//! runs detached under the switch supervisor (`deploy/supervisor.rs`), so it
 //! survives the agent's own restart and its result is reported once.
 //!
 //! `rollback` switches to the previous generation: NixOS `nixos-rebuild
@@ -15,9 +15,9 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::watchdog::{self, Watch};
 use super::*;
 use crate::config::SwitchTool;
+use crate::deploy::watchdog::{self, Watch};
 
 /// The options `force-rebuild` adds to the rebuild (`nixos-rebuild`,
 /// `darwin-rebuild` and `home-manager` pass `--option` on to Nix).
@@ -85,7 +85,7 @@ impl Run {
             .as_deref()
             .and_then(pin)
             .unwrap_or_else(|| config.flake.clone());
-        let mut argv = switch::argv(config.switch_tool.program(), &flake);
+        let mut argv = deploy::argv(config.switch_tool.program(), &flake);
         if command == CommandName::ForceRebuild {
             // A cached "not in the binary cache" answer can keep serving an
             // old build (upstream P7220): forget negative lookups for this run.
@@ -162,7 +162,7 @@ impl Run {
         if let Some(pid) = child.id() {
             self.ctl.publish_pid(pid);
         }
-        let ended = switch::follow(&record, &self.sink, &self.ctl, Some(child), false).await;
+        let ended = deploy::follow(&record, &self.sink, &self.ctl, Some(child), false).await;
         if let Some(deferred) = self.defer_if_watched(&record, ended).await {
             return Err(deferred);
         }
@@ -235,7 +235,7 @@ impl Commands {
     /// Switches an earlier agent process left behind: report or adopt.
     pub(super) fn recover_switches(&self) {
         let root = self.inner.config.state_dir.join("switch");
-        for record in switch::pending(&root) {
+        for record in deploy::pending(&root) {
             if let Some(code) = record.exit_code() {
                 if watchdog::engaged(&record, code)
                     && let Some(watch) = Watch::load(&record)
@@ -260,7 +260,7 @@ impl Commands {
                 self.report_record(&record, Ended::Vanished);
             }
         }
-        switch::prune(&root, switch::KEEP_RECORDS);
+        deploy::prune(&root, deploy::KEEP_RECORDS);
     }
 
     pub(super) fn record_command(record: &Record) -> CommandName {
@@ -340,7 +340,7 @@ impl Commands {
             let run = this
                 .earlier_run(command, ctl, &record, "following", "started")
                 .await;
-            let ended = switch::follow(&record, &run.sink, &run.ctl, None, true).await;
+            let ended = deploy::follow(&record, &run.sink, &run.ctl, None, true).await;
             if let Some(deferred) = run.defer_if_watched(&record, ended).await {
                 run.finish(deferred).await;
                 return;

@@ -1,0 +1,23 @@
+//! The deploy machinery: what makes a switch finish, be reported once, and
+//! be rolled back when its new generation is not healthy, whatever happens to
+//! the agent process meanwhile.
+//!
+//! - [`record`]: the switch record, the directory a switch leaves behind;
+//! - [`supervisor`]: the detached process that runs the switch tool, and the
+//!   agent's side that follows it;
+//! - [`watchdog`]: the rollback watchdog (the verdict, the deadline, the
+//!   rollback);
+//! - `activation`: activating a NixOS system outside the agent's sandbox.
+//!
+//! The operations in `commands/` (`switch`, `pull-switch`, `update`,
+//! `force-rebuild`, `rollback`, and the confirmation by the next agent
+//! process) call it through [`Record`], [`supervisor::follow`] and the
+//! watchdog's verdict functions.
+
+mod activation;
+pub mod record;
+pub mod supervisor;
+pub mod watchdog;
+
+pub use record::{EXIT_NOT_STARTED, KEEP_RECORDS, POLL, Record, SUPERVISE_FLAG, pending, prune};
+pub use supervisor::{Ended, argv, follow, supervise_main};
