@@ -287,6 +287,31 @@ in
       '';
     };
 
+    minFreeSpace = mkOption {
+      type = types.ints.unsigned;
+      default = 2048;
+      example = 8192;
+      description = ''
+        MiB the Nix store's filesystem must keep free on top of what a switch
+        unpacks (`NIXFLEET_MIN_FREE_SPACE`): a switch that would leave less is
+        refused before anything is fetched, with the figures and what to do.
+        `0` turns the guard off.
+      '';
+    };
+
+    buildOnHost = mkOption {
+      type = types.bool;
+      default = true;
+      example = false;
+      description = ''
+        Whether a switch may build derivations on this host
+        (`NIXFLEET_BUILD_ON_HOST`). `false` makes the host substitute-only: a
+        switch whose dry run shows derivations to build here (a binary cache
+        that lacks them) is refused before building, naming how many and the
+        first few.
+      '';
+    };
+
     hostname = mkOption {
       type = types.nullOr types.str;
       default = systemHostName;
@@ -443,6 +468,8 @@ in
         NIXFLEET_ALLOW_FORCE_PUSH = if cfg.allowForcePush then "1" else null;
         NIXFLEET_ROLLBACK_ON_FAILURE = if cfg.rollbackOnFailure then null else "0";
         NIXFLEET_ROLLBACK_DEADLINE = toString cfg.rollbackDeadline;
+        NIXFLEET_MIN_FREE_SPACE = toString cfg.minFreeSpace;
+        NIXFLEET_BUILD_ON_HOST = if cfg.buildOnHost then null else "0";
       };
     }
 

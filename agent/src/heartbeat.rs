@@ -26,6 +26,11 @@ pub fn read_snapshot(config: &Config, metrics: &mut MetricsReader) -> HostSnapsh
             HostType::NixOs => host::reboot_need(&config.booted_system, &config.current_system),
             HostType::MacOs => None,
         },
+        store_free_mib: host::free_mib(&config.guard.nix_store),
+        boot_free_mib: match config.host_type {
+            HostType::NixOs => host::free_mib(std::path::Path::new("/boot")),
+            HostType::MacOs => None,
+        },
     }
 }
 

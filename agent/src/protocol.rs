@@ -66,6 +66,13 @@ pub struct Heartbeat {
     /// (`messages.go` `ParsePayload`). Absent where it does not apply.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub needs_reboot: Option<bool>,
+    /// Free MiB on the Nix store's filesystem; an extension, as
+    /// `needs_reboot`. Absent when it cannot be measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_free_mib: Option<u64>,
+    /// Free MiB on `/boot` (NixOS); an extension, as `needs_reboot`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_free_mib: Option<u64>,
     /// As in [`Register::freshness`].
     #[serde(flatten)]
     pub freshness: Freshness,
@@ -425,6 +432,8 @@ mod tests {
             lock_hash: None,
             update_status: UpdateStatus::default(),
             needs_reboot: None,
+            store_free_mib: None,
+            boot_free_mib: None,
             freshness: Freshness::default(),
         });
         let v: serde_json::Value = serde_json::from_str(&frame.to_json()).unwrap();

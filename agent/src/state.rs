@@ -38,6 +38,10 @@ pub struct HostSnapshot {
     /// NixOS: whether the booted kernel, initrd or modules differ from the
     /// current system's (`None`: not applicable, or cannot be told).
     pub reboot: Option<crate::host::RebootNeed>,
+    /// Free MiB on the Nix store's filesystem (`None`: cannot be measured).
+    pub store_free_mib: Option<u64>,
+    /// Free MiB on `/boot` (`None`: no `/boot`, as on macOS, or unreadable).
+    pub boot_free_mib: Option<u64>,
 }
 
 /// When this process started (the first call, which `run` makes first).

@@ -73,6 +73,9 @@ def main():
         "NIXFLEET_REQUIRE_SIGNED_COMMITS": "1",
         "NIXFLEET_ROLLBACK_DEADLINE": "300",
         "NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS": "1",
+        # the guards' options reach the plist
+        "NIXFLEET_MIN_FREE_SPACE": "8192",
+        "NIXFLEET_BUILD_ON_HOST": "0",
     }
     for name, value in expected.items():
         check(env.get(name) == value, f"EnvironmentVariables {name}={value!r}, got {env.get(name)!r}")

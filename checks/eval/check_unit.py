@@ -130,6 +130,8 @@ def main():
         "NIX_REMOTE": "daemon",
         # the rollback watchdog is on by default, with its 120 s window
         "NIXFLEET_ROLLBACK_DEADLINE": "120",
+        # the space guard keeps 2 GiB free by default
+        "NIXFLEET_MIN_FREE_SPACE": "2048",
     }
     for name, value in expected.items():
         check(env.get(name) == value, f"Environment {name}={value!r}, got {env.get(name)!r}")
@@ -140,6 +142,7 @@ def main():
         "NIXFLEET_TRUSTED_SIGNERS",
         "NIXFLEET_ALLOW_FORCE_PUSH",
         "NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS",
+        "NIXFLEET_BUILD_ON_HOST",
     ):
         check(off not in env, f"{off} left to the agent's default: {env.get(off)!r}")
     path = env.get("PATH", "").split(":")

@@ -37,6 +37,8 @@ let
           ];
           rollbackDeadline = 300;
           requireKnownHosts = true;
+          minFreeSpace = 8192;
+          buildOnHost = false;
         };
       }
     ];

@@ -54,6 +54,7 @@ pub(crate) mod env;
 mod host_tests;
 mod names;
 mod owner;
+mod preview;
 mod pull;
 mod reboot;
 mod refresh;

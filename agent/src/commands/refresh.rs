@@ -35,6 +35,14 @@ pub fn system_attr(tool: SwitchTool, name: &str) -> String {
     }
 }
 
+/// The installable `tool` would switch to for `flake` (`<ref>#<name>`, or a
+/// bare reference and `hostname`): the configuration's system derivation.
+pub fn system_installable(tool: SwitchTool, flake: &str, hostname: &str) -> String {
+    let (repo, name) = flake.rsplit_once('#').unwrap_or((flake, hostname));
+    let attr = system_attr(tool, name);
+    format!("{repo}#{}", attr.strip_suffix(".outPath").unwrap_or(&attr))
+}
+
 /// The store path the host runs now: `current_system`'s target, or for Home
 /// Manager the current generation of `~/.local/state/nix/profiles/home-manager`.
 pub fn running_system(
@@ -73,11 +81,10 @@ impl Run {
     pub(super) async fn refresh_system(&mut self) -> Report {
         let config = self.inner().config.clone();
         let store = self.inner().state.compartments().clone();
-        let (repo, name) = match config.flake.rsplit_once('#') {
-            Some((repo, name)) => (repo.to_string(), name.to_string()),
-            None => (config.flake.clone(), config.hostname.clone()),
-        };
-        let installable = format!("{repo}#{}", system_attr(config.switch_tool, &name));
+        let installable = format!(
+            "{}.outPath",
+            system_installable(config.switch_tool, &config.flake, &config.hostname)
+        );
         let args: [&OsStr; 5] = [
             OsStr::new("--extra-experimental-features"),
             OsStr::new("nix-command flakes"),

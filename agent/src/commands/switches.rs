@@ -85,6 +85,8 @@ impl Run {
             .as_deref()
             .and_then(pin)
             .unwrap_or_else(|| config.flake.clone());
+        self.preview_and_guard(system_label(command), &flake)
+            .await?;
         let mut argv = deploy::argv(config.switch_tool.program(), &flake);
         if command == CommandName::ForceRebuild {
             // A cached "not in the binary cache" answer can keep serving an

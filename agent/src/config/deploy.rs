@@ -49,6 +49,45 @@ pub struct TrustSettings {
     pub allow_force_push: bool,
 }
 
+/// The guards before a switch (docs/commands.md, "Preview and guards").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardSettings {
+    /// Free space the Nix store's filesystem keeps on top of what a switch
+    /// unpacks (`NIXFLEET_MIN_FREE_SPACE`, MiB, default 2048; 0: no guard).
+    pub min_free_bytes: u64,
+    /// Whether a switch may build derivations on this host
+    /// (`NIXFLEET_BUILD_ON_HOST`, default on); off: substitute-only.
+    pub build_on_host: bool,
+    /// The Nix store whose filesystem is measured (`NIXFLEET_NIX_STORE`,
+    /// default `/nix/store`).
+    pub nix_store: PathBuf,
+}
+
+/// Default of [`GuardSettings::min_free_bytes`]: 2 GiB.
+pub const DEFAULT_MIN_FREE_MIB: u64 = 2048;
+
+pub(super) fn guard_settings(env: &Env<'_>) -> Result<GuardSettings, ConfigError> {
+    Ok(GuardSettings {
+        min_free_bytes: match env.get("NIXFLEET_MIN_FREE_SPACE") {
+            None => DEFAULT_MIN_FREE_MIB * 1024 * 1024,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(mib) if mib <= 1 << 30 => mib * 1024 * 1024,
+                _ => {
+                    return Err(err(
+                        "NIXFLEET_MIN_FREE_SPACE",
+                        format!(
+                            "{v:?} is not a number of MiB (0 turns the guard off); unset it for {DEFAULT_MIN_FREE_MIB}"
+                        ),
+                    ));
+                }
+            },
+        },
+        build_on_host: flag(env, "NIXFLEET_BUILD_ON_HOST", true)?,
+        nix_store: absolute_path(env, "NIXFLEET_NIX_STORE")?
+            .unwrap_or_else(|| PathBuf::from("/nix/store")),
+    })
+}
+
 /// The rollback watchdog (docs/commands.md, "Automatic rollback").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollbackSettings {

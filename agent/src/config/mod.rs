@@ -152,6 +152,8 @@ pub struct Config {
     pub trust: TrustSettings,
     /// The rollback watchdog.
     pub rollback: RollbackSettings,
+    /// The guards before a switch (free space, local builds).
+    pub guard: GuardSettings,
     /// Log verbosity.
     pub log_level: LogLevel,
     /// Name reported to the dashboard.
@@ -203,9 +205,10 @@ mod deploy;
 mod parse;
 mod secrets;
 pub use deploy::{
-    RollbackSettings, SYSTEM_KNOWN_HOSTS, SYSTEM_PROFILE, SshSettings, TrustSettings,
+    DEFAULT_MIN_FREE_MIB, GuardSettings, RollbackSettings, SYSTEM_KNOWN_HOSTS, SYSTEM_PROFILE,
+    SshSettings, TrustSettings,
 };
-use deploy::{rollback_settings, trust_settings};
+use deploy::{guard_settings, rollback_settings, trust_settings};
 pub use parse::ConfigError;
 use parse::{Env, absolute_path, err, flag, is_hex_color, millis, one_of};
 pub use secrets::{Token, TokenSource, parse_token_file, redact_repo_url, redact_url};
@@ -434,6 +437,7 @@ impl Config {
         };
         let trust = trust_settings(&env)?;
         let rollback = rollback_settings(&env)?;
+        let guard = guard_settings(&env)?;
         let ca_file = env.get("NIXFLEET_CA_FILE").map(PathBuf::from);
         if let Some(ca) = &ca_file
             && let Err(e) = std::fs::metadata(ca)
@@ -469,6 +473,7 @@ impl Config {
             ssh,
             trust,
             rollback,
+            guard,
             log_level,
             hostname,
             host_type,

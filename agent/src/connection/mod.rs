@@ -260,6 +260,8 @@ impl Connection {
                 snap.reboot.as_ref(),
             ),
             needs_reboot: snap.reboot.as_ref().map(RebootNeed::needed),
+            store_free_mib: snap.store_free_mib,
+            boot_free_mib: snap.boot_free_mib,
             freshness,
         })
     }

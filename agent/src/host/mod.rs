@@ -20,6 +20,7 @@ mod freshness;
 mod git;
 mod metrics;
 mod reboot;
+mod space;
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -35,6 +36,7 @@ pub use freshness::{
 pub use git::{GENERATION_LEN, generation, git_head_commit, short_commit};
 pub use metrics::{Metrics, MetricsReader, MetricsSource};
 pub use reboot::{RebootNeed, boot_identity, reboot_need};
+pub use space::{free_bytes, free_mib};
 
 /// Cap for small text files (versions, host names, `os-release`, git refs).
 const SMALL_FILE_CAP: u64 = 64 * 1024;

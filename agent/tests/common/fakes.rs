@@ -10,7 +10,9 @@ use super::Fixture;
 ///   print a line on stdout and stderr; with `rebuild.wait` present, announce
 ///   `rebuild.waiting` and wait for `rebuild.go`; with `rebuild.fail`, print an
 ///   error on stderr and exit 1.
-/// - `nix`: writes its argv to `nix.argv`.
+/// - `nix`: writes its argv to `nix.argv`; `nix build --dry-run` prints
+///   `nix.plan` (what Nix's dry run prints) and appends its argv to
+///   `nix-dry-run.argv`, or fails with `nix.plan.fail`.
 pub struct Fakes {
     /// Directory of the fake tools (first on `PATH`).
     pub bin: PathBuf,
@@ -49,10 +51,28 @@ touch {d}/rebuild.done
         for tool in ["nixos-rebuild", "darwin-rebuild"] {
             write_exec(&bin.join(tool), &rebuild);
         }
+        // `nix build --dry-run`: what Nix's printMissing prints, from
+        // `nix.plan` (nothing missing without it), its argv appended to
+        // `nix-dry-run.argv`; `nix.plan.fail`: an evaluation error, exit 1.
+        // Anything else (`nix flake update`): argv to `nix.argv`.
         write_exec(
             &bin.join("nix"),
             &format!(
-                "#!/bin/sh\nprintf '%s\\n' \"$@\" > {d}/nix.argv\necho 'updated input nixpkgs' >&2\n"
+                r#"#!/bin/sh
+for arg in "$@"; do
+  if [ "$arg" = --dry-run ]; then
+    printf '%s\n' "$*" >> {d}/nix-dry-run.argv
+    if [ -e {d}/nix.plan.fail ]; then
+      echo "error: attribute 'frobnicator' missing" >&2
+      exit 1
+    fi
+    [ -e {d}/nix.plan ] && cat {d}/nix.plan >&2
+    exit 0
+  fi
+done
+printf '%s\n' "$@" > {d}/nix.argv
+echo 'updated input nixpkgs' >&2
+"#
             ),
         );
         Fakes { bin, dir }

@@ -166,6 +166,9 @@ impl AgentBuilder {
         set("NIXFLEET_HOSTNAME", host);
         set("NIXFLEET_REPO_DIR", path_str(&fx.repo));
         set("NIXFLEET_STATE_DIR", path_str(&fx.state));
+        // the space guard runs on every switch, and refuses nothing on a
+        // machine with a nearly full disk (its own test sets it)
+        set("NIXFLEET_MIN_FREE_SPACE", "1");
         set("NIXFLEET_STASYSMO_DIR", path_str(&fx.stasysmo));
         set("NIXFLEET_INTERVAL", "1");
         set("NIXFLEET_LOG_LEVEL", "debug");

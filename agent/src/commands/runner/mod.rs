@@ -218,7 +218,12 @@ pub struct Sink {
     command: String,
     out: Option<Arc<Outbound>>,
     log: Arc<RunLog>,
+    /// Lines kept for the caller instead of being sent ([`Sink::capturing`]).
+    captured: Option<Arc<Mutex<Vec<String>>>>,
 }
+
+/// Lines a capturing sink keeps at most (the rest still reach the log).
+pub const MAX_CAPTURED: usize = 100_000;
 
 impl Sink {
     /// Lines of `command`, to `out` (or to the agent's log when `None`) and `log`.
@@ -227,7 +232,26 @@ impl Sink {
             command: command.to_string(),
             out,
             log,
+            captured: None,
         }
+    }
+
+    /// Lines of `command` to `log` only, kept for the caller (at most
+    /// [`MAX_CAPTURED`]): output the agent reads and summarises itself.
+    pub fn capturing(command: &str, log: Arc<RunLog>) -> (Sink, Arc<Mutex<Vec<String>>>) {
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink {
+            command: command.to_string(),
+            out: None,
+            log,
+            captured: Some(captured.clone()),
+        };
+        (sink, captured)
+    }
+
+    /// The run's log file, shared (for another sink of the same run).
+    pub fn log_handle(&self) -> Arc<RunLog> {
+        self.log.clone()
     }
 
     /// The run's log file.
@@ -256,6 +280,13 @@ impl Sink {
             let text = String::from_utf8_lossy(split.get(r)).into_owned();
             if i >= tail_from {
                 tail.push(&text);
+            }
+            if let Some(captured) = &self.captured {
+                let mut kept = lock(captured);
+                if kept.len() < MAX_CAPTURED {
+                    kept.push(text);
+                }
+                continue;
             }
             self.send(stream, text).await;
         }

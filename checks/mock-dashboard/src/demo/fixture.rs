@@ -52,6 +52,10 @@ pub(super) const T02: &str =
 
 pub(super) const REBUILD: &str = "#!/bin/sh\necho \"$(basename \"$0\") (demo fake) $*\"\necho 'building the system configuration...'\necho 'activating the configuration...'\nexit 0\n";
 
+/// A fake `nix` whose dry run prints what Nix's `printMissing` prints, so
+/// that the switch's preview has something to show.
+pub(super) const NIX: &str = "#!/bin/sh\nfor arg in \"$@\"; do\n  if [ \"$arg\" = --dry-run ]; then\n    cat >&2 <<'EOF'\nthese 2 derivations will be built:\n  /nix/store/0i8lx7xq5vq4n5jqm3pw6a2dz1zc9m8y-nixos-system-demo-host-26.05.drv\n  /nix/store/1k9vj3w7b2a8m0c6xhq4s5d7f8g9h0j2-etc.drv\nthese 3 paths will be fetched (4.20 MiB download, 17.80 MiB unpacked):\n  /nix/store/2m4n6p8q0r2s4t6v8w0x2y4z6a8b0c2d-hello-2.12.2\n  /nix/store/3n5p7q9r1s3t5v7w9x1y3z5a7b9c1d3f-nginx-1.28.0\n  /nix/store/4p6q8r0s2t4v6w8x0y2z4a6b8c0d2f4g-openssl-3.5.1\nEOF\n    exit 0\n  fi\ndone\necho 'nix (demo fake): nothing to do' >&2\n";
+
 pub(super) const LOCK_V1: &str = "{\n  \"nodes\": {\n    \"nixpkgs\": {\n      \"locked\": {\"rev\": \"abc1234\", \"type\": \"github\"}\n    },\n    \"root\": {\"inputs\": {\"nixpkgs\": \"nixpkgs\"}}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";
 
 pub(super) const LOCK_V2: &str = "{\n  \"nodes\": {\n    \"nixpkgs\": {\n      \"locked\": {\"rev\": \"def5678\", \"type\": \"github\"}\n    },\n    \"root\": {\"inputs\": {\"nixpkgs\": \"nixpkgs\"}}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";

@@ -251,7 +251,20 @@ fn check_heartbeat(f: &mut Fields<'_>) {
         // json.Unmarshal into a struct (messages.go `ParsePayload`), which
         // ignores fields it does not know, so it is accepted and checked here.
         "needs_reboot",
+        // likewise: free MiB of the Nix store's filesystem and of /boot
+        "store_free_mib",
+        "boot_free_mib",
     ]);
+    for key in ["store_free_mib", "boot_free_mib"] {
+        if let Some(v) = f.map.get(key)
+            && !v.is_u64()
+        {
+            f.problem(format!(
+                "`{key}` must be a whole number of MiB, got {}",
+                describe(v)
+            ));
+        }
+    }
     if let Some(v) = f.map.get("needs_reboot")
         && !v.is_boolean()
     {

@@ -230,6 +230,14 @@ fn heartbeat_field_problems() {
             with(heartbeat(), "lock_hash", Some(json!("xyz"))),
             "lock_hash",
         ),
+        (
+            with(heartbeat(), "store_free_mib", Some(json!("lots"))),
+            "store_free_mib",
+        ),
+        (
+            with(heartbeat(), "boot_free_mib", Some(json!(-3))),
+            "boot_free_mib",
+        ),
         (with(heartbeat(), "generation", None), "generation"),
     ];
     for (v, field) in cases {
