@@ -102,6 +102,20 @@ const FAKE_NIX_ENV: &str = r#"#!/bin/sh
 mkdir -p "$(dirname "$2")" && ln -sfn "$4" "$2"
 "#;
 
+/// `nix build --dry-run` (the switch's preview): what Nix's `printMissing`
+/// prints for a system whose parts are all in the store.
+const FAKE_NIX: &str = r#"#!/bin/sh
+for arg in "$@"; do
+  if [ "$arg" = --dry-run ]; then
+    echo "this path will be fetched (0.10 MiB download, 0.50 MiB unpacked):" >&2
+    echo "  /nix/store/00000000000000000000000000000000-etc" >&2
+    exit 0
+  fi
+done
+echo "nix (twin fake): unsupported: $*" >&2
+exit 1
+"#;
+
 /// A system's `bin/switch-to-configuration switch`: the boot loader first,
 /// then the activation, as switch-to-configuration-ng does.
 const FAKE_SWITCH_TO_CONFIGURATION: &str = r#"#!/bin/sh
@@ -273,6 +287,7 @@ impl Twin {
             &nix_store.join(format!("{HASH}-nix/bin/nix-env")),
             FAKE_NIX_ENV,
         );
+        write_exec(&nix_store.join(format!("{HASH}-nix/bin/nix")), FAKE_NIX);
         std::fs::create_dir_all(nix_store.join(format!("{HASH}-nixfleet-agent/bin"))).unwrap();
         let twin = Twin {
             root,

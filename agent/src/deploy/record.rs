@@ -22,7 +22,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -107,29 +107,12 @@ impl Record {
             .open(self.dir.join(name))
     }
 
-    /// Writes a small file atomically (temporary file, fsync, rename). The
-    /// temporary name is this process's own and this write's own, so that
-    /// the agent and the supervisor (both write `supervisor.pid`, with the
-    /// same content) never rename each other's file away.
+    /// Writes a small file of the record atomically (`crate::atomic`: a
+    /// temporary file of this process's and this write's own, fsync,
+    /// rename), so that the agent and the supervisor (both write
+    /// `supervisor.pid`) never disturb each other.
     pub fn write_file(&self, name: &str, content: &[u8]) -> std::io::Result<()> {
-        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self
-            .dir
-            .join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-        {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(content)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, self.dir.join(name)).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
+        crate::atomic::write(&self.dir.join(name), content)
     }
 
     /// A small file of the record, trimmed (at most 4 KiB read).
