@@ -836,7 +836,7 @@ fn figure_size(r: &mut Report) {
 // ---------------------------------------------------------------------------
 // Receiver ceiling: a trivial client that sends exactly the agent's frames
 
-const REGISTER_JSON: &str = r#"{"type":"register","payload":{"hostname":"bench-ceiling","host_type":"nixos","agent_version":"0.0.0","os_version":"24.11","nixpkgs_version":"24.11.20241201.abc1234","generation":"0123456789abcdef0123456789abcdef01234567","theme_color":"","heartbeat_interval":30,"location":"home","device_type":"server","repo_url":"","repo_dir":"/tmp/repo"}}"#;
+const REGISTER_JSON: &str = r#"{"type":"register","payload":{"hostname":"bench-ceiling","host_type":"nixos","agent_version":"0.0.0","os_version":"24.11","nixpkgs_version":"24.11.20241201.abc1234","generation":"0123456","theme_color":"","heartbeat_interval":30,"location":"home","device_type":"server","repo_url":"","repo_dir":"/tmp/repo"}}"#;
 
 /// Sends `lines` output frames then one `status` as fast as the socket takes
 /// them, on its own thread and runtime (like a separate agent process).
@@ -879,7 +879,7 @@ fn ceiling_client(url: String, lines: u64) -> std::thread::JoinHandle<Result<Ins
                     sink.flush().await.map_err(|e| e.to_string())?;
                 }
             }
-            let status = r#"{"type":"status","payload":{"status":"ok","command":"test","exit_code":0,"message":"","generation":"0123456789abcdef0123456789abcdef01234567"}}"#;
+            let status = r#"{"type":"status","payload":{"status":"ok","command":"test","exit_code":0,"message":"","generation":"0123456"}}"#;
             sink.send(Message::text(status))
                 .await
                 .map_err(|e| e.to_string())?;
