@@ -427,10 +427,9 @@ impl Commands {
         };
         let report = match command {
             CommandName::Pull => run.pull().await.map(Report::ok),
-            CommandName::Switch | CommandName::ForceRebuild => run
-                .switch(command)
-                .await
-                .map(|m| Report::ok(m).with_restart()),
+            CommandName::Switch | CommandName::ForceRebuild => {
+                run.switch(command).await.map(|s| s.report(None))
+            }
             CommandName::PullSwitch => run.pull_switch().await,
             CommandName::Update => run.update().await,
             CommandName::Rollback => run.rollback().await,

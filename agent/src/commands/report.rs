@@ -12,9 +12,10 @@ pub(super) struct Report {
     pub(super) restart: bool,
     /// Added to the message if the run turns out stopped (partial test results).
     pub(super) stop_detail: Option<String>,
-    /// No status now: a watched switch succeeded, and the agent of the new
+    /// No status now: a watched switch activated, and the agent of the new
     /// generation reports it once it confirmed (or after a rollback). The
-    /// message holds what came before the switch ("Pull: …; ").
+    /// message holds what came before the switch (a pull's result), for
+    /// that status.
     pub(super) deferred: bool,
 }
 
@@ -30,12 +31,13 @@ impl Report {
         }
     }
 
-    /// A watched switch that succeeded: reported by the next generation.
-    pub(super) fn deferred() -> Report {
+    /// A watched switch: reported by the next generation; `before` is what
+    /// came first in the run (a pull's result), kept for that status.
+    pub(super) fn watched(before: Option<&str>) -> Report {
         Report {
             deferred: true,
             restart: true,
-            ..Report::ok(String::new())
+            ..Report::ok(before.unwrap_or_default().to_string())
         }
     }
 

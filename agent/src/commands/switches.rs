@@ -74,8 +74,30 @@ pub(super) fn switch_report(record: &Record, ended: Ended) -> Result<String, Rep
     }
 }
 
+/// How a switch that did not fail ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Switched {
+    /// Done and known: the message of its status.
+    Done(String),
+    /// Activated and watched: the agent of the new generation reports it
+    /// once it confirmed it (or after a rollback).
+    Watched,
+}
+
+impl Switched {
+    /// The run's report: `before` (what came first, a pull's result) and the
+    /// switch; a watched switch's report carries no status of its own.
+    pub(super) fn report(self, before: Option<&str>) -> Report {
+        match (self, before) {
+            (Switched::Done(m), None) => Report::ok(m).with_restart(),
+            (Switched::Done(m), Some(b)) => Report::ok(format!("{b}; {m}")).with_restart(),
+            (Switched::Watched, before) => Report::watched(before),
+        }
+    }
+}
+
 impl Run {
-    pub(super) async fn switch(&mut self, command: CommandName) -> Result<String, Report> {
+    pub(super) async fn switch(&mut self, command: CommandName) -> Result<Switched, Report> {
         let config = self.inner().config.clone();
         let pin = |commit: &str| trust::pinned_flake(&config.repo_dir, &config.flake, commit);
         let pinnable = pin("0").is_some();
@@ -124,7 +146,7 @@ impl Run {
         };
         self.detached(CommandName::Rollback, argv)
             .await
-            .map(|m| Report::ok(m).with_restart())
+            .map(|switched| switched.report(None))
     }
 
     /// Runs `argv` under the switch supervisor and follows it to its end.
@@ -132,7 +154,7 @@ impl Run {
         &mut self,
         command: CommandName,
         argv: Vec<OsString>,
-    ) -> Result<String, Report> {
+    ) -> Result<Switched, Report> {
         let what = switch_word(command);
         if self.ctl.stop_cause().is_some() {
             return Err(Report::error(NOT_RUN, format!("{what}: not started")));
@@ -165,29 +187,32 @@ impl Run {
             self.ctl.publish_pid(pid);
         }
         let ended = deploy::follow(&record, &self.sink, &self.ctl, Some(child), false).await;
-        if let Some(deferred) = self.defer_if_watched(&record, ended).await {
-            return Err(deferred);
+        if self.watched(&record, ended).await {
+            return Ok(Switched::Watched);
         }
-        switch_report(&record, ended)
+        switch_report(&record, ended).map(Switched::Done)
     }
 
-    /// A watched switch that succeeded is reported by the next agent process,
-    /// once the new generation confirmed it (or it was rolled back).
-    async fn defer_if_watched(&self, record: &Record, ended: Ended) -> Option<Report> {
+    /// Whether the switch that ended so is watched: it is reported by the
+    /// next agent process, once the new generation confirmed it (or it was
+    /// rolled back). Says so in the output.
+    async fn watched(&self, record: &Record, ended: Ended) -> bool {
         let Ended::Exit(code) = ended else {
-            return None;
+            return false;
         };
         if !watchdog::engaged(record, code) {
-            return None;
+            return false;
         }
-        let watch = Watch::load(record)?;
+        let Some(watch) = Watch::load(record) else {
+            return false;
+        };
         self.sink
             .note(format!(
                 "[nixfleet-agent] switched; the agent restarts, and the new generation's agent confirms the switch within {} s or it is rolled back",
                 watch.deadline.as_secs()
             ))
             .await;
-        Some(Report::deferred())
+        true
     }
 
     pub(super) async fn pull_switch(&mut self) -> Result<Report, Report> {
@@ -196,7 +221,7 @@ impl Run {
             .switch(CommandName::PullSwitch)
             .await
             .map_err(|r| r.after(&pulled))?;
-        Ok(Report::ok(format!("{pulled}; {switched}")).with_restart())
+        Ok(switched.report(Some(&pulled)))
     }
 
     pub(super) async fn update(&mut self) -> Result<Report, Report> {
@@ -229,7 +254,7 @@ impl Run {
             .switch(CommandName::Update)
             .await
             .map_err(|r| r.after(updated))?;
-        Ok(Report::ok(format!("{updated}; {switched}")).with_restart())
+        Ok(switched.report(Some(updated)))
     }
 }
 
@@ -343,8 +368,8 @@ impl Commands {
                 .earlier_run(command, ctl, &record, "following", "started")
                 .await;
             let ended = deploy::follow(&record, &run.sink, &run.ctl, None, true).await;
-            if let Some(deferred) = run.defer_if_watched(&record, ended).await {
-                run.finish(deferred).await;
+            if run.watched(&record, ended).await {
+                run.finish(Report::watched(None)).await;
                 return;
             }
             let report = switch_report(&record, ended)

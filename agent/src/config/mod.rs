@@ -204,6 +204,7 @@ pub struct Config {
 mod deploy;
 mod parse;
 mod secrets;
+mod system;
 pub use deploy::{
     DEFAULT_MIN_FREE_MIB, GuardSettings, RollbackSettings, SYSTEM_KNOWN_HOSTS, SYSTEM_PROFILE,
     SshSettings, TrustSettings,
@@ -298,36 +299,8 @@ impl Config {
             ));
         }
 
-        let host_type = match env.get("NIXFLEET_HOST_TYPE") {
-            None => HostType::detect(),
-            Some(v) => match v.trim() {
-                "nixos" => HostType::NixOs,
-                "macos" => HostType::MacOs,
-                other => {
-                    return Err(err(
-                        "NIXFLEET_HOST_TYPE",
-                        format!(
-                            "{other:?} is not nixos or macos; unset it to detect the host type"
-                        ),
-                    ));
-                }
-            },
-        };
-        let hostname = match env.get("NIXFLEET_HOSTNAME") {
-            Some(h) => {
-                let h = h.trim().to_string();
-                if h.chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || c == '/')
-                {
-                    return Err(err(
-                        "NIXFLEET_HOSTNAME",
-                        format!("{h:?} is not a host name; use letters, digits, '-' and '.'"),
-                    ));
-                }
-                h
-            }
-            None => crate::host::short_hostname(),
-        };
+        let host_type = system::host_type(&env)?;
+        let hostname = system::hostname(&env)?;
 
         let state_dir = env
             .get("NIXFLEET_STATE_DIR")
@@ -374,56 +347,10 @@ impl Config {
                 ),
             ));
         }
-        let branch = env
-            .get("NIXFLEET_BRANCH")
-            .map(|b| b.trim().to_string())
-            .unwrap_or_else(|| "main".to_string());
-        if branch.starts_with('-') || branch.contains("..") || branch.contains(char::is_whitespace)
-        {
-            return Err(err(
-                "NIXFLEET_BRANCH",
-                format!("{branch:?} is not a branch name; use e.g. main"),
-            ));
-        }
+        let branch = system::branch(&env)?;
 
-        let switch_tool = match env.get("NIXFLEET_SWITCH_TOOL") {
-            None => match host_type {
-                HostType::NixOs => SwitchTool::NixosRebuild,
-                HostType::MacOs => SwitchTool::DarwinRebuild,
-            },
-            Some(v) => match v.trim() {
-                "nixos-rebuild" => SwitchTool::NixosRebuild,
-                "darwin-rebuild" => SwitchTool::DarwinRebuild,
-                "home-manager" => SwitchTool::HomeManager,
-                other => {
-                    return Err(err(
-                        "NIXFLEET_SWITCH_TOOL",
-                        format!(
-                            "{other:?} is not nixos-rebuild, darwin-rebuild or home-manager; unset it for the platform's default"
-                        ),
-                    ));
-                }
-            },
-        };
-        let flake = match env.get("NIXFLEET_FLAKE") {
-            Some(f) => f.trim().to_string(),
-            None => {
-                // Home Manager hosts switch `<repo>#<hostname>` (upstream's
-                // macOS fleet and the dashboard's help text);
-                // NIXFLEET_HOME_MANAGER_USER selects `<repo>#<user>@<hostname>`.
-                let target = match (switch_tool, env.get("NIXFLEET_HOME_MANAGER_USER")) {
-                    (SwitchTool::HomeManager, Some(user)) => format!("{}@{hostname}", user.trim()),
-                    _ => hostname.clone(),
-                };
-                format!("{}#{target}", repo_dir.display())
-            }
-        };
-        if flake.starts_with('-') {
-            return Err(err(
-                "NIXFLEET_FLAKE",
-                format!("{flake:?} is not a flake reference; use e.g. /etc/nixos#myhost"),
-            ));
-        }
+        let switch_tool = system::switch_tool(&env, host_type)?;
+        let flake = system::flake(&env, switch_tool, &hostname, &repo_dir)?;
 
         let ssh = SshSettings {
             key: env.get("NIXFLEET_SSH_KEY").map(PathBuf::from).or_else(|| {
