@@ -159,7 +159,7 @@ impl Commands {
         let Some(ctl) = self.claim(CommandName::Pull) else {
             return;
         };
-        let log = Arc::new(RunLog::create(&config.log_dir, "clone"));
+        let log = Arc::new(RunLog::create_off_thread(&config.log_dir, "clone").await);
         let sink = Sink::new("clone", None, log);
         tracing::info!(
             "cloning {} (branch {}) into {}",
@@ -411,7 +411,8 @@ impl Commands {
     // ---- runs ----
 
     async fn execute(self, command: CommandName, ctl: Arc<Control>) {
-        let log = Arc::new(RunLog::create(&self.inner.config.log_dir, command.as_str()));
+        let log =
+            Arc::new(RunLog::create_off_thread(&self.inner.config.log_dir, command.as_str()).await);
         log.note(&format!("[nixfleet-agent] {} started", command.as_str()));
         if let Some(path) = log.path() {
             tracing::debug!("{} logs to {}", command.as_str(), path.display());

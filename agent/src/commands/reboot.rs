@@ -80,7 +80,7 @@ impl Commands {
         let config = self.inner.config.clone();
         let (program, args) = tool(config.host_type);
         let label = format!("{program} {}", args.join(" "));
-        let log = Arc::new(RunLog::create(&config.log_dir, "reboot"));
+        let log = Arc::new(RunLog::create_off_thread(&config.log_dir, "reboot").await);
         let sink = Sink::new("reboot", Some(self.inner.out.clone()), log);
         sink.note(format!(
             "[nixfleet-agent] reboot requested: the host reboots now (`{label}`)"

@@ -94,6 +94,17 @@ impl RunLog {
     }
 
     /// Creates the log of a new run of `command` in `dir`, rotating old ones.
+    /// [`RunLog::create`] on the blocking pool (it makes the directory,
+    /// rotates old logs and opens a file): the runtime thread never waits
+    /// for the disk.
+    pub async fn create_off_thread(dir: &Path, command: &str) -> RunLog {
+        let (d, c) = (dir.to_path_buf(), command.to_string());
+        match tokio::task::spawn_blocking(move || RunLog::create(&d, &c)).await {
+            Ok(log) => log,
+            Err(_) => RunLog::create(dir, command),
+        }
+    }
+
     pub fn create(dir: &Path, command: &str) -> RunLog {
         match Self::try_create(dir, command) {
             Ok(log) => log,

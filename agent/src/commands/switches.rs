@@ -163,7 +163,13 @@ impl Run {
         self.switched = true;
         let config = self.inner().config.clone();
         let root = config.state_dir.join("switch");
-        let record = Record::create(&root, command.as_str(), &argv).map_err(|e| {
+        // made (and synced) on the blocking pool: the disk never holds up
+        // the runtime thread
+        let (r, a) = (root.clone(), argv.clone());
+        let made = tokio::task::spawn_blocking(move || Record::create(&r, command.as_str(), &a))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        let record = made.map_err(|e| {
             Report::error(
                 NOT_RUN,
                 format!(
@@ -330,7 +336,8 @@ impl Commands {
         doing: &str,
         done: &str,
     ) -> Run {
-        let log = Arc::new(RunLog::create(&self.inner.config.log_dir, command.as_str()));
+        let log =
+            Arc::new(RunLog::create_off_thread(&self.inner.config.log_dir, command.as_str()).await);
         let run = Run {
             commands: self.clone(),
             sink: Sink::new(command.as_str(), Some(self.inner.out.clone()), log),

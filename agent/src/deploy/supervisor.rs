@@ -144,24 +144,48 @@ impl Follower {
         }
     }
 
-    /// Sends everything written since the last call; true if anything was read.
+    /// Sends everything written since the last call; true if anything was
+    /// read. The file is read on the blocking pool: a slow disk never holds
+    /// up the runtime thread (heartbeats, pings).
     async fn drain(&mut self, sink: &Sink) -> bool {
         let mut any = false;
         loop {
-            let Some(file) = self.file.as_mut() else {
+            let Some(mut file) = self.file.take() else {
                 return any;
             };
-            let n = match file.read(self.split.spare()) {
-                Ok(0) => return any,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            let want = self.split.spare().len();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; want];
+                let read = loop {
+                    match file.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        other => break other,
+                    }
+                };
+                buf.truncate(*read.as_ref().unwrap_or(&0));
+                (file, read.map(|_| buf))
+            })
+            .await;
+            let bytes = match read {
+                Ok((file, Ok(bytes))) => {
+                    self.file = Some(file);
+                    bytes
+                }
+                Ok((_, Err(e))) => {
+                    tracing::warn!("reading the switch output failed: {e}");
+                    return any;
+                }
                 Err(e) => {
                     tracing::warn!("reading the switch output failed: {e}");
-                    self.file = None;
                     return any;
                 }
             };
+            if bytes.is_empty() {
+                return any;
+            }
             any = true;
+            let n = bytes.len();
+            self.split.spare()[..n].copy_from_slice(&bytes);
             self.split.commit(n);
             self.ranges.clear();
             while let Some(r) = self.split.next_line() {
@@ -183,6 +207,31 @@ impl Follower {
     }
 }
 
+/// What one look at a running switch's record finds, read on the blocking
+/// pool (small files, but a slow disk must not hold up the runtime thread).
+struct Look {
+    tool_pid: Option<u32>,
+    exit: Option<i32>,
+    supervisor_alive: bool,
+}
+
+impl Look {
+    async fn at(record: &Record, supervisor: bool) -> Look {
+        let r = record.clone();
+        let looked = tokio::task::spawn_blocking(move || Look {
+            tool_pid: r.tool_pid(),
+            exit: r.exit_code(),
+            supervisor_alive: supervisor && r.supervisor_alive(),
+        })
+        .await;
+        looked.unwrap_or_else(|_| Look {
+            tool_pid: record.tool_pid(),
+            exit: record.exit_code(),
+            supervisor_alive: supervisor && record.supervisor_alive(),
+        })
+    }
+}
+
 /// Follows a running switch to its end: streams its output to `sink`,
 /// publishes the tool's PID through `ctl` (so `stop` reaches it) and returns
 /// how it ended. `own` is the supervisor when this agent started it;
@@ -201,11 +250,12 @@ pub async fn follow(
     let ended = loop {
         out.drain(sink).await;
         err.drain(sink).await;
-        if !attached && let Some(pid) = record.tool_pid() {
+        let look = Look::at(record, own.is_none()).await;
+        if !attached && let Some(pid) = look.tool_pid {
             ctl.attach(pid, true);
             attached = true;
         }
-        if let Some(code) = record.exit_code() {
+        if let Some(code) = look.exit {
             break Ended::Exit(code);
         }
         let (alive, own_exit) = match own.as_mut() {
@@ -214,7 +264,7 @@ pub async fn follow(
                 Ok(Some(status)) => (false, status.code()),
                 Err(_) => (false, None),
             },
-            None => (record.supervisor_alive(), None),
+            None => (look.supervisor_alive, None),
         };
         if !alive {
             // It may have written `exit` just before it ended; else its own
