@@ -115,29 +115,30 @@ mod run {
                     args: &[],
                     cwd: &config.repo_dir,
                 };
-                let verdict = match run_step(&self.sink, &self.ctl, &self.inner().env, &spec).await
-                {
-                    Ok(r) if r.code == 0 => {
-                        last_code = 0;
-                        passed += 1;
-                        "passed".to_string()
-                    }
-                    Ok(r) => {
-                        last_code = r.code;
-                        failed.push(name.clone());
-                        format!("FAILED (exit {})", r.code)
-                    }
-                    Err(e) => {
-                        last_code = 127;
-                        failed.push(name.clone());
-                        format!("FAILED (cannot start: {e})")
-                    }
-                };
+                // whether it passed, and how its line ends
+                let (ok, verdict) =
+                    match run_step(&self.sink, &self.ctl, &self.inner().env, &spec).await {
+                        Ok(r) if r.code == 0 => {
+                            last_code = 0;
+                            passed += 1;
+                            (true, "passed".to_string())
+                        }
+                        Ok(r) => {
+                            last_code = r.code;
+                            failed.push(name.clone());
+                            (false, format!("FAILED (exit {})", r.code))
+                        }
+                        Err(e) => {
+                            last_code = 127;
+                            failed.push(name.clone());
+                            (false, format!("FAILED (cannot start: {e})"))
+                        }
+                    };
                 self.sink.note(format!("<== {name} {verdict}")).await;
                 let index = current as usize;
                 current += 1;
                 if let Some(dots) = &mut self.test_dots {
-                    dots.record(index, verdict == "passed");
+                    dots.record(index, ok);
                 }
                 if self.ctl.stop_cause().is_some() {
                     break;
