@@ -14,6 +14,7 @@ pub mod compartments;
 pub mod config;
 pub mod connection;
 pub mod deploy;
+pub mod exec;
 pub mod heartbeat;
 pub mod host;
 pub mod logfile;

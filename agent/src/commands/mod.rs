@@ -50,10 +50,8 @@
 
 mod check_version;
 mod confirm;
-pub(crate) mod env;
 mod host_tests;
 mod names;
-mod owner;
 mod preview;
 mod pull;
 mod reboot;
@@ -62,8 +60,6 @@ mod repair;
 mod report;
 mod row;
 mod run;
-pub(crate) mod runlog;
-pub(crate) mod runner;
 mod switches;
 mod trust;
 
@@ -78,6 +74,7 @@ pub use env::ChildEnv;
 
 use crate::config::{Config, EXIT_RESTART, RepoMode};
 use crate::deploy::{self, Ended, Record};
+use crate::exec::{env, owner, runlog, runner};
 use crate::host;
 use crate::outbound::Outbound;
 use crate::protocol::{CommandRejected, Incoming, Outcome, Outgoing, Status, TestProgress};

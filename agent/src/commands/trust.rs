@@ -146,7 +146,7 @@ pub fn verify_commit(
             !l.starts_with("gpg: Signature made") && !l.starts_with("gpg:                using")
         })
         .unwrap_or("no signature");
-    Err(crate::commands::runner::clip(reason, 300).to_string())
+    Err(crate::util::clip(reason, 300).to_string())
 }
 
 /// The keys of one check, in a private directory removed afterwards.

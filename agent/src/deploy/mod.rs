@@ -5,6 +5,7 @@
 //! - [`record`]: the switch record, the directory a switch leaves behind;
 //! - [`supervisor`]: the detached process that runs the switch tool, and the
 //!   agent's side that follows it;
+//! - [`watch`]: what a switch is watched against, taken before it starts;
 //! - [`watchdog`]: the rollback watchdog (the verdict, the deadline, the
 //!   rollback);
 //! - `activation`: activating a NixOS system outside the agent's sandbox.
@@ -17,6 +18,7 @@
 mod activation;
 pub mod record;
 pub mod supervisor;
+pub mod watch;
 pub mod watchdog;
 
 pub use record::{EXIT_NOT_STARTED, KEEP_RECORDS, POLL, Record, SUPERVISE_FLAG, pending, prune};

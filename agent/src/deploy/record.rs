@@ -29,10 +29,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::commands::env::ChildEnv;
-use crate::commands::runlog::{create_private_dir, unique_millis};
-use crate::commands::runner::Tail;
-use crate::commands::runner::failure_tail;
+use crate::exec::env::ChildEnv;
+use crate::exec::runlog::{create_private_dir, unique_millis};
+use crate::exec::runner::Tail;
+use crate::exec::runner::failure_tail;
 
 /// The hidden command-line flag that makes the binary a switch supervisor.
 pub const SUPERVISE_FLAG: &str = "--supervise-switch";

@@ -37,7 +37,7 @@ use std::process::Stdio;
 
 use super::record::{EXIT_NOT_STARTED, POLL, Record, SUPERVISE_FLAG};
 use super::watchdog::{self, Watch};
-use crate::commands::runner::{Control, MAX_LINE, READ_CHUNK, Sink, Splitter, Tail, exit_code};
+use crate::exec::runner::{Control, MAX_LINE, READ_CHUNK, Sink, Splitter, Tail, exit_code};
 use crate::protocol::Stream;
 
 /// Entry point of the supervisor process (`nixfleet-agent --supervise-switch

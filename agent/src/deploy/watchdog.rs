@@ -325,7 +325,7 @@ fn roll_back(record: &Record, watch: &Watch) -> i32 {
             cmd.stdout(out).stderr(err);
         }
         match cmd.status() {
-            Ok(status) => crate::commands::runner::exit_code(status),
+            Ok(status) => crate::exec::runner::exit_code(status),
             Err(e) => {
                 note(&format!(
                     "nixfleet-agent: cannot run {}: {e}",
@@ -379,5 +379,5 @@ pub fn rollback_tail(record: &Record) -> String {
         return String::new();
     };
     let from = text.len().saturating_sub(4096);
-    crate::commands::runner::Tail::from_bytes(&text[from..]).text()
+    crate::exec::runner::Tail::from_bytes(&text[from..]).text()
 }

@@ -349,7 +349,7 @@ mod tests {
             "root's git ran a program the checkout's config names"
         );
         // the owner's own git gets the owner's configuration
-        let owner = crate::commands::owner::Account {
+        let owner = crate::exec::owner::Account {
             name: "alice".into(),
             uid: 1000,
             gid: 1000,
