@@ -307,7 +307,11 @@ impl Twin {
             &twin.root.join("boot/loader/default"),
             "nixos-system-twin-a\n",
         );
-        write(&twin.secrets.join("nixfleet-token"), TOKEN);
+        // a token of this twin's own: an agent of another test's container
+        // can never register with this dashboard
+        write(&twin.secrets.join("nixfleet-token"), &twin_token(name));
+        dash.add_token(&twin_token(name));
+        dash.remove_token(TOKEN);
         twin.start(fx, name)
     }
 
@@ -393,21 +397,46 @@ impl Twin {
     }
 }
 
-impl Drop for Twin {
-    fn drop(&mut self) {
-        // SIGRTMIN+3 to the container's systemd: halt; then make sure
-        if self.init > 0 {
-            unsafe { libc::kill(self.init, libc::SIGRTMIN() + 3) };
-        }
-        for _ in 0..100 {
+impl Twin {
+    /// Whether nspawn ended within `wait`.
+    fn nspawn_ends_within(&mut self, wait: Duration) -> bool {
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline {
             if let Ok(Some(_)) = self.nspawn.try_wait() {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.nspawn.kill();
-        let _ = self.nspawn.wait();
+        false
     }
+}
+
+impl Drop for Twin {
+    /// The container never outlives its test: a leftover one keeps running
+    /// an agent on the host's network, which would dial a later test's
+    /// dashboard when it gets the same port.
+    fn drop(&mut self) {
+        // SIGRTMIN+3 to the container's systemd: a clean halt
+        if self.init > 0 {
+            unsafe { libc::kill(self.init, libc::SIGRTMIN() + 3) };
+        }
+        if self.nspawn_ends_within(Duration::from_secs(15)) {
+            return;
+        }
+        // SIGKILL to its PID 1 ends every process of its PID namespace
+        if self.init > 0 {
+            unsafe { libc::kill(self.init, libc::SIGKILL) };
+        }
+        if !self.nspawn_ends_within(Duration::from_secs(10)) {
+            let _ = self.nspawn.kill();
+            let _ = self.nspawn.wait();
+        }
+    }
+}
+
+/// The token of the twin `name` (its machine name and this test process).
+fn twin_token(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
 }
 
 /// Mounts a tmpfs at `dir` unless one is there.
@@ -505,7 +534,7 @@ async fn twin_unit_registers_runs_restarts_rotates_the_token_and_closes_1000() {
     // the token rotated: only the new one is accepted from now on
     let seq = dash.last_seq();
     dash.add_token("rotated-token");
-    dash.remove_token(TOKEN);
+    dash.remove_token(&twin_token("nixfleet-twin-1"));
     write(&twin.secrets.join("nixfleet-token"), "rotated-token");
     let again = dash.wait_frame(HOST, "register", seq, SLOW).await;
     assert!(
