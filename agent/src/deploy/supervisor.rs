@@ -121,6 +121,8 @@ pub enum Ended {
 /// Reads new bytes of one log file and sends its complete lines.
 struct Follower {
     file: Option<File>,
+    /// The read buffer, lent to the blocking pool for each read.
+    buf: Vec<u8>,
     split: Splitter,
     tail: Tail,
     stream: Stream,
@@ -137,6 +139,7 @@ impl Follower {
         });
         Follower {
             file,
+            buf: Vec::new(),
             split: Splitter::new(MAX_LINE, READ_CHUNK),
             tail: Tail::default(),
             stream,
@@ -154,24 +157,28 @@ impl Follower {
                 return any;
             };
             let want = self.split.spare().len();
+            let mut buf = std::mem::take(&mut self.buf);
             let read = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; want];
+                // zeroed once, then reused as it is
+                if buf.len() != want {
+                    buf.resize(want, 0);
+                }
                 let read = loop {
                     match file.read(&mut buf) {
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                         other => break other,
                     }
                 };
-                buf.truncate(*read.as_ref().unwrap_or(&0));
-                (file, read.map(|_| buf))
+                (file, read, buf)
             })
             .await;
-            let bytes = match read {
-                Ok((file, Ok(bytes))) => {
+            let n = match read {
+                Ok((file, Ok(n), buf)) => {
                     self.file = Some(file);
-                    bytes
+                    self.buf = buf;
+                    n
                 }
-                Ok((_, Err(e))) => {
+                Ok((_, Err(e), _)) => {
                     tracing::warn!("reading the switch output failed: {e}");
                     return any;
                 }
@@ -180,12 +187,11 @@ impl Follower {
                     return any;
                 }
             };
-            if bytes.is_empty() {
+            if n == 0 {
                 return any;
             }
             any = true;
-            let n = bytes.len();
-            self.split.spare()[..n].copy_from_slice(&bytes);
+            self.split.spare()[..n].copy_from_slice(&self.buf[..n]);
             self.split.commit(n);
             self.ranges.clear();
             while let Some(r) = self.split.next_line() {
