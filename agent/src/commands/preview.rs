@@ -165,18 +165,9 @@ impl Run {
                     format!("{what} failed: cannot start nix for the preview: {e}"),
                 ));
             }
-            Ok(r) if r.code != 0 => {
-                return Err(Report::error(
-                    r.code,
-                    failed_message(
-                        what,
-                        &spec.label(),
-                        r.code,
-                        &failure_tail(&r.stderr, &r.stdout),
-                    ),
-                ));
+            Ok(r) => {
+                super::run::exited(what, &spec, r)?;
             }
-            Ok(_) => {}
         }
         let plan = parse_dry_run(&lines);
         let mut block = vec![

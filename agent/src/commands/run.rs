@@ -24,17 +24,25 @@ pub(super) async fn step(
                 program.to_string_lossy()
             ),
         )),
-        Ok(r) if r.code != 0 => Err(Report::error(
-            r.code,
-            failed_message(
-                what,
-                &spec.label(),
-                r.code,
-                &failure_tail(&r.stderr, &r.stdout),
-            ),
-        )),
-        Ok(r) => Ok(r),
+        Ok(r) => exited(what, &spec, r),
     }
+}
+
+/// A step that ran: its result, or the failure report of a non-zero exit
+/// (the command line and the output's tail).
+pub(super) fn exited(what: &str, spec: &Spec<'_>, r: StepResult) -> Result<StepResult, Report> {
+    if r.code == 0 {
+        return Ok(r);
+    }
+    Err(Report::error(
+        r.code,
+        failed_message(
+            what,
+            &spec.label(),
+            r.code,
+            &failure_tail(&r.stderr, &r.stdout),
+        ),
+    ))
 }
 
 /// One run of a command on its task.
