@@ -23,12 +23,16 @@ pub fn read_snapshot(config: &Config, metrics: &mut MetricsReader) -> HostSnapsh
         lock_hash: host::flake_lock_hash(&config.repo_dir),
         metrics,
         reboot: match config.host_type {
-            HostType::NixOs => host::reboot_need(&config.booted_system, &config.current_system),
+            HostType::NixOs => host::reboot_need(
+                &config.booted_system,
+                &config.current_system,
+                Some(&config.rollback.system_profile),
+            ),
             HostType::MacOs => None,
         },
         store_free_mib: host::free_mib(&config.guard.nix_store),
         boot_free_mib: match config.host_type {
-            HostType::NixOs => host::free_mib(std::path::Path::new("/boot")),
+            HostType::NixOs => host::free_mib(&config.guard.boot_dir),
             HostType::MacOs => None,
         },
     }

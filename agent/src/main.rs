@@ -42,6 +42,9 @@ fn main() -> ExitCode {
         Some(flag) if flag == nixfleet_agent::commands::SUPERVISE_FLAG => {
             return exit(nixfleet_agent::commands::supervise_main(&args[1..]));
         }
+        Some(flag) if flag == nixfleet_agent::commands::ACTIVATE_FLAG => {
+            return exit(nixfleet_agent::commands::activate_main(&args[1..]));
+        }
         Some(other) => {
             eprintln!("nixfleet-agent: unknown argument {other:?}; see --help");
             return exit(2);

@@ -1,9 +1,20 @@
-//! Two small helpers every part of the agent uses: cutting text at a byte
-//! bound without splitting a character, and taking a lock that a panicking
-//! holder left poisoned (the data is still whole: every holder only swaps or
-//! pushes values).
+//! Small helpers every part of the agent uses: cutting text at a byte bound
+//! without splitting a character, reading a small text file with a bound,
+//! and taking a lock that a panicking holder left poisoned (the data is
+//! still whole: every holder only swaps or pushes values).
 
+use std::io::Read;
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
+
+/// The text of `path`, at most `cap` bytes of it (invalid UTF-8 replaced).
+pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(cap)
+        .read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
 
 /// At most `max` bytes of `text`, cut at a character boundary.
 pub fn clip(text: &str, max: usize) -> &str {

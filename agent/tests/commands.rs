@@ -216,15 +216,35 @@ async fn switch_success_exits_with_the_restart_code() {
     assert_eq!(s(p, "status"), "ok", "{p}");
     assert_eq!(s(p, "command"), "switch");
     assert_eq!(s(p, "generation"), short7(&fx.head));
+    // built first, then exactly that store path activated
+    let link = fx.state.join("built-system");
     assert_eq!(
-        fakes.read("rebuild.argv"),
-        format!("switch\n--flake\n{}#{HOST}\n", fx.repo.display())
+        fakes.read("nix-build.argv"),
+        format!(
+            "--extra-experimental-features nix-command flakes build --print-out-paths --out-link {} {}#nixosConfigurations.\"{HOST}\".config.system.build.toplevel\n",
+            link.display(),
+            fx.repo.display()
+        )
     );
+    assert_eq!(std::fs::read_link(&link).unwrap(), fakes.system);
+    assert_eq!(
+        fakes.read("nix-env.argv"),
+        format!(
+            "-p\n{}\n--set\n{}\n",
+            fakes.profile.display(),
+            fakes.system.display()
+        )
+    );
+    assert_eq!(std::fs::canonicalize(&fakes.profile).unwrap(), fakes.system);
+    assert_eq!(fakes.read("rebuild.argv"), "switch\n");
     // its output was streamed, stderr marked as such
     let out = outputs(&dash, after, st.seq);
     let building = out
         .iter()
-        .find(|o| o["line"] == "building the system configuration...")
+        .find(|o| {
+            o["line"]
+                == "building '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-new-26.05.drv'..."
+        })
         .expect("stderr line");
     assert_eq!(building["stream"], "stderr");
     assert_eq!(building["is_error"], true);
@@ -239,17 +259,10 @@ async fn switch_success_exits_with_the_restart_code() {
 }
 
 #[tokio::test]
-async fn home_manager_switch_uses_the_configured_tool() {
+async fn home_manager_switch_builds_and_runs_the_generations_activate() {
     let dash = dashboard().await;
     let fx = Fixture::new();
     let fakes = Fakes::new(&fx);
-    write_exec(
-        &fakes.bin.join("home-manager"),
-        &format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {}/hm.argv\n",
-            fakes.dir.display()
-        ),
-    );
     let mut agent = agent(&dash, &fx, &fakes)
         .env("NIXFLEET_SWITCH_TOOL", "home-manager")
         .env("NIXFLEET_HOME_MANAGER_USER", "alice")
@@ -258,10 +271,18 @@ async fn home_manager_switch_uses_the_configured_tool() {
     let after = command(&dash, "switch").await;
     let st = status(&dash, after).await;
     assert_eq!(s(&st.payload, "status"), "ok", "{}", st.payload);
-    assert_eq!(
-        fakes.read("hm.argv"),
-        format!("switch\n--flake\n{}#alice@{HOST}\n", fx.repo.display())
+    assert!(
+        fakes.read("nix-build.argv").ends_with(&format!(
+            " {}#homeConfigurations.\"alice@{HOST}\".activationPackage\n",
+            fx.repo.display()
+        )),
+        "{}",
+        fakes.read("nix-build.argv")
     );
+    // the generation's own `activate` (no arguments) links its profile; the
+    // agent sets no system profile
+    assert_eq!(fakes.read("rebuild.argv"), "\n");
+    assert!(!fakes.file("nix-env.argv").exists());
     assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));
 }
 
@@ -270,7 +291,7 @@ async fn switch_failure_reports_the_stderr_tail() {
     let dash = dashboard().await;
     let fx = Fixture::new();
     let fakes = Fakes::new(&fx);
-    fakes.touch("rebuild.fail");
+    fakes.touch("build.fail");
     let mut agent = agent(&dash, &fx, &fakes).spawn();
     registered(&dash).await;
     let after = command(&dash, "switch").await;
@@ -283,6 +304,14 @@ async fn switch_failure_reports_the_stderr_tail() {
     assert!(
         msg.contains("error: attribute 'frobnicator' missing"),
         "{msg}"
+    );
+    assert!(
+        !fakes.file("rebuild.argv").exists(),
+        "nothing was activated"
+    );
+    assert!(
+        !fakes.file("nix-env.argv").exists(),
+        "the profile was not set"
     );
     // the agent stays: heartbeats go on, idle
     let hb = next(&dash, "heartbeat", st.seq).await;
@@ -319,7 +348,10 @@ async fn many_switches_back_to_back_each_get_their_true_status() {
         if fail {
             assert_eq!(s(p, "status"), "error", "round {round}: {p}");
             assert_eq!(p["exit_code"], 1, "round {round}: {p}");
-            assert!(msg.contains("frobnicator"), "round {round}: {msg}");
+            assert!(
+                msg.contains("Failed to install bootloader"),
+                "round {round}: {msg}"
+            );
         } else {
             assert_eq!(s(p, "status"), "ok", "round {round}: {p}");
             assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));
@@ -375,7 +407,7 @@ async fn pull_switch_and_update_switch_after_their_first_step() {
         format!("Pull: Updated to {}; Switch succeeded", &new[..7])
     );
     assert_eq!(s(p, "generation"), short7(&new));
-    assert!(fakes.read("rebuild.argv").starts_with("switch\n--flake\n"));
+    assert_eq!(fakes.read("rebuild.argv"), "switch\n");
     assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));
 
     // the next agent process: update
@@ -391,7 +423,7 @@ async fn pull_switch_and_update_switch_after_their_first_step() {
         fakes.read("nix.argv"),
         "--extra-experimental-features\nnix-command flakes\nflake\nupdate\n"
     );
-    assert!(fakes.read("rebuild.argv").starts_with("switch\n--flake\n"));
+    assert_eq!(fakes.read("rebuild.argv"), "switch\n");
     assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));
     assert_no_violations(&dash);
 }
@@ -405,7 +437,7 @@ async fn a_switch_outlives_a_killed_agent_and_is_reported_by_the_next_start() {
     let mut agent = agent(&dash, &fx, &fakes).spawn();
     registered(&dash).await;
     let after = command(&dash, "switch").await;
-    output_line(&dash, "these 3 derivations will be built", after).await;
+    output_line(&dash, "activating the configuration...", after).await;
     file_appears(&fakes.file("rebuild.waiting")).await;
     agent.signal(libc::SIGKILL);
     agent.wait_exit(WAIT).await;
@@ -484,7 +516,7 @@ async fn a_running_switch_is_adopted_by_the_next_agent() {
     let out = outputs(&dash, reg, st.seq);
     assert!(
         out.iter()
-            .any(|o| o["line"] == "activating the configuration..."),
+            .any(|o| o["line"] == "starting the following units: nginx.service"),
         "{out:?}"
     );
     assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));

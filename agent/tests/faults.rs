@@ -452,7 +452,7 @@ async fn a_switch_on_a_disk_that_fills_up_reports_the_tools_real_result() {
         ),
     );
     let mut agent = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
-        .env("PATH", &fakes.path_env())
+        .with_fakes(&fakes)
         .env("NIXFLEET_STATE_DIR", state.to_str().unwrap())
         .spawn();
     wait_register(&dash, HOST, 0).await;
@@ -478,7 +478,7 @@ async fn a_switch_whose_result_cannot_be_known_says_unknown_never_failed() {
     let fakes = Fakes::new(&fx);
     fakes.touch("rebuild.wait");
     let _agent = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
-        .env("PATH", &fakes.path_env())
+        .with_fakes(&fakes)
         .spawn();
     wait_register(&dash, HOST, 0).await;
     let after = dash.last_seq();

@@ -1,13 +1,14 @@
 //! End-to-end: the Home Manager switch path (`modules/home-manager`, macOS
-//! without nix-darwin). A fake `home-manager` does what the real one does
-//! where it matters: it builds the next generation, links it as the profile's
-//! new generation, and runs that generation's `activate`, which reloads the
-//! changed launchd agent the way Home Manager's `setupLaunchAgents` does:
-//! `launchctl bootout --wait` (SIGTERM to the running agent, waited for), then
-//! `bootstrap` (here the test starts the next agent process, as launchd
-//! would). The agent is killed in the middle of its own switch (upstream's
-//! P1920); the switch must survive, and the next agent reports its one
-//! status, under the rollback watchdog.
+//! without nix-darwin). The switch builds the configuration's
+//! `activationPackage` (a fake `nix build` prints the next generation's store
+//! path) and runs that generation's `activate`, which does what Home
+//! Manager's does where it matters: it links itself as the profile's new
+//! generation (`linkGeneration`), then reloads the changed launchd agent the
+//! way `setupLaunchAgents` does: `launchctl bootout --wait` (SIGTERM to the
+//! running agent, waited for), then `bootstrap` (here the test starts the
+//! next agent process, as launchd would). The agent is killed in the middle
+//! of its own switch (upstream's P1920); the switch must survive, and the
+//! next agent reports its one status, under the rollback watchdog.
 
 mod common;
 
@@ -18,15 +19,26 @@ use nixfleet_mock_dashboard::MockDashboard;
 
 const HOST: &str = "mac-1";
 
-/// The `activate` of a Home Manager generation: records itself, then
-/// reloads the agent (bootout --wait of the process in the pid file; the
-/// test plays launchd's bootstrap when `bootstrap.<n>` appears).
+/// The `activate` of a Home Manager generation: records itself, links its
+/// generation as the profile's newest (unless the profile names it
+/// already), then reloads the agent (bootout --wait of the process in the
+/// pid file; the test plays launchd's bootstrap when `bootstrap.<n>`
+/// appears).
 fn activate_script(fakes: &Fakes, pid_file: &Path) -> String {
     let d = fakes.dir.display();
     let pid = pid_file.display();
     format!(
         r#"#!/bin/sh
 echo "$0" >> {d}/activated
+echo "Starting Home Manager activation"
+gen=$(cd "$(dirname "$0")" && pwd -P)
+profiles="$HOME/.local/state/nix/profiles"
+if [ "$(readlink -f "$profiles/home-manager")" != "$gen" ]; then
+  last=$(ls "$profiles" | sed -n 's/^home-manager-\([0-9]*\)-link$/\1/p' | sort -n | tail -1)
+  n=$((last + 1))
+  ln -s "$gen" "$profiles/home-manager-$n-link"
+  ln -sfn "home-manager-$n-link" "$profiles/home-manager"
+fi
 echo "Activating setupLaunchAgents"
 if pid=$(cat {pid} 2>/dev/null); then
   kill -TERM "$pid"
@@ -59,26 +71,13 @@ async fn setup() -> Setup {
     std::fs::create_dir_all(&profiles).unwrap();
     std::os::unix::fs::symlink(&first, profiles.join("home-manager-1-link")).unwrap();
     std::os::unix::fs::symlink("home-manager-1-link", profiles.join("home-manager")).unwrap();
-    let d = fakes.dir.display();
-    let store = fx.tmp.path().join("store").display().to_string();
+    // what the switch builds: the next generation
+    let second = fx.tmp.path().join("store/hm-gen-2");
     write_exec(
-        &fakes.bin.join("home-manager"),
-        &format!(
-            r#"#!/bin/sh
-printf '%s\n' "$@" > {d}/home-manager.argv
-profiles="$HOME/.local/state/nix/profiles"
-last=$(ls "$profiles" | sed -n 's/^home-manager-\([0-9]*\)-link$/\1/p' | sort -n | tail -1)
-n=$((last + 1))
-gen={store}/hm-gen-$n
-mkdir -p "$gen"
-cp {store}/hm-gen-1/activate "$gen/activate"
-ln -s "$gen" "$profiles/home-manager-$n-link"
-ln -sfn "home-manager-$n-link" "$profiles/home-manager"
-echo "Starting Home Manager activation"
-exec "$gen/activate"
-"#
-        ),
+        &second.join("activate"),
+        &activate_script(&fakes, &pid_file),
     );
+    std::fs::write(fakes.file("nix.out"), second.to_str().unwrap()).unwrap();
     Setup {
         dash,
         fx,
@@ -161,10 +160,15 @@ async fn a_home_manager_switch_survives_the_agent_reload_and_is_confirmed_once()
         st.payload["message"],
         "Switch succeeded; confirmed by the new generation"
     );
-    assert_eq!(
-        s.fakes.read("home-manager.argv"),
-        format!("switch\n--flake\n{}#alice@{HOST}\n", s.fx.repo.display())
+    assert!(
+        s.fakes.read("nix-build.argv").ends_with(&format!(
+            " {}#homeConfigurations.\"alice@{HOST}\".activationPackage\n",
+            s.fx.repo.display()
+        )),
+        "{}",
+        s.fakes.read("nix-build.argv")
     );
+    assert!(s.fakes.read("activated").ends_with("hm-gen-2/activate\n"));
     assert_eq!(s.current_generation(), "home-manager-2-link");
     // the hub: a disconnect during a switch awaits the reconnect (P1920)
     let op = s

@@ -8,13 +8,19 @@
 //! real here, not assumed.
 //!
 //! The tools the unit's `PATH` names are the container's (`/usr`, bound from
-//! this machine), except for two fakes that behave like NixOS's where it
-//! matters: `nixos-rebuild` sets the system profile and activates the new
-//! system through `systemd-run`, as nixos-rebuild 26.05 does; every system's
-//! `bin/switch-to-configuration` installs the "boot loader" (writes `/boot`)
-//! and activates (writes `/etc`, points `/run/current-system` at itself), and
-//! fails as the real one does when it cannot write (exit 1 "Failed to install
-//! bootloader", exit 2 for the activation).
+//! this machine), except for fakes that behave like NixOS's where it
+//! matters: `nix build` prints the store path of the system the test named
+//! (and links its out-link), `nix-env` sets the system profile, and every
+//! system's `bin/switch-to-configuration` installs the "boot loader" (writes
+//! `/boot`) and activates (writes `/etc`, points `/run/current-system` at
+//! itself), fails as the real one does when it cannot write (exit 1 "Failed
+//! to install bootloader", exit 2 for the activation), says what it would do
+//! for `dry-activate` and only installs the boot loader for `boot`. The agent
+//! runs them the way it runs them on NixOS: the activation through
+//! `systemd-run` from the unit.
+//!
+//! `/boot` is a filesystem of its own (a tmpfs bound into the container), as
+//! on a host with an EFI system partition: the switch's `/boot` guard runs.
 //!
 //! Needs root and `systemd-nspawn` (Debian's `systemd-container`). Without
 //! them the tests say so and pass, unless `NIXFLEET_HOST_TWIN=require` (what
@@ -80,21 +86,6 @@ fn symlink(target: &str, link: &Path) {
     std::os::unix::fs::symlink(target, link).unwrap();
 }
 
-/// `nixos-rebuild switch`, as far as the agent can tell: "builds" the system
-/// the test named in `/twin/next-system`, sets the system profile, and
-/// activates it in a transient unit with nixos-rebuild-ng's invocation.
-const FAKE_NIXOS_REBUILD: &str = r#"#!/bin/sh
-echo "nixos-rebuild (twin fake) $*"
-[ "$1" = switch ] || { echo "error: unsupported action $1" >&2; exit 1; }
-echo "building the system configuration..."
-new=$(cat /twin/next-system) || { echo "error: nothing to build" >&2; exit 1; }
-nix-env -p /nix/var/nix/profiles/system --set "$new" || exit 1
-echo "activating the configuration..."
-exec systemd-run -E LOCALE_ARCHIVE -E NIXOS_INSTALL_BOOTLOADER -E NIXOS_NO_CHECK \
-  --collect --no-ask-password --pipe --quiet --service-type=exec --wait \
-  "--unit=nixos-rebuild-switch-to-configuration-$$" "$new/bin/switch-to-configuration" switch
-"#;
-
 /// `nix-env -p PROFILE --set PATH`: the profile link (the real one makes a
 /// numbered generation link beside it; the link is what counts).
 const FAKE_NIX_ENV: &str = r#"#!/bin/sh
@@ -102,30 +93,57 @@ const FAKE_NIX_ENV: &str = r#"#!/bin/sh
 mkdir -p "$(dirname "$2")" && ln -sfn "$4" "$2"
 "#;
 
-/// `nix build --dry-run` (the switch's preview): what Nix's `printMissing`
-/// prints for a system whose parts are all in the store.
+/// `nix`: the dry run (what Nix's `printMissing` prints for a system whose
+/// parts are all in the store), the build of the system named in
+/// `/twin/next-system` (its out-link, its path on stdout), and the
+/// preview's `store diff-closures` and `path-info --closure-size`.
 const FAKE_NIX: &str = r#"#!/bin/sh
+prev=
+building=
 for arg in "$@"; do
   if [ "$arg" = --dry-run ]; then
     echo "this path will be fetched (0.10 MiB download, 0.50 MiB unpacked):" >&2
     echo "  /nix/store/00000000000000000000000000000000-etc" >&2
     exit 0
   fi
+  [ "$prev" = --out-link ] && out_link="$arg"
+  case "$prev $arg" in
+    "store diff-closures") echo "twin-config: 1 → 2, +0.1 KiB"; exit 0 ;;
+    "path-info --closure-size") exit 0 ;;
+    "build --print-out-paths") building=1 ;;
+  esac
+  prev="$arg"
 done
+if [ -n "$building" ]; then
+  new=$(cat /twin/next-system) || { echo "error: nothing to build" >&2; exit 1; }
+  echo "building '/nix/store/00000000000000000000000000000000-$(basename "$new" | cut -d- -f2-).drv'..." >&2
+  [ -n "$out_link" ] && ln -sfn "$new" "$out_link"
+  echo "$new"
+  exit 0
+fi
 echo "nix (twin fake): unsupported: $*" >&2
 exit 1
 "#;
 
-/// A system's `bin/switch-to-configuration switch`: the boot loader first,
-/// then the activation, as switch-to-configuration-ng does.
+/// A system's `bin/switch-to-configuration`: `switch` installs the boot
+/// loader first, then activates, as switch-to-configuration-ng does; `boot`
+/// only installs the boot loader; `dry-activate` says what a switch would
+/// do and changes nothing.
 const FAKE_SWITCH_TO_CONFIGURATION: &str = r#"#!/bin/sh
 top=$(dirname "$(dirname "$(readlink -f "$0")")")
 name=$(basename "$top" | cut -d- -f2-)
-[ "$1" = switch ] || { echo "unsupported action $1" >&2; exit 1; }
+case "$1" in
+  dry-activate)
+    echo "would restart the following units: nixfleet-agent.service" >&2
+    exit 0 ;;
+  switch|boot) ;;
+  *) echo "unsupported action $1" >&2; exit 1 ;;
+esac
 if ! { mkdir -p /boot/loader && echo "$name" > /boot/loader/default; }; then
   echo "Failed to install bootloader" >&2
   exit 1
 fi
+[ "$1" = boot ] && exit 0
 if ! echo "$name" > /etc/nixos-generation; then
   echo "Activation script snippet 'etc' failed" >&2
   exit 2
@@ -161,6 +179,8 @@ WantedBy=multi-user.target
 /// One booted container.
 struct Twin {
     root: PathBuf,
+    /// The container's `/boot`: a directory on a tmpfs.
+    boot: tempfile::TempDir,
     exchange: PathBuf,
     secrets: PathBuf,
     nspawn: Child,
@@ -250,7 +270,7 @@ impl Twin {
         }
 
         // the store: the tools the unit's PATH names are the container's
-        // /usr, but for the fakes of nix and nixos-rebuild
+        // /usr, but for the fakes of nix and nix-env
         // (this machine's own Nix tools, if any, are left out: the fakes come
         // later on the unit's PATH)
         let nix_store = root.join("nix/store");
@@ -280,10 +300,6 @@ impl Twin {
             symlink("/usr/sbin", &dir.join("sbin"));
         }
         write_exec(
-            &nix_store.join(format!("{HASH}-nixos-rebuild-ng/bin/nixos-rebuild")),
-            FAKE_NIXOS_REBUILD,
-        );
-        write_exec(
             &nix_store.join(format!("{HASH}-nix/bin/nix-env")),
             FAKE_NIX_ENV,
         );
@@ -291,6 +307,7 @@ impl Twin {
         std::fs::create_dir_all(nix_store.join(format!("{HASH}-nixfleet-agent/bin"))).unwrap();
         let twin = Twin {
             root,
+            boot: tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm for /boot"),
             exchange,
             secrets,
             nspawn: Command::new("true").spawn().unwrap(),
@@ -303,10 +320,7 @@ impl Twin {
             &twin.root.join("etc/nixos-generation"),
             "nixos-system-twin-a\n",
         );
-        write(
-            &twin.root.join("boot/loader/default"),
-            "nixos-system-twin-a\n",
-        );
+        write(&twin.path("/boot/loader/default"), "nixos-system-twin-a\n");
         // a token of this twin's own: an agent of another test's container
         // can never register with this dashboard
         write(&twin.secrets.join("nixfleet-token"), &twin_token(name));
@@ -325,6 +339,29 @@ impl Twin {
         path
     }
 
+    /// A system whose kernel (`kernel_len` bytes, sparse) and initrd are
+    /// files of its own, not copied to `/boot` yet.
+    fn system_with_kernel(&self, n: &str, kernel_len: u64) -> String {
+        let path = self.system(n);
+        let kernel_dir = store(&format!("linux-6.12-{n}"));
+        let initrd_dir = store(&format!("initrd-linux-6.12-{n}"));
+        std::fs::create_dir_all(self.path(&kernel_dir)).unwrap();
+        std::fs::File::create(self.path(&kernel_dir).join("bzImage"))
+            .unwrap()
+            .set_len(kernel_len)
+            .unwrap();
+        write(&self.path(&initrd_dir).join("initrd"), "initrd");
+        symlink(
+            &format!("{kernel_dir}/bzImage"),
+            &self.path(&path).join("kernel"),
+        );
+        symlink(
+            &format!("{initrd_dir}/initrd"),
+            &self.path(&path).join("initrd"),
+        );
+        path
+    }
+
     /// A system whose activation gives the agent's unit `drop_in`.
     fn system_with_agent_settings(&self, n: &str, drop_in: &str) -> String {
         let path = self.system(n);
@@ -334,7 +371,10 @@ impl Twin {
 
     /// A path inside the container, as seen from here.
     fn path(&self, inside: &str) -> PathBuf {
-        self.root.join(inside.trim_start_matches('/'))
+        match inside.strip_prefix("/boot") {
+            Some(rest) => self.boot.path().join(rest.trim_start_matches('/')),
+            None => self.root.join(inside.trim_start_matches('/')),
+        }
     }
 
     fn start(mut self, fx: &Fixture, name: &str) -> Twin {
@@ -357,6 +397,7 @@ impl Twin {
             .arg(bind(&fx.repo, "/srv/nixcfg"))
             .arg(bind(&self.secrets, "/run/agenix"))
             .arg(bind(&self.exchange, "/twin"))
+            .arg(bind(self.boot.path(), "/boot"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -589,22 +630,64 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
     let dash = dashboard().await;
     let fx = Fixture::new();
     let twin = Twin::boot(&dash, &fx, "nixfleet-twin-2", 40).await;
-    let Some(reg) = dash.wait_frame(HOST, "register", 0, SLOW).await else {
+    if dash.wait_frame(HOST, "register", 0, SLOW).await.is_none() {
         panic!("no register; journal:\n{}", twin.journal());
-    };
+    }
 
-    // 1. a switch to b, confirmed
-    let b = twin.system("b");
+    // 0. a system whose kernel does not fit in /boot (a filesystem of its
+    // own): refused after the build, nothing set or activated
+    let big = twin.system_with_kernel("big", 1 << 40);
+    write(&twin.exchange.join("next-system"), &big);
+    let sent = dash.last_seq();
+    dash.send_command(HOST, "switch").await.unwrap();
+    let st = status_for(&dash, HOST, "switch", sent).await;
+    let message = st.payload["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("Switch refused: /boot has ")
+            && message.contains("the new kernel and initrd need 1048576.0 MiB"),
+        "{message}\n{}",
+        twin.journal()
+    );
+    assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-a");
+    assert_eq!(twin.read("/boot/loader/default"), "nixos-system-twin-a");
+    assert_eq!(
+        std::fs::read_link(twin.path("/nix/var/nix/profiles/system")).unwrap(),
+        PathBuf::from(store("nixos-system-twin-a"))
+    );
+
+    // 1. a switch to b: built, previewed (its dry-activate run through
+    // systemd-run, outside the unit's sandbox), activated, confirmed
+    let b = twin.system_with_kernel("b", 4096);
     write(&twin.exchange.join("next-system"), &b);
+    let sent = dash.last_seq();
     let d = dash.dispatch(HOST, "switch", false);
     assert_eq!(d.status, "EXECUTING", "{d:?}");
-    let st = status_for(&dash, HOST, "switch", reg.seq).await;
+    let st = status_for(&dash, HOST, "switch", sent).await;
     assert_eq!(
         st.payload["message"],
         "Switch succeeded; confirmed by the new generation",
         "{}\n{}",
         st.payload,
         twin.journal()
+    );
+    let lines: Vec<String> = dash
+        .frames(HOST, Some("output"))
+        .into_iter()
+        .filter(|f| f.seq > sent && f.seq < st.seq)
+        .map(|f| f.payload["line"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for line in [
+        "[nixfleet-agent] package changes:",
+        "[nixfleet-agent]   would restart the following units: nixfleet-agent.service",
+        "[nixfleet-agent] reboot needed: kernel, initrd changed (after this switch)",
+    ] {
+        assert!(lines.iter().any(|l| l == line), "no {line:?} in {lines:?}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[nixfleet-agent] /boot: ") && l.ends_with("need 0.0 MiB")),
+        "{lines:?}"
     );
     assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-b");
     assert_eq!(twin.read("/boot/loader/default"), "nixos-system-twin-b");

@@ -40,15 +40,103 @@ fn statuses(dash: &MockDashboard) -> usize {
         .count()
 }
 
+/// A system in the fake store: kernel and initrd files of their own (the
+/// kernel `kernel_len` bytes, sparse), `switch-inhibitors`.
+fn system_parts(
+    fakes: &Fakes,
+    system: &std::path::Path,
+    tag: &str,
+    kernel_len: u64,
+    inhibitors: &str,
+) {
+    let kernel_dir = fakes.store.join(format!(
+        "{tag}kkkkkkkkkkkkkkkkkkkkkkkkkkkkkk-linux-6.12.{kernel_len}"
+    ));
+    let initrd_dir = fakes
+        .store
+        .join(format!("{tag}iiiiiiiiiiiiiiiiiiiiiiiiiiiiii-initrd-linux"));
+    std::fs::create_dir_all(&kernel_dir).unwrap();
+    std::fs::create_dir_all(&initrd_dir).unwrap();
+    let kernel = std::fs::File::create(kernel_dir.join("bzImage")).unwrap();
+    kernel.set_len(kernel_len).unwrap();
+    std::fs::write(initrd_dir.join("initrd"), vec![0u8; 4096]).unwrap();
+    std::fs::create_dir_all(system).unwrap();
+    for (name, target) in [
+        ("kernel", kernel_dir.join("bzImage")),
+        ("initrd", initrd_dir.join("initrd")),
+    ] {
+        let link = system.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, link).unwrap();
+    }
+    std::fs::write(system.join("switch-inhibitors"), inhibitors).unwrap();
+}
+
+/// The running system: `<store>/…-nixos-system-previewhost-1`, booted and
+/// current, with its own activation.
+fn running(
+    fx: &Fixture,
+    fakes: &Fakes,
+    inhibitors: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let previous = fakes
+        .store
+        .join("11111111111111111111111111111111-nixos-system-previewhost-1");
+    system_parts(fakes, &previous, "11", 1000, inhibitors);
+    write_exec(
+        &previous.join("bin/switch-to-configuration"),
+        "#!/bin/sh\nexit 0\n",
+    );
+    let current = fx.tmp.path().join("current-system");
+    std::os::unix::fs::symlink(&previous, &current).unwrap();
+    std::fs::write(fakes.file("current.link"), current.to_str().unwrap()).unwrap();
+    (previous, current)
+}
+
+const INHIBITORS_1: &str = r#"{"dbus-implementation":"dbus","systemd":"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-systemd-257.9"}"#;
+
+/// What `nix store diff-closures` prints (Nix colours the size deltas).
+const DIFF: &str = "firefox: 139.0 → 140.0.1, \u{1b}[31;1m+1520.3 KiB\u{1b}[0m
+hello: ∅ → 2.12.2, \u{1b}[31;1m+268.9 KiB\u{1b}[0m
+linux: 6.12.1000 → 6.12.9000, \u{1b}[32;1m-12.0 KiB\u{1b}[0m
+nano: 8.4 → ∅, \u{1b}[32;1m-2876.3 KiB\u{1b}[0m
+";
+
+/// What `switch-to-configuration dry-activate` prints (on stderr).
+const WOULD: &str = "would stop the following units: legacy-app.service
+would NOT stop the following changed units: dbus.service
+would activate the configuration...
+would restart systemd
+would restart the following units: nginx.service
+would start the following units: new-app.service
+would reload the following units: sshd.service
+";
+
 #[tokio::test]
-async fn a_switch_shows_what_it_will_build_and_fetch_before_it_switches() {
+async fn a_switch_builds_then_previews_then_activates_exactly_what_it_built() {
     let dash = dashboard().await;
     let fx = Fixture::new();
     let fakes = Fakes::new(&fx);
     std::fs::write(fakes.file("nix.plan"), PLAN).unwrap();
+    let (previous, current) = running(&fx, &fakes, INHIBITORS_1);
+    // the new system: another kernel, the same critical components
+    system_parts(&fakes, &fakes.system, "22", 9000, INHIBITORS_1);
+    std::fs::write(fakes.file("nix.diff"), DIFF).unwrap();
+    std::fs::write(
+        fakes.file("nix.sizes"),
+        format!(
+            "{}\t  1073741824\n{}\t  1178599424\n",
+            previous.display(),
+            fakes.system.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(fakes.file("units.would"), WOULD).unwrap();
     let _a = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
         .with_fakes(&fakes)
-        .env("NIXFLEET_NIX_STORE", fx.tmp.path().to_str().unwrap())
+        .env("NIXFLEET_CURRENT_SYSTEM", current.to_str().unwrap())
+        .env("NIXFLEET_BOOTED_SYSTEM", previous.to_str().unwrap())
+        .env("NIXFLEET_ROLLBACK_ON_FAILURE", "0")
         .spawn();
     let (_, seq) = wait_register(&dash, HOST, 0).await;
     // heartbeats carry the store's free space (an extension the hub ignores)
@@ -59,6 +147,7 @@ async fn a_switch_shows_what_it_will_build_and_fetch_before_it_switches() {
     assert!(hb["store_free_mib"].as_u64().is_some_and(|m| m > 0), "{hb}");
     let (st, lines) = switch(&dash).await;
     assert_eq!(st["status"], "ok", "{st}");
+    assert_eq!(st["message"], "Switch succeeded");
     assert_eq!(
         fakes.read("nix-dry-run.argv"),
         format!(
@@ -66,8 +155,9 @@ async fn a_switch_shows_what_it_will_build_and_fetch_before_it_switches() {
             fx.repo.display()
         )
     );
-    let block: Vec<&String> = lines
+    let block: Vec<&str> = lines
         .iter()
+        .map(String::as_str)
         .skip_while(|l| *l != "[nixfleet-agent] ── preview ──")
         .take_while(|l| *l != "[nixfleet-agent] ── end of preview ──")
         .collect();
@@ -79,6 +169,21 @@ async fn a_switch_shows_what_it_will_build_and_fetch_before_it_switches() {
             "[nixfleet-agent]   build nixos-system-previewhost-26.05.drv",
             "[nixfleet-agent]   build etc.drv",
             "[nixfleet-agent]   build unit-nginx.service.drv",
+            "[nixfleet-agent] package changes:",
+            "[nixfleet-agent]   firefox: 139.0 → 140.0.1, +1520.3 KiB",
+            "[nixfleet-agent]   hello: ∅ → 2.12.2, +268.9 KiB",
+            "[nixfleet-agent]   linux: 6.12.1000 → 6.12.9000, -12.0 KiB",
+            "[nixfleet-agent]   nano: 8.4 → ∅, -2876.3 KiB",
+            "[nixfleet-agent] closure size: 1024.0 MiB → 1124.0 MiB (+100.0 MiB)",
+            "[nixfleet-agent] units:",
+            "[nixfleet-agent]   would stop the following units: legacy-app.service",
+            "[nixfleet-agent]   would NOT stop the following changed units: dbus.service",
+            "[nixfleet-agent]   would activate the configuration...",
+            "[nixfleet-agent]   would restart systemd",
+            "[nixfleet-agent]   would restart the following units: nginx.service",
+            "[nixfleet-agent]   would start the following units: new-app.service",
+            "[nixfleet-agent]   would reload the following units: sshd.service",
+            "[nixfleet-agent] reboot needed: kernel, initrd changed (after this switch)",
         ],
         "{lines:?}"
     );
@@ -87,13 +192,158 @@ async fn a_switch_shows_what_it_will_build_and_fetch_before_it_switches() {
         !lines.iter().any(|l| l.contains("openssl-3.5.1")),
         "{lines:?}"
     );
-    // then the switch itself
-    let preview_end = lines
-        .iter()
-        .position(|l| l == "[nixfleet-agent] ── end of preview ──")
-        .unwrap();
-    let switched = lines.iter().position(|l| l == "switched").unwrap();
-    assert!(preview_end < switched, "{lines:?}");
+    // in order: dry run, building, the preview, activating the built path
+    let at = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {lines:?}"))
+    };
+    let order = [
+        at("[nixfleet-agent] dry run: builds 3 derivations"),
+        at("[nixfleet-agent] building "),
+        at(&fakes.system.display().to_string()),
+        at("[nixfleet-agent] ── preview ──"),
+        at("[nixfleet-agent] ── end of preview ──"),
+        at(&format!(
+            "[nixfleet-agent] activating {} (switch)",
+            fakes.system.display()
+        )),
+        at("switched"),
+    ];
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "{order:?}: {lines:?}"
+    );
+    // exactly the built path: the profile, then its activation
+    assert_eq!(std::fs::canonicalize(&fakes.profile).unwrap(), fakes.system);
+    assert_eq!(std::fs::canonicalize(&current).unwrap(), fakes.system);
+    assert_eq!(fakes.read("rebuild.argv"), "switch\n");
+    assert_eq!(statuses(&dash), 1);
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
+async fn changed_switch_inhibitors_install_the_system_for_the_next_boot() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let (previous, current) = running(&fx, &fakes, INHIBITORS_1);
+    system_parts(
+        &fakes,
+        &fakes.system,
+        "22",
+        1000,
+        r#"{"dbus-implementation":"broker","systemd":"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-systemd-257.9","new-key":"x"}"#,
+    );
+    let mut a = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
+        .with_fakes(&fakes)
+        .env("NIXFLEET_CURRENT_SYSTEM", current.to_str().unwrap())
+        .env("NIXFLEET_BOOTED_SYSTEM", previous.to_str().unwrap())
+        .spawn();
+    wait_register(&dash, HOST, 0).await;
+    let (st, lines) = switch(&dash).await;
+    assert_eq!(st["status"], "ok", "{st}");
+    assert_eq!(
+        st["message"],
+        "Switch installed for the next boot: dbus-implementation : dbus -> broker; reboot to activate it"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "[nixfleet-agent]   dbus-implementation : dbus -> broker"),
+        "{lines:?}"
+    );
+    // the boot loader's default is the new system, the running one is untouched
+    assert_eq!(fakes.read("rebuild.argv"), "boot\n");
+    assert_eq!(std::fs::canonicalize(&fakes.profile).unwrap(), fakes.system);
+    assert_eq!(std::fs::canonicalize(&current).unwrap(), previous);
+    // not watched (nothing changed that could fail): one status, then the
+    // restart the hub's switch lifecycle waits for
+    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101));
+    assert!(
+        !fx.state
+            .join("switch")
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|e| e.path().join("watch").exists())
+    );
+    let seen = dash.last_seq();
+    let _b = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
+        .with_fakes(&fakes)
+        .env("NIXFLEET_CURRENT_SYSTEM", current.to_str().unwrap())
+        .env("NIXFLEET_BOOTED_SYSTEM", previous.to_str().unwrap())
+        .spawn();
+    let (_, hb) = heartbeat_where(&dash, HOST, seen, "needs_reboot", |hb| {
+        hb["needs_reboot"] == true
+    })
+    .await;
+    assert_eq!(
+        hb["update_status"]["system"]["message"],
+        "Switch installed for the next boot — reboot needed: a new system is installed for the next boot",
+        "{hb}"
+    );
+    assert_eq!(statuses(&dash), 1);
+    assert_no_violations(&dash);
+}
+
+#[tokio::test]
+async fn a_switch_is_refused_when_the_new_kernel_does_not_fit_in_boot() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    // /boot of its own: a tmpfs (the root filesystem is not one)
+    let boot = tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm");
+    std::fs::create_dir_all(boot.path().join("EFI/nixos")).unwrap();
+    // a kernel of 1 TiB (sparse) fits in no /boot
+    system_parts(&fakes, &fakes.system, "22", 1 << 40, "{}");
+    let _a = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
+        .with_fakes(&fakes)
+        .env("NIXFLEET_BOOT_DIR", boot.path().to_str().unwrap())
+        .spawn();
+    wait_register(&dash, HOST, 0).await;
+    let (st, _) = switch(&dash).await;
+    assert_eq!(st["status"], "error", "{st}");
+    let message = st["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("Switch refused: {} has ", boot.path().display()))
+            && message.contains(" free; the new kernel and initrd need 1048576.0 MiB; delete old generations first: nix-collect-garbage"),
+        "{message}"
+    );
+    assert!(
+        !fakes.file("nix-env.argv").exists(),
+        "the profile was not set"
+    );
+    assert!(
+        !fakes.file("rebuild.argv").exists(),
+        "nothing was activated"
+    );
+    assert_eq!(statuses(&dash), 1);
+
+    // the boot loader copied this kernel already: only the initrd needs room
+    let kernel = std::fs::canonicalize(fakes.system.join("kernel")).unwrap();
+    let copy = format!(
+        "{}-bzImage.efi",
+        kernel
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
+    std::fs::write(boot.path().join("EFI/nixos").join(copy), "").unwrap();
+    let (st, lines) = switch(&dash).await;
+    assert_eq!(st["status"], "ok", "{st}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[nixfleet-agent] /boot: ")
+                && l.ends_with(" free, the new kernel and initrd need 0.0 MiB")),
+        "{lines:?}"
+    );
+    assert_eq!(fakes.read("rebuild.argv"), "switch\n");
     assert_no_violations(&dash);
 }
 
@@ -107,7 +357,6 @@ async fn a_switch_is_refused_when_the_store_would_fill_up() {
     let _a = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
         .with_fakes(&fakes)
         .env("NIXFLEET_MIN_FREE_SPACE", "1073741824")
-        .env("NIXFLEET_NIX_STORE", fx.tmp.path().to_str().unwrap())
         .spawn();
     wait_register(&dash, HOST, 0).await;
     let (st, _) = switch(&dash).await;
@@ -116,7 +365,7 @@ async fn a_switch_is_refused_when_the_store_would_fill_up() {
     assert!(
         message.starts_with(&format!(
             "Switch refused: the Nix store ({}) has ",
-            fx.tmp.path().display()
+            fakes.store.display()
         )) && message.contains("48.2 MiB unpacked + minFreeSpace 1073741824.0 MiB")
             && message.contains("nix-collect-garbage"),
         "{message}"

@@ -63,11 +63,15 @@ async fn needs_reboot_follows_the_booted_and_the_current_kernel() {
     let newer = system(&root, "gen-3", "kernel-2");
     let current = root.join("current-system");
     point(&current, &newer);
+    // the switch builds gen-3, and its activation points the link at it
+    fakes.build_system_at(&newer);
+    std::fs::write(fakes.file("current.link"), current.to_str().unwrap()).unwrap();
     let agent = || {
         AgentBuilder::new(&dash.ws_url(), HOST, &fx)
-            .env("PATH", &fakes.path_env())
+            .with_fakes(&fakes)
             .env("NIXFLEET_BOOTED_SYSTEM", booted.to_str().unwrap())
             .env("NIXFLEET_CURRENT_SYSTEM", current.to_str().unwrap())
+            .env("NIXFLEET_NIX_STORE", root.to_str().unwrap())
             .env("NIXFLEET_ROLLBACK_ON_FAILURE", "0")
     };
     let mut a = agent().spawn();
@@ -95,7 +99,10 @@ async fn needs_reboot_follows_the_booted_and_the_current_kernel() {
 
     // the current system runs the booted kernel again: no reboot needed,
     // and the note is gone from the stored System message
+    // (switched to gen-2: the system profile names it too, else the next
+    // boot would bring gen-3 and its kernel back)
     point(&current, &same);
+    point(&fakes.profile, &same);
     let seen = dash.last_seq();
     let _b = agent().spawn();
     let (_, reg) = wait_register(&dash, HOST, seen).await;

@@ -126,7 +126,7 @@ impl Setup {
         AgentBuilder::new(&self.dash.ws_url(), HOST, &self.fx)
             .without("NIXFLEET_REPO_DIR")
             .env("NIXFLEET_REPO_URL", &self.server.url)
-            .env("PATH", &self.fakes.path_env())
+            .with_fakes(&self.fakes)
             .env("NIXFLEET_SSH_KEY", self.server.client_key.to_str().unwrap())
             .env(
                 "NIXFLEET_SSH_KNOWN_HOSTS",

@@ -93,7 +93,7 @@ impl Setup {
         let a = AgentBuilder::new(&self.dash.ws_url(), HOST, &self.fx)
             .without("NIXFLEET_REPO_DIR")
             .env("NIXFLEET_REPO_URL", self.bare.to_str().unwrap())
-            .env("PATH", &self.fakes.path_env());
+            .with_fakes(&self.fakes);
         if signed {
             a.env("NIXFLEET_REQUIRE_SIGNED_COMMITS", "1")
                 .env("NIXFLEET_TRUSTED_SIGNERS", self.signers.to_str().unwrap())
@@ -195,7 +195,14 @@ async fn a_switch_builds_only_the_verified_signed_commit() {
         )),
         "{st}"
     );
-    assert!(!s.fakes.file("rebuild.argv").exists(), "nothing was built");
+    assert!(
+        !s.fakes.file("nix-build.argv").exists(),
+        "nothing was built"
+    );
+    assert!(
+        !s.fakes.file("rebuild.argv").exists(),
+        "nothing was activated"
+    );
 
     // `update` would deploy a lock no signed commit holds
     let st = s.run("update", 0).await;
@@ -217,14 +224,15 @@ async fn a_switch_builds_only_the_verified_signed_commit() {
     std::fs::write(s.fx.state.join("repo/flake.lock"), "{}\n").unwrap();
     let st = s.run("switch", 0).await;
     assert_eq!(st["status"], "ok", "{st}");
-    assert_eq!(
-        s.fakes.read("rebuild.argv"),
-        format!(
-            "switch\n--flake\ngit+file://{}?rev={signed}#{HOST}\n",
+    let built = s.fakes.read("nix-build.argv");
+    assert!(
+        built.ends_with(&format!(
+            " git+file://{}?rev={signed}#nixosConfigurations.\"{HOST}\".config.system.build.toplevel\n",
             s.fx.state.join("repo").display()
-        ),
-        "the verified commit is what is built"
+        )),
+        "the verified commit is what is built: {built}"
     );
+    assert_eq!(s.fakes.read("rebuild.argv"), "switch\n", "and activated");
     assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));
     assert_no_violations(&s.dash);
 }
@@ -382,7 +390,7 @@ async fn a_legacy_checkout_fast_forwards_only_to_a_signed_upstream() {
     );
     let _agent = AgentBuilder::new(&s.dash.ws_url(), HOST, &s.fx)
         .env("NIXFLEET_REPO_DIR", checkout.to_str().unwrap())
-        .env("PATH", &s.fakes.path_env())
+        .with_fakes(&s.fakes)
         .env("NIXFLEET_REQUIRE_SIGNED_COMMITS", "1")
         .env("NIXFLEET_TRUSTED_SIGNERS", s.signers.to_str().unwrap())
         .spawn();

@@ -64,7 +64,7 @@ async fn setup() -> Setup {
 impl Setup {
     fn agent(&self, url: &str, deadline_secs: u64) -> AgentBuilder {
         AgentBuilder::new(url, HOST, &self.fx)
-            .env("PATH", &self.fakes.path_env())
+            .with_fakes(&self.fakes)
             .env(
                 "NIXFLEET_CURRENT_SYSTEM",
                 self.fx.tmp.path().join("current-system").to_str().unwrap(),
@@ -200,13 +200,15 @@ async fn force_rebuild_is_a_watched_switch_that_bypasses_the_negative_cache() {
     let d = s.dash.dispatch(HOST, "force-rebuild", false);
     assert_eq!(d.status, "EXECUTING", "{d:?}");
     assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
-    assert_eq!(
-        s.fakes.read("rebuild.argv"),
-        format!(
-            "switch\n--flake\n{}#{HOST}\n--option\nnarinfo-cache-negative-ttl\n0\n",
+    assert!(
+        s.fakes.read("nix-build.argv").contains(&format!(
+            " --option narinfo-cache-negative-ttl 0 {}#nixosConfigurations.",
             s.fx.repo.display()
-        )
+        )),
+        "{}",
+        s.fakes.read("nix-build.argv")
     );
+    assert_eq!(s.fakes.read("rebuild.argv"), "switch\n");
     let supervisor = supervisor_pid(&s.record());
     let _b = s.agent(&s.dash.ws_url(), 60).spawn();
     let st = status_for(&s.dash, HOST, "force-rebuild", sent).await;
@@ -246,21 +248,19 @@ async fn force_rebuild_is_a_watched_switch_that_bypasses_the_negative_cache() {
 #[tokio::test]
 async fn a_switch_that_activated_but_exited_non_zero_is_watched_and_reported_once() {
     let s = setup().await;
-    let d = s.fakes.dir.display();
     let next = s.fx.tmp.path().join("store/nixos-system-watchhost-2");
+    let current = s.fx.tmp.path().join("current-system");
+    // what switch-to-configuration does when a unit fails: it switched
+    // (/run/current-system is the new system), then exits 4
     write_exec(
         &next.join("bin/switch-to-configuration"),
-        &format!("#!/bin/sh\necho \"$0 $*\" >> {d}/activated\n"),
-    );
-    let current = s.fx.tmp.path().join("current-system");
-    write_exec(
-        &s.fakes.bin.join("nixos-rebuild"),
         &format!(
-            "#!/bin/sh\nln -sfn {} {}\necho 'warning: the following units failed: flaky.service' >&2\nexit 4\n",
+            "#!/bin/sh\n[ \"$1\" = dry-activate ] && exit 0\nln -sfn {} {}\necho 'warning: the following units failed: flaky.service' >&2\nexit 4\n",
             next.display(),
             current.display()
         ),
     );
+    std::fs::write(s.fakes.file("nix.out"), next.to_str().unwrap()).unwrap();
     // 1. the new generation passes its checks: it stays, and the status is
     // the tool's failure
     let mut a = s.agent(&s.dash.ws_url(), 60).spawn();
@@ -271,8 +271,8 @@ async fn a_switch_that_activated_but_exited_non_zero_is_watched_and_reported_onc
     assert_eq!(st.payload["exit_code"], 4, "{}", st.payload);
     assert_eq!(
         st.payload["message"],
-        "Switch failed: `nixos-rebuild switch --flake ".to_string()
-            + &format!("{}#{HOST}", s.fx.repo.display())
+        "Switch failed: `nixfleet-agent --activate nixos switch ".to_string()
+            + &format!("{} {}", s.profile.display(), next.display())
             + "` exited 4 after activating the new generation (warning: the following units failed: flaky.service); the new generation passed its checks and stays",
     );
     assert!(!s.fakes.file("activated").exists(), "nothing rolled back");

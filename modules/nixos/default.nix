@@ -42,8 +42,9 @@ in
       unitConfig.X-StopOnRemoval = false;
 
       # What the commands need: git for pull, ssh for ssh:// repositories
-      # (and ssh-keygen for SSH commit signatures), nix and nixos-rebuild for
-      # switch and update, a shell and the basic tools for the host's test
+      # (and ssh-keygen for SSH commit signatures), nix for the switch's
+      # build, preview and profile (systemd-run for its activation is on
+      # every unit's path), nixos-rebuild for `rollback`, a shell and the basic tools for the host's test
       # scripts and for fetching tarballs; gpg for GPG commit signatures.
       path = [
         pkgs.bash

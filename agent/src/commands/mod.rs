@@ -48,6 +48,8 @@
 //!
 //! Every run writes its output to a log file of its own (see `commands/runlog.rs`).
 
+mod build;
+mod changes;
 mod check_version;
 mod confirm;
 mod host_tests;
@@ -69,7 +71,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use crate::deploy::{SUPERVISE_FLAG, supervise_main};
+pub use crate::deploy::{ACTIVATE_FLAG, SUPERVISE_FLAG, activate_main, supervise_main};
 pub use env::ChildEnv;
 
 use crate::config::{Config, EXIT_RESTART, RepoMode};
@@ -420,6 +422,7 @@ impl Commands {
             ctl,
             record: None,
             switched: false,
+            boot_only: false,
             test_dots: None,
             verified: None,
         };

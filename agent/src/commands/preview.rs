@@ -1,6 +1,7 @@
-//! Before a switch builds anything: what it will build and fetch, shown as a
-//! preview block in the command's output, and the guards that refuse it
-//! before anything is fetched (docs/commands.md, "Preview and guards").
+//! Before a switch builds anything: what it will build and fetch (a line in
+//! the command's output, and the start of the preview block after the
+//! build, `changes.rs`), and the guards that refuse it before anything is
+//! fetched (docs/commands.md, "Preview and guards").
 //!
 //! - **The dry run**: `nix build --dry-run` of the configuration the switch
 //!   builds (`nixosConfigurations.<host>.config.system.build.toplevel`,
@@ -114,6 +115,22 @@ pub fn summary(plan: &Plan) -> String {
     )
 }
 
+/// The preview block's first lines: the summary, then the first
+/// [`NAMED`] derivations built here.
+pub(super) fn summary_lines(plan: &Plan) -> Vec<String> {
+    let mut lines = vec![summary(plan)];
+    for drv in plan.builds.iter().take(NAMED) {
+        lines.push(format!("  build {}", drv_name(drv)));
+    }
+    if plan.builds.len() > NAMED {
+        lines.push(format!(
+            "  … and {} more (the command's log lists them all)",
+            plan.builds.len() - NAMED
+        ));
+    }
+    lines
+}
+
 /// The name of a derivation without its store directory and hash.
 fn drv_name(path: &str) -> &str {
     let name = path.rsplit('/').next().unwrap_or(path);
@@ -128,7 +145,7 @@ impl Run {
         &mut self,
         what: &str,
         flake: &str,
-    ) -> Result<(), Report> {
+    ) -> Result<Plan, Report> {
         let config = self.inner().config.clone();
         let installable = system_installable(config.switch_tool, flake, &config.hostname);
         let args: [&OsStr; 6] = [
@@ -157,7 +174,9 @@ impl Run {
                 self.sink
                     .note("[nixfleet-agent] no preview: nix is not on PATH".to_string())
                     .await;
-                return self.guard_space(what, &Plan::default()).await;
+                let plan = Plan::default();
+                self.guard_space(what, &plan).await?;
+                return Ok(plan);
             }
             Err(e) => {
                 return Err(Report::error(
@@ -170,21 +189,9 @@ impl Run {
             }
         }
         let plan = parse_dry_run(&lines);
-        let mut block = vec![
-            "[nixfleet-agent] ── preview ──".to_string(),
-            format!("[nixfleet-agent] {}", summary(&plan)),
-        ];
-        for drv in plan.builds.iter().take(NAMED) {
-            block.push(format!("[nixfleet-agent]   build {}", drv_name(drv)));
-        }
-        if plan.builds.len() > NAMED {
-            block.push(format!(
-                "[nixfleet-agent]   … and {} more (the command's log lists them all)",
-                plan.builds.len() - NAMED
-            ));
-        }
-        block.push("[nixfleet-agent] ── end of preview ──".to_string());
-        self.sink.note(block.join("\n")).await;
+        self.sink
+            .note(format!("[nixfleet-agent] dry run: {}", summary(&plan)))
+            .await;
         if !config.guard.build_on_host && !plan.builds.is_empty() {
             let named: Vec<&str> = plan
                 .builds
@@ -207,7 +214,8 @@ impl Run {
                 ),
             ));
         }
-        self.guard_space(what, &plan).await
+        self.guard_space(what, &plan).await?;
+        Ok(plan)
     }
 
     /// Refuses the switch when the store's filesystem would keep less than

@@ -166,6 +166,17 @@ impl Row<'_> {
         }
     }
 
+    /// A system phase installed a system for the next boot without
+    /// activating it: System `ok` saying so (the heartbeat adds the reboot
+    /// need), the dots complete; Tests stay, the running system is the same.
+    pub fn system_installed_for_boot(&self, what: &str) {
+        self.store.set(
+            Part::System,
+            Check::now(Level::Ok, format!("{what} installed for the next boot")),
+        );
+        self.end(Phase::System, PhaseEnd::Complete);
+    }
+
     /// A test run begins with `total` scripts.
     pub fn tests_begin(&self, total: usize) {
         self.store

@@ -54,6 +54,8 @@ pub(super) struct Run {
     pub(super) record: Option<Record>,
     /// Whether the run began a system phase (System is `working`).
     pub(super) switched: bool,
+    /// Whether its system was installed for the next boot only.
+    pub(super) boot_only: bool,
     /// The test run's dots, once it began.
     pub(super) test_dots: Option<TestDots>,
     /// The commit whose signature this run verified (a `pull-switch`'s pull),
@@ -100,6 +102,9 @@ impl Run {
                 if let Some(dots) = &self.test_dots {
                     row.tests_result(dots, report.outcome, &report.message);
                 }
+            }
+            Some(c) if self.switched && self.boot_only && report.outcome == Outcome::Ok => {
+                row.system_installed_for_boot(switch_word(c))
             }
             Some(c) if self.switched => {
                 row.system_result(system_label(c), report.outcome, report.exit_code)

@@ -107,21 +107,10 @@ impl Run {
             .as_deref()
             .and_then(pin)
             .unwrap_or_else(|| config.flake.clone());
-        self.preview_and_guard(system_label(command), &flake)
+        let plan = self
+            .preview_and_guard(system_label(command), &flake)
             .await?;
-        let mut argv = deploy::argv(config.switch_tool.program(), &flake);
-        if command == CommandName::ForceRebuild {
-            // A cached "not in the binary cache" answer can keep serving an
-            // old build (upstream P7220): forget negative lookups for this run.
-            argv.extend(CACHE_BYPASS.iter().map(OsString::from));
-            self.sink
-                .note(format!(
-                    "[nixfleet-agent] force rebuild: {}",
-                    CACHE_BYPASS.join(" ")
-                ))
-                .await;
-        }
-        self.detached(command, argv).await
+        self.build_and_activate(command, &flake, &plan).await
     }
 
     pub(super) async fn rollback(&mut self) -> Result<Report, Report> {
@@ -144,23 +133,25 @@ impl Run {
                 .map(OsString::from)
                 .collect(),
         };
-        self.detached(CommandName::Rollback, argv)
+        self.detached(CommandName::Rollback, argv, true)
             .await
             .map(|switched| switched.report(None))
     }
 
-    /// Runs `argv` under the switch supervisor and follows it to its end.
-    async fn detached(
+    /// Runs `argv` under the switch supervisor and follows it to its end;
+    /// `watched`: the rollback watchdog guards it (a switch that changes the
+    /// running system).
+    pub(super) async fn detached(
         &mut self,
         command: CommandName,
         argv: Vec<OsString>,
+        watched: bool,
     ) -> Result<Switched, Report> {
         let what = switch_word(command);
         if self.ctl.stop_cause().is_some() {
             return Err(Report::error(NOT_RUN, format!("{what}: not started")));
         }
-        self.commands.row().begin(Phase::System);
-        self.switched = true;
+        self.begin_system();
         let config = self.inner().config.clone();
         let root = config.state_dir.join("switch");
         // made (and synced) on the blocking pool: the disk never holds up
@@ -179,7 +170,9 @@ impl Run {
             )
         })?;
         self.record = Some(record.clone());
-        self.prepare_watch(&record).await;
+        if watched {
+            self.prepare_watch(&record).await;
+        }
         self.ctl.set_detached();
         let child = record
             .spawn_supervisor(&self.inner().env, &config.repo_dir)
@@ -344,6 +337,7 @@ impl Commands {
             ctl,
             record: Some(record.clone()),
             switched: true,
+            boot_only: false,
             test_dots: None,
             verified: None,
         };

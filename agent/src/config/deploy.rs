@@ -59,8 +59,12 @@ pub struct GuardSettings {
     /// (`NIXFLEET_BUILD_ON_HOST`, default on); off: substitute-only.
     pub build_on_host: bool,
     /// The Nix store whose filesystem is measured (`NIXFLEET_NIX_STORE`,
-    /// default `/nix/store`).
+    /// default `/nix/store`); a built system must lie in it.
     pub nix_store: PathBuf,
+    /// Where NixOS's boot loader copies kernels and initrds
+    /// (`NIXFLEET_BOOT_DIR`, default `/boot`), guarded when it is a
+    /// filesystem of its own.
+    pub boot_dir: PathBuf,
 }
 
 /// Default of [`GuardSettings::min_free_bytes`]: 2 GiB.
@@ -85,6 +89,8 @@ pub(super) fn guard_settings(env: &Env<'_>) -> Result<GuardSettings, ConfigError
         build_on_host: flag(env, "NIXFLEET_BUILD_ON_HOST", true)?,
         nix_store: absolute_path(env, "NIXFLEET_NIX_STORE")?
             .unwrap_or_else(|| PathBuf::from("/nix/store")),
+        boot_dir: absolute_path(env, "NIXFLEET_BOOT_DIR")?
+            .unwrap_or_else(|| PathBuf::from("/boot")),
     })
 }
 

@@ -1,16 +1,98 @@
-//! How a NixOS system is activated outside the agent's unit: the way
-//! nixos-rebuild 26.05 (`nixos-rebuild-ng`) does it, in a transient unit of
-//! its own started with `systemd-run`.
+//! Activating a built system: the one path for a switch and for the rollback
+//! watchdog's switch back. The system profile is set to the store path
+//! (NixOS and nix-darwin; Home Manager's `activate` links its own profile),
+//! then the system is activated: NixOS `bin/switch-to-configuration <action>`
+//! the way nixos-rebuild 26.05 (`nixos-rebuild-ng`) runs it, in a transient
+//! unit of its own started with `systemd-run`; nix-darwin and Home Manager
+//! their `activate`.
+//!
+//! A switch runs it as `nixfleet-agent --activate <kind> <action> <profile>
+//! <system>` ([`ACTIVATE_FLAG`], dispatched by `main` to [`activate_main`])
+//! under the switch supervisor; every argument is written by the agent: the
+//! store path is what `nix build` printed, never anything the dashboard sent.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
-use super::record::Record;
+pub use super::record::ACTIVATE_FLAG;
+use super::record::{EXIT_NOT_STARTED, Record};
 
 /// Where transient units are started: systemd is the service manager
 /// (`sd_booted`: `/run/systemd/system` exists).
 const SYSTEMD_RUNTIME: &str = "/run/systemd/system";
+
+/// The kind of system that is switched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// NixOS: `bin/switch-to-configuration <action>`.
+    NixOs,
+    /// nix-darwin: `activate`.
+    Darwin,
+    /// Home Manager: the generation's `activate`.
+    HomeManager,
+}
+
+impl Kind {
+    /// The name in a watch file and on `--activate`'s command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::NixOs => "nixos",
+            Kind::Darwin => "darwin",
+            Kind::HomeManager => "home-manager",
+        }
+    }
+
+    /// The kind named `name`.
+    pub fn parse(name: &str) -> Option<Kind> {
+        match name {
+            "nixos" => Some(Kind::NixOs),
+            "darwin" => Some(Kind::Darwin),
+            "home-manager" => Some(Kind::HomeManager),
+            _ => None,
+        }
+    }
+
+    /// The program that activates `system` of this kind.
+    pub fn activator(self, system: &Path) -> PathBuf {
+        match self {
+            Kind::NixOs => system.join("bin/switch-to-configuration"),
+            Kind::Darwin | Kind::HomeManager => system.join("activate"),
+        }
+    }
+}
+
+/// What an activation does with the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Make it the running system and the boot default.
+    Switch,
+    /// Make it the boot default only (NixOS: `switch-to-configuration boot`),
+    /// for a system that must not be switched into while running.
+    Boot,
+    /// Say what a switch would do, change nothing (NixOS).
+    DryActivate,
+}
+
+impl Action {
+    /// `switch-to-configuration`'s name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Switch => "switch",
+            Action::Boot => "boot",
+            Action::DryActivate => "dry-activate",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Action> {
+        match name {
+            "switch" => Some(Action::Switch),
+            "boot" => Some(Action::Boot),
+            _ => None,
+        }
+    }
+}
 
 /// How NixOS's own `nixos-rebuild` (nixpkgs 26.05, `nixos-rebuild-ng`) runs
 /// `switch-to-configuration`: in a transient unit of its own, outside the
@@ -20,11 +102,15 @@ const SYSTEMD_RUNTIME: &str = "/run/systemd/system";
 /// environment, a writable system, and outlives whatever happens to the
 /// agent's unit meanwhile. `--wait --pipe` make it behave like a child: its
 /// output comes back, its exit code decides.
-pub(super) fn activation(switch: &Path, unit: &str) -> (PathBuf, Vec<OsString>, &'static str) {
+pub fn activation(
+    switch: &Path,
+    action: Action,
+    unit: &str,
+) -> (PathBuf, Vec<OsString>, &'static str) {
     let direct = || {
         (
             switch.to_path_buf(),
-            vec![OsString::from("switch")],
+            vec![OsString::from(action.as_str())],
             "directly (systemd is not the service manager here, or systemd-run is missing)",
         )
     };
@@ -55,7 +141,7 @@ pub(super) fn activation(switch: &Path, unit: &str) -> (PathBuf, Vec<OsString>, 
     }
     args.push(format!("--unit={unit}").into());
     args.push(switch.as_os_str().to_owned());
-    args.push("switch".into());
+    args.push(action.as_str().into());
     (
         systemd_run,
         args,
@@ -63,9 +149,107 @@ pub(super) fn activation(switch: &Path, unit: &str) -> (PathBuf, Vec<OsString>, 
     )
 }
 
+/// Sets `profile` to `system` (NixOS, nix-darwin) and activates it with
+/// `action`; returns the first failing step's exit code, or 0. `run` runs one
+/// program to its end and returns its exit code; `note` tells what happens.
+pub fn activate(
+    kind: Kind,
+    action: Action,
+    profile: &Path,
+    system: &Path,
+    unit: &str,
+    run: &mut dyn FnMut(&Path, &[&OsStr]) -> i32,
+    note: &dyn Fn(&str),
+) -> i32 {
+    if matches!(kind, Kind::NixOs | Kind::Darwin) {
+        let code = run(
+            Path::new("nix-env"),
+            &[
+                OsStr::new("-p"),
+                profile.as_os_str(),
+                OsStr::new("--set"),
+                system.as_os_str(),
+            ],
+        );
+        if code != 0 {
+            return code;
+        }
+    }
+    match kind {
+        Kind::NixOs => {
+            let (program, args, how) = activation(&kind.activator(system), action, unit);
+            note(&format!(
+                "nixfleet-agent: activating {} ({}) {how}",
+                system.display(),
+                action.as_str()
+            ));
+            let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+            run(&program, &args)
+        }
+        Kind::Darwin | Kind::HomeManager => {
+            note(&format!("nixfleet-agent: activating {}", system.display()));
+            run(&kind.activator(system), &[])
+        }
+    }
+}
+
+/// The command line of a switch's activation, run by the switch supervisor.
+pub fn activate_argv(
+    kind: Kind,
+    action: Action,
+    profile: &Path,
+    system: &Path,
+) -> std::io::Result<Vec<OsString>> {
+    Ok(vec![
+        std::env::current_exe()?.into_os_string(),
+        ACTIVATE_FLAG.into(),
+        kind.as_str().into(),
+        action.as_str().into(),
+        profile.as_os_str().to_owned(),
+        system.as_os_str().to_owned(),
+    ])
+}
+
+/// Entry point of `nixfleet-agent --activate <kind> <action> <profile>
+/// <system>`: the switch's activation, its children's output on its own;
+/// returns the exit status.
+pub fn activate_main(args: &[String]) -> i32 {
+    let [kind, action, profile, system] = args else {
+        eprintln!("nixfleet-agent: {ACTIVATE_FLAG} needs <kind> <action> <profile> <system>");
+        return 2;
+    };
+    let (Some(kind), Some(action)) = (Kind::parse(kind), Action::parse(action)) else {
+        eprintln!("nixfleet-agent: {ACTIVATE_FLAG}: unknown kind {kind:?} or action {action:?}");
+        return 2;
+    };
+    let (profile, system) = (Path::new(profile), Path::new(system));
+    if !profile.is_absolute() || !system.is_absolute() {
+        eprintln!(
+            "nixfleet-agent: {ACTIVATE_FLAG}: the profile and the system must be absolute paths"
+        );
+        return 2;
+    }
+    let unit = format!("nixfleet-agent-switch-{}-{:x}", std::process::id(), nanos());
+    let mut run = |program: &Path, args: &[&OsStr]| -> i32 {
+        match Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .status()
+        {
+            Ok(status) => crate::exec::runner::exit_code(status),
+            Err(e) => {
+                eprintln!("nixfleet-agent: cannot run {}: {e}", program.display());
+                EXIT_NOT_STARTED
+            }
+        }
+    };
+    let note = |line: &str| eprintln!("{line}");
+    activate(kind, action, profile, system, &unit, &mut run, &note)
+}
+
 /// A transient unit name used once: a stale unit of an earlier attempt
 /// ("already loaded") can never block this one.
-pub(super) fn unit_name(record: &Record) -> String {
+pub(super) fn unit_name(record: &Record, purpose: &str) -> String {
     let id: String = record
         .dir()
         .file_name()
@@ -75,14 +259,18 @@ pub(super) fn unit_name(record: &Record) -> String {
         .filter(char::is_ascii_alphanumeric)
         .take(32)
         .collect();
-    let nanos = std::time::SystemTime::now()
+    format!(
+        "nixfleet-agent-{purpose}-{id}-{}-{:x}",
+        std::process::id(),
+        nanos()
+    )
+}
+
+fn nanos() -> u32 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "nixfleet-agent-rollback-{id}-{}-{nanos:x}",
-        std::process::id()
-    )
+        .unwrap_or(0)
 }
 
 /// The first executable `name` in `PATH`.

@@ -15,11 +15,12 @@
 //! process) call it through [`Record`], [`supervisor::follow`] and the
 //! watchdog's verdict functions.
 
-mod activation;
+pub mod activation;
 pub mod record;
 pub mod supervisor;
 pub mod watch;
 pub mod watchdog;
 
+pub use activation::{ACTIVATE_FLAG, Action, Kind, activate_argv, activate_main, activation};
 pub use record::{EXIT_NOT_STARTED, KEEP_RECORDS, POLL, Record, SUPERVISE_FLAG, pending, prune};
 pub use supervisor::{Ended, argv, follow, supervise_main};

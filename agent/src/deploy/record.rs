@@ -34,6 +34,10 @@ use crate::exec::runlog::{create_private_dir, unique_millis};
 use crate::exec::runner::Tail;
 use crate::exec::runner::failure_tail;
 
+/// The argument that makes the agent's binary activate a built system
+/// (`deploy/activation.rs`): a switch's command line in its record.
+pub const ACTIVATE_FLAG: &str = "--activate";
+
 /// The hidden command-line flag that makes the binary a switch supervisor.
 pub const SUPERVISE_FLAG: &str = "--supervise-switch";
 /// How often a running switch's files are polled.
@@ -170,7 +174,13 @@ impl Record {
     /// The command line for messages.
     pub fn label(&self) -> String {
         self.argv()
-            .map(|argv| {
+            .map(|mut argv| {
+                // the agent's own activation: named by its program's name
+                if argv.get(1).is_some_and(|a| a == ACTIVATE_FLAG)
+                    && let Some(name) = Path::new(&argv[0]).file_name()
+                {
+                    argv[0] = name.to_owned();
+                }
                 argv.iter()
                     .map(|a| a.to_string_lossy().into_owned())
                     .collect::<Vec<_>>()

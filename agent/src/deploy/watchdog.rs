@@ -32,14 +32,15 @@
 //! | `rollback.log` | supervisor | the rollback's output |
 //! | `rollback.exit` | supervisor | the rollback's exit code |
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::activation::{activation, unit_name};
+pub use super::activation::Kind;
+use super::activation::{Action, activate, unit_name};
 use super::record::{EXIT_NOT_STARTED, Record};
 
 /// How often the supervisor looks for the verdict.
@@ -63,27 +64,6 @@ pub struct Watch {
     pub current: Option<PathBuf>,
     /// The confirmation window.
     pub deadline: Duration,
-}
-
-/// The kind of system that is switched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// NixOS: `bin/switch-to-configuration switch`.
-    NixOs,
-    /// nix-darwin: `activate`.
-    Darwin,
-    /// Home Manager: the generation's `activate`.
-    HomeManager,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::NixOs => "nixos",
-            Kind::Darwin => "darwin",
-            Kind::HomeManager => "home-manager",
-        }
-    }
 }
 
 /// The decision on a watched switch.
@@ -119,12 +99,7 @@ impl Watch {
                 .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
                 .map(str::to_string)
         };
-        let kind = match field("kind")?.as_str() {
-            "nixos" => Kind::NixOs,
-            "darwin" => Kind::Darwin,
-            "home-manager" => Kind::HomeManager,
-            _ => return None,
-        };
+        let kind = Kind::parse(&field("kind")?)?;
         Some(Watch {
             previous: PathBuf::from(field("previous")?),
             kind,
@@ -316,7 +291,7 @@ fn roll_back(record: &Record, watch: &Watch) -> i32 {
             let _ = writeln!(log, "{line}");
         }
     };
-    let run = |program: &Path, args: &[&OsStr]| -> i32 {
+    let mut run = |program: &Path, args: &[&OsStr]| -> i32 {
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null());
         if let Ok(log) = &log
@@ -335,36 +310,15 @@ fn roll_back(record: &Record, watch: &Watch) -> i32 {
             }
         }
     };
-    let previous = watch.previous.as_os_str();
-    let code = (|| {
-        if matches!(watch.kind, Kind::NixOs | Kind::Darwin) {
-            let code = run(
-                Path::new("nix-env"),
-                &[
-                    OsStr::new("-p"),
-                    watch.profile.as_os_str(),
-                    OsStr::new("--set"),
-                    previous,
-                ],
-            );
-            if code != 0 {
-                return code;
-            }
-        }
-        match watch.kind {
-            Kind::NixOs => {
-                let switch = watch.previous.join("bin/switch-to-configuration");
-                let (program, args, how) = activation(&switch, &unit_name(record));
-                note(&format!(
-                    "nixfleet-agent: activating {} {how}",
-                    watch.previous.display()
-                ));
-                let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
-                run(&program, &args)
-            }
-            Kind::Darwin | Kind::HomeManager => run(&watch.previous.join("activate"), &[]),
-        }
-    })();
+    let code = activate(
+        watch.kind,
+        Action::Switch,
+        &watch.profile,
+        &watch.previous,
+        &unit_name(record, "rollback"),
+        &mut run,
+        &note,
+    );
     // the switch's output gets what the rollback printed
     if let Ok(text) = fs::read(&log_path) {
         use std::io::Write;

@@ -16,6 +16,7 @@
 //! - [`binary_freshness`] and [`hash_running_binary`] identify the running agent
 //!   binary.
 
+mod boot;
 mod freshness;
 mod git;
 mod metrics;
@@ -29,13 +30,14 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+pub use boot::{BootNeed, boot_need, separate_filesystem};
 pub use freshness::{
     BinaryHash, Freshness, HASH_HEAD_START, STAMP, binary_freshness, executable_hash,
     hash_running_binary,
 };
 pub use git::{GENERATION_LEN, generation, git_head_commit, short_commit};
 pub use metrics::{Metrics, MetricsReader, MetricsSource};
-pub use reboot::{RebootNeed, boot_identity, reboot_need};
+pub use reboot::{NEXT_BOOT, RebootNeed, boot_identity, reboot_need};
 pub use space::{free_bytes, free_mib};
 
 /// Cap for small text files (versions, host names, `os-release`, git refs).

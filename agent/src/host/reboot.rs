@@ -34,8 +34,23 @@ impl RebootNeed {
 
     /// "reboot needed: kernel, initrd changed", or `None` when none is needed.
     pub fn message(&self) -> Option<String> {
-        self.needed()
-            .then(|| format!("reboot needed: {} changed", self.changed.join(", ")))
+        if !self.needed() {
+            return None;
+        }
+        let parts: Vec<&str> = self
+            .changed
+            .iter()
+            .copied()
+            .filter(|c| *c != NEXT_BOOT)
+            .collect();
+        let mut reasons = Vec::new();
+        if !parts.is_empty() {
+            reasons.push(format!("{} changed", parts.join(", ")));
+        }
+        if self.changed.contains(&NEXT_BOOT) {
+            reasons.push(format!("a {NEXT_BOOT}"));
+        }
+        Some(format!("reboot needed: {}", reasons.join("; ")))
     }
 }
 
@@ -49,17 +64,30 @@ pub fn boot_identity(boot_id_file: &Path) -> String {
 
 /// Compares the booted and the current system. `None` when it cannot be
 /// told: no booted system (not NixOS, or a container without one).
-pub fn reboot_need(booted: &Path, current: &Path) -> Option<RebootNeed> {
+///
+/// With `profile` (the system profile), a profile that names another system
+/// than the running one counts too: a system installed for the next boot
+/// only (`switch-to-configuration boot`) waits for a reboot.
+pub fn reboot_need(booted: &Path, current: &Path, profile: Option<&Path>) -> Option<RebootNeed> {
     let booted = std::fs::canonicalize(booted).ok()?;
     let current = std::fs::canonicalize(current).ok()?;
     let resolve = |root: &PathBuf, name: &str| std::fs::canonicalize(root.join(name)).ok();
-    let changed = COMPONENTS
+    let mut changed: Vec<&'static str> = COMPONENTS
         .iter()
         .filter(|(file, _)| resolve(&booted, file) != resolve(&current, file))
         .map(|(_, label)| *label)
         .collect();
+    if profile
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .is_some_and(|next| next != current)
+    {
+        changed.push(NEXT_BOOT);
+    }
     Some(RebootNeed { changed })
 }
+
+/// The reason of a reboot that a system installed for the next boot waits for.
+pub const NEXT_BOOT: &str = "new system is installed for the next boot";
 
 #[cfg(test)]
 mod tests {
@@ -84,7 +112,7 @@ mod tests {
         let parts = [("kernel", "k1"), ("initrd", "i1"), ("kernel-modules", "m1")];
         let booted = system(tmp.path(), "booted", &parts);
         let current = system(tmp.path(), "current", &parts);
-        let need = reboot_need(&booted, &current).unwrap();
+        let need = reboot_need(&booted, &current, None).unwrap();
         assert!(!need.needed());
         assert_eq!(need.message(), None);
     }
@@ -102,7 +130,7 @@ mod tests {
             "current",
             &[("kernel", "k2"), ("initrd", "i1"), ("kernel-modules", "m2")],
         );
-        let need = reboot_need(&booted, &current).unwrap();
+        let need = reboot_need(&booted, &current, None).unwrap();
         assert_eq!(need.changed, vec!["kernel", "kernel modules"]);
         assert_eq!(
             need.message().as_deref(),
@@ -116,7 +144,7 @@ mod tests {
         let real = system(tmp.path(), "sys", &[("kernel", "k1")]);
         let link = tmp.path().join("current");
         symlink(&real, &link).unwrap();
-        assert!(!reboot_need(&real, &link).unwrap().needed());
-        assert_eq!(reboot_need(&tmp.path().join("missing"), &link), None);
+        assert!(!reboot_need(&real, &link, None).unwrap().needed());
+        assert_eq!(reboot_need(&tmp.path().join("missing"), &link, None), None);
     }
 }

@@ -1,64 +1,108 @@
-//! Fake `nixos-rebuild`, `darwin-rebuild` and `nix` for the end-to-end tests.
+//! Fake `nix`, `nix-env`, a built system and the rebuild tools for the
+//! end-to-end tests.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::Fixture;
 
-/// Fake tools in `<tmp>/bin`, controlled by files in `<tmp>/fake`:
-/// - `nixos-rebuild`/`darwin-rebuild`: write their argv to `rebuild.argv`,
-///   print a line on stdout and stderr; with `rebuild.wait` present, announce
-///   `rebuild.waiting` and wait for `rebuild.go`; with `rebuild.fail`, print an
-///   error on stderr and exit 1.
-/// - `nix`: writes its argv to `nix.argv`; `nix build --dry-run` prints
-///   `nix.plan` (what Nix's dry run prints) and appends its argv to
-///   `nix-dry-run.argv`, or fails with `nix.plan.fail`.
+/// Fake tools in `<tmp>/bin`, controlled by files in `<tmp>/fake`; they print
+/// what the real ones print where the agent reads it.
+/// - `nix build --dry-run`: prints `nix.plan` (what Nix's `printMissing`
+///   prints) and appends its argv to `nix-dry-run.argv`, or fails with
+///   `nix.plan.fail`.
+/// - `nix build --print-out-paths --out-link L …`: appends its argv to
+///   `nix-build.argv`, prints a build line on stderr, links `L` and prints the
+///   built system's store path ([`Fakes::system`], or the path in `nix.out`);
+///   with `build.fail` it fails like an evaluation error (exit 1).
+/// - `nix store diff-closures`: prints `nix.diff`; `nix path-info
+///   --closure-size`: prints `nix.sizes`.
+/// - any other `nix` (`flake update`): argv to `nix.argv`.
+/// - `nix-env -p P --set S`: argv to `nix-env.argv`, and `P` becomes a link
+///   to a new generation link `P-<n>-link` → `S`, as nix-env makes it.
+/// - the built system's `bin/switch-to-configuration <action>` and its
+///   `activate` (nix-darwin, Home Manager): `dry-activate` prints
+///   `units.would` on stderr; anything else writes its argv to
+///   `rebuild.argv`, prints "activating the configuration..." on stderr,
+///   points the link named in `current.link` (if any) at the system unless
+///   the action is `boot`;
+///   with `rebuild.wait`, announces `rebuild.waiting` and waits for
+///   `rebuild.go`; prints "starting the following units: nginx.service" on
+///   stderr and "switched"; with `rebuild.fail`, fails like a boot loader
+///   installation (exit 1); at the end touches `rebuild.done`.
+/// - `nixos-rebuild`/`darwin-rebuild` (the `rollback` command): as the
+///   activation, argv to `rebuild.argv`.
 pub struct Fakes {
     /// Directory of the fake tools (first on `PATH`).
     pub bin: PathBuf,
     /// Directory of the files that control them.
     pub dir: PathBuf,
+    /// The fake Nix store (`NIXFLEET_NIX_STORE`).
+    pub store: PathBuf,
+    /// The system profile (`NIXFLEET_SYSTEM_PROFILE`).
+    pub profile: PathBuf,
+    /// The store path the fake `nix build` builds by default.
+    pub system: PathBuf,
+    /// The fake activation (`bin/switch-to-configuration`, `activate`).
+    activate: String,
 }
+
+/// The store directory's name of the default built system.
+pub const BUILT: &str = "0123456789abcdfghijklmnpqrsvwxyz-nixos-system-new-26.05";
 
 impl Fakes {
     /// Fake tools for the fixture.
     pub fn new(fx: &Fixture) -> Fakes {
         let bin = fx.tmp.path().join("bin");
         let dir = fx.tmp.path().join("fake");
+        let store = fx.tmp.path().join("store");
+        let profile = fx.tmp.path().join("profiles/system");
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(profile.parent().unwrap()).unwrap();
         let d = dir.display();
-        let rebuild = format!(
+        let activate = format!(
             r#"#!/bin/sh
+if [ "$1" = dry-activate ]; then
+  [ -e {d}/units.would ] && cat {d}/units.would >&2
+  exit 0
+fi
 printf '%s\n' "$@" > {d}/rebuild.argv
-echo "building the system configuration..." >&2
-echo "these 3 derivations will be built"
+echo "activating the configuration..." >&2
+# the activation points /run/current-system at the system (a test names
+# its link in current.link)
+if [ -e {d}/current.link ] && [ "$1" != boot ]; then
+  sys=$(cd "$(dirname "$0")" && pwd -P)
+  [ "$(basename "$sys")" = bin ] && sys=$(dirname "$sys")
+  ln -sfn "$sys" "$(cat {d}/current.link)"
+fi
 if [ -e {d}/rebuild.wait ]; then
   touch {d}/rebuild.waiting
   # ends with its test: gone with the test's directory
   while [ ! -e {d}/rebuild.go ]; do [ -d {d} ] || exit 1; sleep 0.02; done
-  echo "activating the configuration..."
 fi
+echo "starting the following units: nginx.service" >&2
 if [ -e {d}/rebuild.fail ]; then
-  echo "error: attribute 'frobnicator' missing" >&2
-  echo "(use '--show-trace' to show detailed location information)" >&2
+  echo "Failed to install bootloader" >&2
   exit 1
 fi
 echo "switched"
 touch {d}/rebuild.done
 "#
         );
+        let system = store.join(BUILT);
+        write_exec(&system.join("bin/switch-to-configuration"), &activate);
+        write_exec(&system.join("activate"), &activate);
         for tool in ["nixos-rebuild", "darwin-rebuild"] {
-            write_exec(&bin.join(tool), &rebuild);
+            write_exec(&bin.join(tool), &activate);
         }
-        // `nix build --dry-run`: what Nix's printMissing prints, from
-        // `nix.plan` (nothing missing without it), its argv appended to
-        // `nix-dry-run.argv`; `nix.plan.fail`: an evaluation error, exit 1.
-        // Anything else (`nix flake update`): argv to `nix.argv`.
+        let sys = system.display();
         write_exec(
             &bin.join("nix"),
             &format!(
                 r#"#!/bin/sh
+out_link=
+prev=
 for arg in "$@"; do
   if [ "$arg" = --dry-run ]; then
     printf '%s\n' "$*" >> {d}/nix-dry-run.argv
@@ -69,13 +113,65 @@ for arg in "$@"; do
     [ -e {d}/nix.plan ] && cat {d}/nix.plan >&2
     exit 0
   fi
+  [ "$prev" = --out-link ] && out_link="$arg"
+  case "$prev $arg" in
+    "store diff-closures") [ -e {d}/nix.diff ] && cat {d}/nix.diff; exit 0 ;;
+    "path-info --closure-size") [ -e {d}/nix.sizes ] && cat {d}/nix.sizes; exit 0 ;;
+  esac
+  prev="$arg"
 done
+case " $* " in
+  *" build "*)
+    printf '%s\n' "$*" >> {d}/nix-build.argv
+    if [ -e {d}/build.fail ]; then
+      echo "error: attribute 'frobnicator' missing" >&2
+      echo "(use '--show-trace' to show detailed location information)" >&2
+      exit 1
+    fi
+    out={sys}
+    [ -e {d}/nix.out ] && out=$(cat {d}/nix.out)
+    echo "building '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-new-26.05.drv'..." >&2
+    [ -n "$out_link" ] && ln -sfn "$out" "$out_link"
+    echo "$out"
+    exit 0 ;;
+esac
 printf '%s\n' "$@" > {d}/nix.argv
 echo 'updated input nixpkgs' >&2
 "#
             ),
         );
-        Fakes { bin, dir }
+        write_exec(
+            &bin.join("nix-env"),
+            &format!(
+                r#"#!/bin/sh
+printf '%s\n' "$@" > {d}/nix-env.argv
+if [ "$1" = -p ] && [ "$3" = --set ]; then
+  n=1
+  while [ -e "$2-$n-link" ] || [ -L "$2-$n-link" ]; do n=$((n+1)); done
+  ln -s "$4" "$2-$n-link" && ln -sfn "$(basename "$2")-$n-link" "$2"
+  exit $?
+fi
+echo "error: unsupported fake nix-env call: $*" >&2
+exit 1
+"#
+            ),
+        );
+        Fakes {
+            bin,
+            dir,
+            store,
+            profile,
+            system,
+            activate,
+        }
+    }
+
+    /// Makes `dir` a system the fake activation activates, and what the
+    /// fake `nix build` builds.
+    pub fn build_system_at(&self, dir: &Path) {
+        write_exec(&dir.join("bin/switch-to-configuration"), &self.activate);
+        write_exec(&dir.join("activate"), &self.activate);
+        std::fs::write(self.file("nix.out"), dir.to_str().unwrap()).unwrap();
     }
 
     /// `PATH` with the fakes first.

@@ -185,10 +185,13 @@ impl AgentBuilder {
         self
     }
 
-    /// With the fake tools first on `PATH` and a 2 s stop grace period.
+    /// With the fake tools first on `PATH`, their store and system profile,
+    /// and a 2 s stop grace period.
     pub fn with_fakes(self, fakes: &Fakes) -> AgentBuilder {
         self.env("PATH", &fakes.path_env())
             .env("NIXFLEET_STOP_GRACE_MS", "2000")
+            .env("NIXFLEET_NIX_STORE", path_str(&fakes.store))
+            .env("NIXFLEET_SYSTEM_PROFILE", path_str(&fakes.profile))
     }
 
     /// Removes a variable.

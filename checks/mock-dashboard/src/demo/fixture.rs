@@ -52,28 +52,89 @@ pub(super) const T02: &str =
 
 pub(super) const REBUILD: &str = "#!/bin/sh\necho \"$(basename \"$0\") (demo fake) $*\"\necho 'building the system configuration...'\necho 'activating the configuration...'\nexit 0\n";
 
-/// A fake `nix` whose dry run prints what Nix's `printMissing` prints, so
-/// that the switch's preview has something to show.
-pub(super) const NIX: &str = "#!/bin/sh\nfor arg in \"$@\"; do\n  if [ \"$arg\" = --dry-run ]; then\n    cat >&2 <<'EOF'\nthese 2 derivations will be built:\n  /nix/store/0i8lx7xq5vq4n5jqm3pw6a2dz1zc9m8y-nixos-system-demo-host-26.05.drv\n  /nix/store/1k9vj3w7b2a8m0c6xhq4s5d7f8g9h0j2-etc.drv\nthese 3 paths will be fetched (4.20 MiB download, 17.80 MiB unpacked):\n  /nix/store/2m4n6p8q0r2s4t6v8w0x2y4z6a8b0c2d-hello-2.12.2\n  /nix/store/3n5p7q9r1s3t5v7w9x1y3z5a7b9c1d3f-nginx-1.28.0\n  /nix/store/4p6q8r0s2t4v6w8x0y2z4a6b8c0d2f4g-openssl-3.5.1\nEOF\n    exit 0\n  fi\ndone\necho 'nix (demo fake): nothing to do' >&2\n";
+/// A fake `nix` that prints what Nix prints where the agent reads it: the
+/// dry run (`printMissing`), the build (its out-link and the store path of
+/// `built` on stdout), `store diff-closures` and `path-info --closure-size`,
+/// so that the switch's preview has something to show.
+pub(super) fn nix(previous: &Path, built: &Path) -> String {
+    let (previous, built) = (
+        sh_quote(&previous.to_string_lossy()),
+        sh_quote(&built.to_string_lossy()),
+    );
+    format!(
+        r#"#!/bin/sh
+prev=
+building=
+for arg in "$@"; do
+  if [ "$arg" = --dry-run ]; then
+    cat >&2 <<'EOF'
+these 2 derivations will be built:
+  /nix/store/0i8lx7xq5vq4n5jqm3pw6a2dz1zc9m8y-nixos-system-demo-host-26.05.drv
+  /nix/store/1k9vj3w7b2a8m0c6xhq4s5d7f8g9h0j2-etc.drv
+these 3 paths will be fetched (4.20 MiB download, 17.80 MiB unpacked):
+  /nix/store/2m4n6p8q0r2s4t6v8w0x2y4z6a8b0c2d-hello-2.12.2
+  /nix/store/3n5p7q9r1s3t5v7w9x1y3z5a7b9c1d3f-nginx-1.28.0
+  /nix/store/4p6q8r0s2t4v6w8x0y2z4a6b8c0d2f4g-openssl-3.5.1
+EOF
+    exit 0
+  fi
+  [ "$prev" = --out-link ] && ln -sfn {built} "$arg"
+  case "$prev $arg" in
+    "store diff-closures")
+      printf '%s\n' 'hello: ∅ → 2.12.2, +268.9 KiB' 'nginx: 1.26.3 → 1.28.0, +102.4 KiB' 'nano: 8.4 → ∅, -2876.3 KiB'
+      exit 0 ;;
+    "path-info --closure-size")
+      printf '%s\t%s\n' {previous} 1073741824 {built} 1090519040
+      exit 0 ;;
+    "build --print-out-paths") building=1 ;;
+  esac
+  prev="$arg"
+done
+if [ -n "$building" ]; then
+  echo "building '/nix/store/0i8lx7xq5vq4n5jqm3pw6a2dz1zc9m8y-nixos-system-demo-host-26.05.drv'..." >&2
+  echo {built}
+  exit 0
+fi
+echo 'nix (demo fake): nothing to do' >&2
+"#
+    )
+}
+
+/// The built system's `switch-to-configuration` (and `activate`): its
+/// `dry-activate` says what would change, like the real one.
+const BUILT_ACTIVATION: &str = "#!/bin/sh\nif [ \"$1\" = dry-activate ]; then\n  echo 'would restart the following units: nginx.service' >&2\n  echo 'would start the following units: hello.service' >&2\n  exit 0\nfi\necho \"$(basename \"$0\") (demo fake) $*\"\necho 'activating the configuration...'\nexit 0\n";
 
 pub(super) const LOCK_V1: &str = "{\n  \"nodes\": {\n    \"nixpkgs\": {\n      \"locked\": {\"rev\": \"abc1234\", \"type\": \"github\"}\n    },\n    \"root\": {\"inputs\": {\"nixpkgs\": \"nixpkgs\"}}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";
 
 pub(super) const LOCK_V2: &str = "{\n  \"nodes\": {\n    \"nixpkgs\": {\n      \"locked\": {\"rev\": \"def5678\", \"type\": \"github\"}\n    },\n    \"root\": {\"inputs\": {\"nixpkgs\": \"nixpkgs\"}}\n  },\n  \"root\": \"root\",\n  \"version\": 7\n}\n";
 
-/// The system before the demo's switch, for the rollback watchdog.
+/// The system before the demo's switch, for the rollback watchdog, and the
+/// one the switch builds.
 pub(super) struct System {
     /// Stands for `/run/current-system` (a link to the system below).
     pub(super) current: PathBuf,
     /// Stands for `/nix/var/nix/profiles/system`.
     pub(super) profile: PathBuf,
+    /// Stands for `/nix/store`.
+    pub(super) store: PathBuf,
 }
 
 /// A fake system the watchdog would switch back to (its
 /// `switch-to-configuration` and `activate` only say so), a link to it as
-/// the current system, and fake `nix-env` and `systemctl` in `bin`, so that
-/// nothing of the real host is read or changed.
+/// the current system, the system the switch builds, and fake `nix`,
+/// `nix-env` and `systemctl` in `bin`, so that nothing of the real host is
+/// read or changed.
 pub(super) fn current_system(dir: &Path, bin: &Path) -> std::io::Result<System> {
-    let system = dir.join("store").join("nixos-system-demo-host-1");
+    let store = dir.join("store");
+    let system = store.join("0d3m0000000000000000000000000001-nixos-system-demo-host-1");
+    let built = store.join("0d3m0000000000000000000000000002-nixos-system-demo-host-2");
+    std::fs::create_dir_all(built.join("bin"))?;
+    write_script(
+        &built.join("bin").join("switch-to-configuration"),
+        BUILT_ACTIVATION,
+    )?;
+    write_script(&built.join("activate"), BUILT_ACTIVATION)?;
+    write_script(&bin.join("nix"), &nix(&system, &built))?;
     std::fs::create_dir_all(system.join("bin"))?;
     let fake = "#!/bin/sh\necho \"$(basename \"$0\") (demo fake: the watchdog rolls back) $*\"\n";
     write_script(&system.join("bin").join("switch-to-configuration"), fake)?;
@@ -89,6 +150,7 @@ pub(super) fn current_system(dir: &Path, bin: &Path) -> std::io::Result<System> 
     Ok(System {
         current,
         profile: dir.join("profiles").join("system"),
+        store,
     })
 }
 

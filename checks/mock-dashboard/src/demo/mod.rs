@@ -181,7 +181,6 @@ impl Demo {
         for tool in ["nixos-rebuild", "darwin-rebuild"] {
             write_script(&bin.join(tool), REBUILD).map_err(|e| io(tool, e))?;
         }
-        write_script(&bin.join("nix"), fixture::NIX).map_err(|e| io("nix", e))?;
         let system = fixture::current_system(dir, &bin).map_err(|e| io("the demo's system", e))?;
         git(&repo, &["init", "-q"]).await?;
         git(&repo, &["symbolic-ref", "HEAD", "refs/heads/main"]).await?;
@@ -227,7 +226,7 @@ impl Demo {
             ("NIXFLEET_ROLLBACK_DEADLINE", OsString::from("30")),
             // the switch's space guard measures the demo's own directory
             // and keeps 64 MiB free there (2 GiB on a real host)
-            ("NIXFLEET_NIX_STORE", dir.as_os_str().to_owned()),
+            ("NIXFLEET_NIX_STORE", system.store.into_os_string()),
             ("NIXFLEET_MIN_FREE_SPACE", OsString::from("64")),
             ("PATH", path),
         ]
