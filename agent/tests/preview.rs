@@ -431,3 +431,56 @@ async fn a_configuration_that_does_not_evaluate_is_refused_before_anything_runs(
     assert_eq!(statuses(&dash), 1);
     assert_no_violations(&dash);
 }
+
+#[tokio::test]
+async fn a_long_preview_is_cut_with_a_counted_marker_and_logged_whole() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let (_, current) = running(&fx, &fakes, "{}");
+    let diff: String = (0..300)
+        .map(|i| format!("package-{i:03}: 1.0 → 1.1, +1.0 KiB\n"))
+        .collect();
+    std::fs::write(fakes.file("nix.diff"), diff).unwrap();
+    let _a = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
+        .with_fakes(&fakes)
+        .env("NIXFLEET_CURRENT_SYSTEM", current.to_str().unwrap())
+        .env("NIXFLEET_ROLLBACK_ON_FAILURE", "0")
+        .spawn();
+    wait_register(&dash, HOST, 0).await;
+    let (st, lines) = switch(&dash).await;
+    assert_eq!(st["status"], "ok", "{st}");
+    let block: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .skip_while(|l| *l != "[nixfleet-agent] ── preview ──")
+        .collect();
+    let end = block
+        .iter()
+        .position(|l| *l == "[nixfleet-agent] ── end of preview ──")
+        .expect("the end marker is sent");
+    // 200 lines with both markers: 198 of the block, the count, the end
+    assert_eq!(end + 1, 200, "{block:?}");
+    // the block: start, summary, "package changes:", 300 packages, units
+    // line, end = 305 lines; 198 sent, 106 cut
+    assert_eq!(
+        block[198],
+        "[nixfleet-agent] … 106 more lines of the preview (the command's log has all of them)"
+    );
+    assert!(block.contains(&"[nixfleet-agent]   package-194: 1.0 → 1.1, +1.0 KiB"));
+    assert!(!block.contains(&"[nixfleet-agent]   package-195: 1.0 → 1.1, +1.0 KiB"));
+    // the command's log has every line
+    let logs: String = std::fs::read_dir(fx.state.join("logs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-switch.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    for i in [0, 195, 299] {
+        assert!(
+            logs.contains(&format!("package-{i:03}: 1.0 → 1.1, +1.0 KiB")),
+            "package-{i:03} is not in the log"
+        );
+    }
+    assert_no_violations(&dash);
+}

@@ -14,6 +14,7 @@
 //! | `token-secrecy` | [`vm_token_secrecy_twin`]; `connection.rs`: `the_token_never_reaches_the_log` |
 //! | `switch` | `host_twin.rs`: `twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back`; `dashboard_row.rs`: `pull_switch_moves_system_through_outdated_and_working_to_ok`, `pull_switch_test_through_the_lifecycle_with_the_right_compartments`; `operations.rs`: `rollback_runs_the_tool_detached_and_restarts` |
 //! | `auto-rollback` | `host_twin.rs` (under the module's unit and a real systemd): `twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back`, `twin_a_new_generation_whose_agent_never_starts_is_rolled_back`; `watchdog.rs`: `a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once`, `the_window_survives_a_reboot_of_the_supervisor` |
+//! | `preview` | `preview.rs`: `a_switch_is_refused_when_the_store_would_fill_up`, `a_switch_is_refused_when_the_new_kernel_does_not_fit_in_boot`, `a_switch_builds_then_previews_then_activates_exactly_what_it_built`; `host_twin.rs` (a real systemd, /boot a filesystem of its own): `twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back` |
 //! | `rollback` | `operations.rs`: `rollback_runs_the_tool_detached_and_restarts`, `a_rollback_survives_an_agent_restart_and_is_reported_once` |
 //! | `reboot` | `operations.rs`: `reboot_while_a_test_runs_stops_it_then_reports_after_the_boot`, `reboot_failures_are_reported_with_their_output` |
 //!

@@ -39,6 +39,7 @@ in
   vm-token-secrecy = scenario ./token-secrecy.nix;
   vm-switch = scenario ./switch.nix;
   vm-auto-rollback = scenario ./auto-rollback.nix;
+  vm-preview = scenario ./preview.nix;
   vm-rollback = scenario ./rollback.nix;
   vm-reboot = scenario ./reboot.nix;
 }
