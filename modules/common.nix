@@ -295,7 +295,9 @@ in
         MiB the Nix store's filesystem must keep free on top of what a switch
         unpacks (`NIXFLEET_MIN_FREE_SPACE`): a switch that would leave less is
         refused before anything is fetched, with the figures and what to do.
-        `0` turns the guard off.
+        `0` turns the guard off. On NixOS a separate `/boot` is guarded too,
+        always: a new kernel and initrd that do not fit refuse the switch
+        before it activates.
       '';
     };
 

@@ -1,6 +1,7 @@
-# The real switch path: `pull-switch` through the dashboard's lifecycle runs
-# `nixos-rebuild switch --flake <clone>#agent` (the agent's own command
-# line), which builds and activates a second system configuration; the
+# The real switch path: `pull-switch` through the dashboard's lifecycle
+# builds `<clone>#nixosConfigurations.agent.config.system.build.toplevel`
+# and activates exactly the built path (the system profile, then
+# `switch-to-configuration switch` through `systemd-run`); the
 # status is `pull-switch` ok, the agent exits 101 and systemd starts it on
 # the new generation, which registers again. Then `rollback` goes back.
 #

@@ -1,7 +1,7 @@
 //! Before a switch builds anything: what it will build and fetch (a line in
 //! the command's output, and the start of the preview block after the
 //! build, `changes.rs`), and the guards that refuse it before anything is
-//! fetched (docs/commands.md, "Preview and guards").
+//! fetched (docs/commands.md, "A switch, phase by phase").
 //!
 //! - **The dry run**: `nix build --dry-run` of the configuration the switch
 //!   builds (`nixosConfigurations.<host>.config.system.build.toplevel`,

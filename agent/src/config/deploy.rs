@@ -49,7 +49,7 @@ pub struct TrustSettings {
     pub allow_force_push: bool,
 }
 
-/// The guards before a switch (docs/commands.md, "Preview and guards").
+/// The guards of a switch (docs/commands.md, "A switch, phase by phase").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardSettings {
     /// Free space the Nix store's filesystem keeps on top of what a switch
