@@ -286,6 +286,60 @@ async fn home_manager_switch_builds_and_runs_the_generations_activate() {
     assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));
 }
 
+/// nix-darwin: the same phases without the NixOS-only parts (no dry
+/// activation, no /boot): the system profile, then the system's `activate`.
+#[tokio::test]
+async fn a_darwin_switch_sets_the_profile_and_runs_the_built_systems_activate() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    std::fs::write(
+        fakes.file("units.would"),
+        "would start the following units: x.service\n",
+    )
+    .unwrap();
+    let mut agent = agent(&dash, &fx, &fakes)
+        .env("NIXFLEET_HOST_TYPE", "macos")
+        .spawn();
+    registered(&dash).await;
+    let after = command(&dash, "switch").await;
+    let st = status(&dash, after).await;
+    assert_eq!(s(&st.payload, "status"), "ok", "{}", st.payload);
+    assert!(
+        fakes.read("nix-build.argv").ends_with(&format!(
+            " {}#darwinConfigurations.\"{HOST}\".system\n",
+            fx.repo.display()
+        )),
+        "{}",
+        fakes.read("nix-build.argv")
+    );
+    assert_eq!(
+        fakes.read("nix-env.argv"),
+        format!(
+            "-p\n{}\n--set\n{}\n",
+            fakes.profile.display(),
+            fakes.system.display()
+        )
+    );
+    // `activate`, with no arguments
+    assert_eq!(fakes.read("rebuild.argv"), "\n");
+    let out = outputs(&dash, after, st.seq);
+    assert!(
+        out.iter()
+            .any(|o| o["line"] == "[nixfleet-agent] ── end of preview ──"),
+        "{out:?}"
+    );
+    assert!(
+        !out.iter().any(|o| {
+            let line = o["line"].as_str().unwrap_or_default();
+            line.contains("would start") || line.starts_with("[nixfleet-agent] /boot")
+        }),
+        "{out:?}"
+    );
+    assert_eq!(agent.wait_exit(WAIT).await.code(), Some(101));
+    assert_no_violations(&dash);
+}
+
 #[tokio::test]
 async fn switch_failure_reports_the_stderr_tail() {
     let dash = dashboard().await;

@@ -370,6 +370,7 @@ async fn a_switch_is_refused_when_the_store_would_fill_up() {
             && message.contains("nix-collect-garbage"),
         "{message}"
     );
+    assert!(!fakes.file("nix-build.argv").exists(), "nothing was built");
     assert!(!fakes.file("rebuild.argv").exists(), "nothing was switched");
     assert_eq!(statuses(&dash), 1);
     assert_no_violations(&dash);
@@ -392,6 +393,7 @@ async fn a_substitute_only_host_refuses_a_switch_that_would_build() {
         st["message"],
         "Switch refused: 3 derivations would be built on this host, which only substitutes (buildOnHost is off): nixos-system-previewhost-26.05.drv, etc.drv, unit-nginx.service.drv; build them where the binary cache is filled, then switch again"
     );
+    assert!(!fakes.file("nix-build.argv").exists(), "nothing was built");
     assert!(!fakes.file("rebuild.argv").exists(), "nothing was switched");
     assert_eq!(statuses(&dash), 1);
 
@@ -427,6 +429,7 @@ async fn a_configuration_that_does_not_evaluate_is_refused_before_anything_runs(
         ) && message.contains("attribute 'frobnicator' missing"),
         "{message}"
     );
+    assert!(!fakes.file("nix-build.argv").exists(), "nothing was built");
     assert!(!fakes.file("rebuild.argv").exists(), "nothing was switched");
     assert_eq!(statuses(&dash), 1);
     assert_no_violations(&dash);

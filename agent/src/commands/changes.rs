@@ -26,7 +26,7 @@ use std::path::Path;
 
 use super::preview::{Plan, mib, summary_lines};
 use super::*;
-use crate::deploy::{Action, Kind, activation};
+use crate::deploy::{Action, Kind, activation, transient_unit};
 
 /// Lines of the preview block sent to the dashboard at most.
 pub const PREVIEW_LINES: usize = 200;
@@ -214,11 +214,7 @@ impl Run {
         block: &mut Vec<String>,
         changes: &mut Changes,
     ) {
-        let unit = format!(
-            "nixfleet-agent-dry-activate-{}-{}",
-            std::process::id(),
-            self.ctl.name()
-        );
+        let unit = transient_unit("dry-activate");
         let (program, args, _) =
             activation(&Kind::NixOs.activator(system), Action::DryActivate, &unit);
         let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();

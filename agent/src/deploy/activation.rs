@@ -229,7 +229,7 @@ pub fn activate_main(args: &[String]) -> i32 {
         );
         return 2;
     }
-    let unit = format!("nixfleet-agent-switch-{}-{:x}", std::process::id(), nanos());
+    let unit = transient_unit("switch");
     let mut run = |program: &Path, args: &[&OsStr]| -> i32 {
         match Command::new(program)
             .args(args)
@@ -261,6 +261,16 @@ pub(super) fn unit_name(record: &Record, purpose: &str) -> String {
         .collect();
     format!(
         "nixfleet-agent-{purpose}-{id}-{}-{:x}",
+        std::process::id(),
+        nanos()
+    )
+}
+
+/// A transient unit name for `purpose` used once (this process's id and
+/// the clock's nanoseconds).
+pub fn transient_unit(purpose: &str) -> String {
+    format!(
+        "nixfleet-agent-{purpose}-{}-{:x}",
         std::process::id(),
         nanos()
     )

@@ -21,6 +21,8 @@ pub mod supervisor;
 pub mod watch;
 pub mod watchdog;
 
-pub use activation::{ACTIVATE_FLAG, Action, Kind, activate_argv, activate_main, activation};
+pub use activation::{
+    ACTIVATE_FLAG, Action, Kind, activate_argv, activate_main, activation, transient_unit,
+};
 pub use record::{EXIT_NOT_STARTED, KEEP_RECORDS, POLL, Record, SUPERVISE_FLAG, pending, prune};
 pub use supervisor::{Ended, argv, follow, supervise_main};
