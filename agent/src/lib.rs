@@ -34,10 +34,7 @@ use crate::connection::{Connection, Identity, Stop};
 use crate::protocol::Register;
 use crate::state::AgentState;
 
-/// The agent's own version (from Cargo.toml), shown by `--version`, `--check`
-/// and the start-up log line. The dashboard is sent
-/// [`Config::reported_version`] instead (see [`config::PROTOCOL_RELEASE`]).
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use config::VERSION;
 
 /// How long the first connection waits for start-up work (the initial clone).
 const STARTUP_HEAD_START: std::time::Duration = std::time::Duration::from_secs(60);

@@ -108,7 +108,7 @@ impl Run {
         self.sink
             .note(format!(
                 "[nixfleet-agent] running: {} {}",
-                crate::VERSION,
+                crate::config::VERSION,
                 running_hash
             ))
             .await;
@@ -139,7 +139,7 @@ impl Run {
             .strip_prefix("nixfleet-agent ")
             .unwrap_or(text.trim());
         let version = version.split(" (").next().unwrap_or(version);
-        let running = describe(crate::VERSION, &running_hash);
+        let running = describe(crate::config::VERSION, &running_hash);
         let installed = describe(version, &installed_hash);
         if running_hash == installed_hash {
             Ok(Report::ok(format!(

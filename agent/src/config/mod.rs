@@ -107,6 +107,11 @@ impl Default for Timing {
     }
 }
 
+/// The agent's own version (from Cargo.toml), shown by `--version`, `--check`,
+/// `check-version` and the start-up log line. The dashboard is sent
+/// [`Config::reported_version`] instead (see [`PROTOCOL_RELEASE`]).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The NixFleet release whose protocol this agent implements. The dashboard
 /// compares `agent_version` with its own release for equality (upstream
 /// `handlers.go`: `AgentVersion != Version` makes the Agent compartment red
