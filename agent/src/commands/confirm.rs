@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::compartments::{Check, Level, Part};
-use crate::deploy::watch::{units, watch_for};
-use crate::deploy::watchdog::{self, Kind, Verdict, Watch};
+use crate::deploy::confirm::{self, Settled};
+use crate::deploy::{Verdict, Watch, units};
 
 /// How long a reporting agent waits for a rollback that is under way.
 const ROLLBACK_WAIT: Duration = Duration::from_secs(15 * 60);
@@ -34,31 +34,12 @@ impl Run {
         }
         let env = self.inner().env.clone();
         let record2 = record.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
-            let watch = watch_for(&config, &env)?;
-            watch
-                .save(&record2)
-                .map_err(|e| format!("cannot write the watch file: {e}"))?;
-            let units = (watch.kind == Kind::NixOs)
-                .then(|| units("active", env.vars()))
-                .transpose();
-            let units_note = match units {
-                Ok(Some(active)) => {
-                    let list: Vec<&str> = active.iter().map(String::as_str).collect();
-                    record2
-                        .write_file("units.before", list.join("\n").as_bytes())
-                        .map_err(|e| format!("cannot write units.before: {e}"))?;
-                    None
-                }
-                Ok(None) => None,
-                Err(why) => Some(why),
-            };
-            Ok::<_, String>((watch, units_note))
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("the preparation did not finish: {e}")));
+        let prepared =
+            tokio::task::spawn_blocking(move || confirm::prepare(&config, &env, &record2))
+                .await
+                .unwrap_or_else(|e| Err(format!("the preparation did not finish: {e}")));
         match prepared {
-            Ok((watch, units_note)) => {
+            Ok(confirm::Prepared { watch, units_note }) => {
                 self.sink
                     .note(format!(
                         "[nixfleet-agent] rollback watchdog: back to {} unless the new generation registers and passes its health checks within {} s",
@@ -176,7 +157,7 @@ impl Run {
 
     /// Confirms (or sees rolled back) a watched switch and reports it once.
     async fn confirm(mut self, record: Record, watch: Watch) {
-        if watchdog::verdict_of(&record).is_none() && !record.supervisor_alive() {
+        if confirm::unguarded(&record) {
             // the host rebooted inside the window: guard the rest of it
             let inner = self.inner();
             match record.spawn_supervisor(&inner.env, &inner.config.repo_dir) {
@@ -186,59 +167,23 @@ impl Run {
                 }
             }
         }
-        let verdict = match watchdog::verdict_of(&record) {
+        let verdict = match confirm::verdict(&record) {
             Some(v) => v,
             None => {
-                let window = watchdog::left(&record).unwrap_or(watch.deadline);
+                let window = confirm::window(&record, &watch);
                 let mine = self.check_new_generation(&record, window).await;
-                watchdog::decide(&record, &mine)
+                confirm::decide(&record, &mine)
             }
         };
-        let prefix = record.read_small("prefix").filter(|p| !p.is_empty());
         let what = switch_word(Commands::record_command(&record));
-        let with_prefix = |m: String| match &prefix {
-            Some(p) => format!("{p}; {m}"),
-            None => m,
-        };
-        // a tool that failed after activating: its failure is part of the story
-        let failed_tool = watchdog::activated_with_error(&record).map(|code| {
-            let mut failed = format!(
-                "`{}` exited {code} after activating the new generation",
-                record.label()
-            );
-            let tail = record.tail();
-            if !tail.is_empty() {
-                failed.push_str(&format!(" ({})", tail.lines().last().unwrap_or_default()));
-            }
-            (code, failed)
-        });
-        let report = match (verdict, failed_tool) {
-            (Verdict::Confirmed, None) => Report::ok(with_prefix(format!(
-                "{what} succeeded; confirmed by the new generation"
-            ))),
-            (Verdict::Confirmed, Some((code, failed))) => Report::error(
-                code,
-                with_prefix(format!(
-                    "{what} failed: {failed}; the new generation passed its checks and stays"
-                )),
-            ),
-            (Verdict::RollBack(why), failed) => {
-                let why = match failed {
-                    Some((_, failed)) => format!("{why} ({failed})"),
-                    None => why,
-                };
+        let report = match confirm::settle(&record, verdict, what) {
+            Settled::Confirmed(message) => Report::ok(message),
+            Settled::Failed(code, message) => Report::error(code, message),
+            Settled::RollBack(why) => {
                 self.sink
                     .note(format!("[nixfleet-agent] rolling back: {why}"))
                     .await;
-                let report = self.rolled_back(&record, &watch, &why).await;
-                // a rollback after this process started: it runs the binary of
-                // the generation that was rolled back, so restart
-                let after_start = watchdog::rollback_time(&record)
-                    .is_some_and(|t| t >= crate::state::process_started());
-                Report {
-                    restart: after_start,
-                    ..report
-                }
+                self.rolled_back(&record, &watch, &why).await
             }
         };
         self.finish(report).await;
@@ -247,38 +192,19 @@ impl Run {
     /// The report after the supervisor's rollback (waited for), with the
     /// System compartment saying the same.
     async fn rolled_back(&mut self, record: &Record, watch: &Watch, why: &str) -> Report {
-        let waited = Instant::now();
-        let exit = loop {
-            if let Some(code) = watchdog::rollback_exit(record) {
-                break Some(code);
-            }
-            if !record.supervisor_alive() || waited.elapsed() > ROLLBACK_WAIT {
-                break watchdog::rollback_exit(record);
-            }
-            tokio::time::sleep(deploy::POLL * 5).await;
-        };
-        let generation = watch.previous_name();
-        let (level, report) = match exit {
-            Some(0) => (
-                Level::Error,
-                Report::error(1, format!("rolled back to {generation}: {why}")),
-            ),
-            Some(code) => {
-                let mut message = format!(
-                    "rollback to {generation} failed (exit {code}): {why}; the host may still run the new generation"
-                );
-                let tail = watchdog::rollback_tail(record);
-                if !tail.is_empty() {
-                    message.push_str(":\n");
-                    message.push_str(&tail);
-                }
-                (Level::Error, Report::error(code, message))
-            }
+        let rolled = confirm::rolled_back(
+            record,
+            watch,
+            why,
+            ROLLBACK_WAIT,
+            crate::state::process_started(),
+        )
+        .await;
+        let (level, mut report) = match rolled.exit {
+            Some(0) => (Level::Error, Report::error(1, rolled.message)),
+            Some(code) => (Level::Error, Report::error(code, rolled.message)),
             None => {
-                let mut report = Report::error(
-                    NOT_RUN,
-                    format!("rollback to {generation} result unknown: {why}"),
-                );
+                let mut report = Report::error(NOT_RUN, rolled.message);
                 report.outcome = Outcome::Warning;
                 (Level::Unknown, report)
             }
@@ -289,10 +215,11 @@ impl Run {
             .state
             .compartments()
             .set(Part::System, Check::now(level, report.message.clone()));
-        Report {
-            stop_detail: Some(report.message.clone()),
-            ..report
-        }
+        report.stop_detail = Some(report.message.clone());
+        // a rollback after this process started: it runs the binary of the
+        // generation that was rolled back, so restart
+        report.restart = rolled.restart;
+        report
     }
 }
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::config::SwitchTool;
-use crate::deploy::watchdog::{self, Watch};
+use crate::deploy::confirm;
 
 /// The options `force-rebuild` adds to the rebuild (`nixos-rebuild`,
 /// `darwin-rebuild` and `home-manager` pass `--option` on to Nix).
@@ -199,10 +199,7 @@ impl Run {
         let Ended::Exit(code) = ended else {
             return false;
         };
-        if !watchdog::engaged(record, code) {
-            return false;
-        }
-        let Some(watch) = Watch::load(record) else {
+        let Some(watch) = confirm::watched(record, code) else {
             return false;
         };
         self.sink
@@ -263,9 +260,7 @@ impl Commands {
         let root = self.inner.config.state_dir.join("switch");
         for record in deploy::pending(&root) {
             if let Some(code) = record.exit_code() {
-                if watchdog::engaged(&record, code)
-                    && let Some(watch) = Watch::load(&record)
-                {
+                if let Some(watch) = confirm::watched(&record, code) {
                     if !self.confirm_switch(record.clone(), watch) {
                         tracing::warn!(
                             "another switch is already followed; {} stays for the next start",

@@ -1,0 +1,182 @@
+//! The deploy machinery's side of a watched switch, for the operations in
+//! `commands/`: preparing the watch before a switch, telling whether an
+//! ended switch is watched, and turning the watchdog's record into the one
+//! outcome the next agent process reports (`commands/confirm.rs` runs the
+//! health checks and sends the status).
+//!
+//! Everything here reads or writes the switch record; nothing runs a
+//! command the dashboard sees.
+
+use std::time::Duration;
+
+use super::record::{POLL, Record};
+use super::watch::{units, watch_for};
+use super::watchdog::{self, Kind, Verdict, Watch};
+use crate::config::Config;
+use crate::exec::env::ChildEnv;
+
+/// What a watched switch is guarded by, once prepared.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// What the watchdog switches back to.
+    pub watch: Watch,
+    /// Why the failed-units check will not run, if it will not.
+    pub units_note: Option<String>,
+}
+
+/// Makes `record` a watched switch (blocking): the system before it and,
+/// on NixOS, the active units; `Err` says why it cannot be watched.
+pub fn prepare(config: &Config, env: &ChildEnv, record: &Record) -> Result<Prepared, String> {
+    let watch = watch_for(config, env)?;
+    watch
+        .save(record)
+        .map_err(|e| format!("cannot write the watch file: {e}"))?;
+    let units_note = if watch.kind == Kind::NixOs {
+        match units("active", env.vars()) {
+            Ok(active) => {
+                let list: Vec<&str> = active.iter().map(String::as_str).collect();
+                record
+                    .write_file("units.before", list.join("\n").as_bytes())
+                    .map_err(|e| format!("cannot write units.before: {e}"))?;
+                None
+            }
+            Err(why) => Some(why),
+        }
+    } else {
+        None
+    };
+    Ok(Prepared { watch, units_note })
+}
+
+/// The watch of a switch that ended with `code`, when the watchdog guards
+/// it: the next agent process confirms it (or it is rolled back).
+pub fn watched(record: &Record, code: i32) -> Option<Watch> {
+    if !watchdog::engaged(record, code) {
+        return None;
+    }
+    Watch::load(record)
+}
+
+/// Whether nobody guards the window any more (the host rebooted inside
+/// it): a supervisor must be started for the rest of it.
+pub fn unguarded(record: &Record) -> bool {
+    watchdog::verdict_of(record).is_none() && !record.supervisor_alive()
+}
+
+/// The verdict on record, if there is one.
+pub fn verdict(record: &Record) -> Option<Verdict> {
+    watchdog::verdict_of(record)
+}
+
+/// How long the new generation has left to confirm.
+pub fn window(record: &Record, watch: &Watch) -> Duration {
+    watchdog::left(record).unwrap_or(watch.deadline)
+}
+
+/// Records `mine` unless the supervisor decided first; the verdict that holds.
+pub fn decide(record: &Record, mine: &Verdict) -> Verdict {
+    watchdog::decide(record, mine)
+}
+
+/// What a watched switch comes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Confirmed: the status's message.
+    Confirmed(String),
+    /// Confirmed, but the tool failed after activating: its code, the message.
+    Failed(i32, String),
+    /// To be rolled back (or rolled back): why.
+    RollBack(String),
+}
+
+/// What `verdict` makes of the switch of `record`; `what` names the switch
+/// ("Switch"). What came before the switch in its run (a pull's result) is
+/// put before a confirmation's message.
+pub fn settle(record: &Record, verdict: Verdict, what: &str) -> Settled {
+    let prefix = record.read_small("prefix").filter(|p| !p.is_empty());
+    let with_prefix = |m: String| match &prefix {
+        Some(p) => format!("{p}; {m}"),
+        None => m,
+    };
+    // a tool that failed after activating: its failure is part of the story
+    let failed_tool = watchdog::activated_with_error(record).map(|code| {
+        let mut failed = format!(
+            "`{}` exited {code} after activating the new generation",
+            record.label()
+        );
+        let tail = record.tail();
+        if !tail.is_empty() {
+            failed.push_str(&format!(" ({})", tail.lines().last().unwrap_or_default()));
+        }
+        (code, failed)
+    });
+    match (verdict, failed_tool) {
+        (Verdict::Confirmed, None) => Settled::Confirmed(with_prefix(format!(
+            "{what} succeeded; confirmed by the new generation"
+        ))),
+        (Verdict::Confirmed, Some((code, failed))) => Settled::Failed(
+            code,
+            with_prefix(format!(
+                "{what} failed: {failed}; the new generation passed its checks and stays"
+            )),
+        ),
+        (Verdict::RollBack(why), Some((_, failed))) => {
+            Settled::RollBack(format!("{why} ({failed})"))
+        }
+        (Verdict::RollBack(why), None) => Settled::RollBack(why),
+    }
+}
+
+/// How the supervisor's rollback ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    /// The rollback's exit code; `None` when it is not known.
+    pub exit: Option<i32>,
+    /// The status's message.
+    pub message: String,
+    /// Whether it happened after this process started: this process runs
+    /// the binary of the generation that was rolled back, so it restarts.
+    pub restart: bool,
+}
+
+/// Waits (at most `limit`) for the supervisor's rollback of `record` to end
+/// and tells how it ended; `why` is the reason of the rollback.
+pub async fn rolled_back(
+    record: &Record,
+    watch: &Watch,
+    why: &str,
+    limit: Duration,
+    started: std::time::SystemTime,
+) -> RolledBack {
+    let waited = std::time::Instant::now();
+    let exit = loop {
+        if let Some(code) = watchdog::rollback_exit(record) {
+            break Some(code);
+        }
+        if !record.supervisor_alive() || waited.elapsed() > limit {
+            break watchdog::rollback_exit(record);
+        }
+        tokio::time::sleep(POLL * 5).await;
+    };
+    let generation = watch.previous_name();
+    let message = match exit {
+        Some(0) => format!("rolled back to {generation}: {why}"),
+        Some(code) => {
+            let mut message = format!(
+                "rollback to {generation} failed (exit {code}): {why}; the host may still run the new generation"
+            );
+            let tail = watchdog::rollback_tail(record);
+            if !tail.is_empty() {
+                message.push_str(":\n");
+                message.push_str(&tail);
+            }
+            message
+        }
+        None => format!("rollback to {generation} result unknown: {why}"),
+    };
+    RolledBack {
+        exit,
+        message,
+        restart: watchdog::rollback_time(record).is_some_and(|t| t >= started),
+    }
+}
