@@ -23,13 +23,21 @@
 //! - `pull.rs`: `pull` (isolated mode: fetch, `reset --hard`, `clean -fd` in
 //!   the agent's own clone; legacy mode: `git pull`), with `repair.rs`: stale
 //!   git locks removed first, a broken clone of the agent's own cloned again.
-//! - `deploy.rs`: `switch`, `pull-switch`, `update`, `rollback`, detached under
-//!   the switch supervisor (`switch.rs`) and followed by exit
-//!   [`EXIT_RESTART`]; the switches an earlier agent process left behind.
+//! - `switches.rs`: `switch`, `pull-switch`, `update`, `force-rebuild`,
+//!   `rollback`, run detached under the switch supervisor (`deploy/`) and
+//!   followed by exit [`EXIT_RESTART`]; the switches an earlier agent
+//!   process left behind. A switch's phases: `preview.rs` (the dry run and
+//!   the guards before building), `build.rs` (the build, the `/boot` guard,
+//!   the activation of exactly the built path), `changes.rs` (the preview
+//!   block between them); `trust.rs` (signed commits); `confirm.rs` (the
+//!   new generation's health checks and the one status of a watched
+//!   switch).
 //! - `host_tests.rs`: `test`.
 //! - `reboot.rs`: `reboot`.
 //! - `refresh.rs`: `refresh-lock`, `refresh-system`, `refresh-git`.
 //! - `check_version.rs`: `check-version`.
+//! - `names.rs` (the command set and the busy table), `run.rs` (one run),
+//!   `report.rs` (how a run ended), `row.rs` (the host row).
 //! - here: `stop`/`kill` (SIGTERM to the running command's process group,
 //!   SIGKILL after `NIXFLEET_STOP_GRACE_MS`; status `stopped`; idle: error
 //!   "no command running"), `restart`, and `kill_command` (the dashboard's
@@ -46,7 +54,7 @@
 //! refusals, a stop before the next step began). Failure messages end with the
 //! last lines of the failing step's stderr (or stdout when stderr was empty).
 //!
-//! Every run writes its output to a log file of its own (see `commands/runlog.rs`).
+//! Every run writes its output to a log file of its own (see `exec/runlog.rs`).
 
 mod build;
 mod changes;
