@@ -160,13 +160,12 @@ async fn a_home_manager_switch_survives_the_agent_reload_and_is_confirmed_once()
         st.payload["message"],
         "Switch succeeded; confirmed by the new generation"
     );
-    assert!(
-        s.fakes.read("nix-build.argv").ends_with(&format!(
-            " {}#homeConfigurations.\"alice@{HOST}\".activationPackage\n",
+    assert_eq!(
+        s.fakes.built_installable(),
+        format!(
+            "{}#homeConfigurations.\"alice@{HOST}\".activationPackage",
             s.fx.repo.display()
-        )),
-        "{}",
-        s.fakes.read("nix-build.argv")
+        )
     );
     assert!(s.fakes.read("activated").ends_with("hm-gen-2/activate\n"));
     assert_eq!(s.current_generation(), "home-manager-2-link");

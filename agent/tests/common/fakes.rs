@@ -193,6 +193,13 @@ exit 1
         std::fs::write(self.file(name), "").unwrap();
     }
 
+    /// The installable the last `nix build` built (its last argument).
+    pub fn built_installable(&self) -> String {
+        let argv = self.read("nix-build.argv");
+        let last = argv.lines().last().unwrap_or_default();
+        last.rsplit(' ').next().unwrap_or_default().to_string()
+    }
+
     /// Reads a control file (empty when missing).
     pub fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.file(name)).unwrap_or_default()
