@@ -51,10 +51,13 @@ pub(super) fn built_path(stdout: &str, store: &Path) -> Result<PathBuf, String> 
         .find(|l| !l.is_empty())
         .ok_or("nix build printed no store path")?;
     let path = PathBuf::from(line);
-    let inside = path
-        .strip_prefix(store)
-        .ok()
-        .filter(|rest| rest.components().count() == 1 && !line.contains(".."));
+    let inside = path.strip_prefix(store).ok().filter(|rest| {
+        let mut parts = rest.components();
+        matches!(
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
+        )
+    });
     if inside.is_none() {
         return Err(format!(
             "nix build printed {line:?}, which is not a path in the Nix store {}",
@@ -257,6 +260,15 @@ mod tests {
         assert!(built_path("/etc\n", &store).is_err());
         let escape = format!("{}/../x\n", store.display());
         assert!(built_path(&escape, &store).is_err());
+        let parent = format!("{}/..\n", store.display());
+        assert!(built_path(&parent, &store).is_err());
+        // a name may hold dots
+        let dotted = store.join("cccc-hello..2");
+        std::fs::create_dir_all(&dotted).unwrap();
+        assert_eq!(
+            built_path(&format!("{}\n", dotted.display()), &store).unwrap(),
+            dotted
+        );
         let missing = format!("{}/bbbb-gone\n", store.display());
         assert!(built_path(&missing, &store).is_err());
         let nested = format!("{}/sub\n", system.display());
