@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use nixfleet_mock_dashboard::{MockDashboard, Options};
 
+pub mod cmdhost;
 mod fakes;
 #[allow(unused_imports)]
 pub use fakes::{Fakes, write_exec};

@@ -1,0 +1,499 @@
+//! The host twin's harness (`host_twin.rs` has the scenarios): a root file
+//! system with the module's own units and the fake Nix tools, booted under
+//! a real systemd in `systemd-nspawn`, torn down with its test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nixfleet_mock_dashboard::MockDashboard;
+
+use super::common::*;
+
+/// The store hash the golden units use for every store path.
+pub const HASH: &str = "00000000000000000000000000000000";
+/// The container's host name, and so the agent's.
+pub const HOST: &str = "twin";
+/// Waits that include a restart by systemd (`RestartSec=5s`).
+pub const SLOW: Duration = Duration::from_secs(60);
+
+pub fn store(name: &str) -> String {
+    format!("/nix/store/{HASH}-{name}")
+}
+
+/// Whether this machine can boot the twin; `None` with the reason if not.
+pub fn unavailable() -> Option<String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["/usr/bin/systemd-nspawn", "/usr/lib/systemd/systemd"] {
+        if !Path::new(tool).exists() {
+            return Some(format!(
+                "{tool} is missing (apt-get install systemd-container)"
+            ));
+        }
+    }
+    None
+}
+
+/// `true` when the twin can run; otherwise says why, and fails where the
+/// twin is required.
+pub fn twin_available() -> bool {
+    let Some(why) = unavailable() else {
+        return true;
+    };
+    if std::env::var("NIXFLEET_HOST_TWIN").as_deref() == Ok("require") {
+        panic!("the host twin is required but cannot run: {why}");
+    }
+    eprintln!("host twin skipped: {why}");
+    false
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+pub fn symlink(target: &str, link: &Path) {
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(target, link).unwrap();
+}
+
+/// `nix-env -p PROFILE --set PATH`: the profile link (the real one makes a
+/// numbered generation link beside it; the link is what counts).
+pub const FAKE_NIX_ENV: &str = r#"#!/bin/sh
+[ "$1" = -p ] && [ "$3" = --set ] || { echo "nix-env (twin fake): unsupported: $*" >&2; exit 1; }
+mkdir -p "$(dirname "$2")" && ln -sfn "$4" "$2"
+"#;
+
+/// `nix`: the dry run (what Nix's `printMissing` prints for a system whose
+/// parts are all in the store), the build of the system named in
+/// `/twin/next-system` (its out-link, its path on stdout), and the
+/// preview's `store diff-closures` and `path-info --closure-size`.
+pub const FAKE_NIX: &str = r#"#!/bin/sh
+prev=
+building=
+for arg in "$@"; do
+  if [ "$arg" = --dry-run ]; then
+    echo "this path will be fetched (0.10 MiB download, 0.50 MiB unpacked):" >&2
+    echo "  /nix/store/00000000000000000000000000000000-etc" >&2
+    exit 0
+  fi
+  [ "$prev" = --out-link ] && out_link="$arg"
+  case "$prev $arg" in
+    "store diff-closures") echo "twin-config: 1 → 2, +0.1 KiB"; exit 0 ;;
+    "path-info --closure-size") exit 0 ;;
+    "build --print-out-paths") building=1 ;;
+  esac
+  prev="$arg"
+done
+if [ -n "$building" ]; then
+  new=$(cat /twin/next-system) || { echo "error: nothing to build" >&2; exit 1; }
+  echo "building '/nix/store/00000000000000000000000000000000-$(basename "$new" | cut -d- -f2-).drv'..." >&2
+  [ -n "$out_link" ] && ln -sfn "$new" "$out_link"
+  echo "$new"
+  exit 0
+fi
+echo "nix (twin fake): unsupported: $*" >&2
+exit 1
+"#;
+
+/// A system's `bin/switch-to-configuration`: `switch` installs the boot
+/// loader first, then activates, as switch-to-configuration-ng does; `boot`
+/// only installs the boot loader; `dry-activate` says what a switch would
+/// do and changes nothing.
+pub const FAKE_SWITCH_TO_CONFIGURATION: &str = r#"#!/bin/sh
+top=$(dirname "$(dirname "$(readlink -f "$0")")")
+name=$(basename "$top" | cut -d- -f2-)
+case "$1" in
+  dry-activate)
+    echo "would restart the following units: nixfleet-agent.service" >&2
+    exit 0 ;;
+  switch|boot) ;;
+  *) echo "unsupported action $1" >&2; exit 1 ;;
+esac
+if ! { mkdir -p /boot/loader && echo "$name" > /boot/loader/default; }; then
+  echo "Failed to install bootloader" >&2
+  exit 1
+fi
+[ "$1" = boot ] && exit 0
+if ! echo "$name" > /etc/nixos-generation; then
+  echo "Activation script snippet 'etc' failed" >&2
+  exit 2
+fi
+ln -sfn "$top" /run/current-system
+# the generation's own settings of the agent's unit (a drop-in), if it has any
+dropin=/etc/systemd/system/nixfleet-agent.service.d/generation.conf
+if [ -f "$top/agent.conf" ]; then
+  mkdir -p "${dropin%/*}" && cp "$top/agent.conf" "$dropin"
+else
+  rm -f "$dropin"
+fi
+systemctl daemon-reload
+echo "activated $name"
+"#;
+
+/// Points `/run/current-system` and `/run/booted-system` at the system
+/// profile at boot, as NixOS's stage 2 does.
+pub const BOOTED_SYSTEM_UNIT: &str = "[Unit]
+Description=The booted system (as NixOS's stage 2 links it)
+Before=nixfleet-agent.service
+DefaultDependencies=no
+After=local-fs.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'p=$(readlink -f /nix/var/nix/profiles/system); ln -sfn $p /run/current-system; ln -sfn $p /run/booted-system'
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// One booted container.
+pub struct Twin {
+    pub root: PathBuf,
+    /// The container's `/boot`: a directory on a tmpfs.
+    pub boot: tempfile::TempDir,
+    pub exchange: PathBuf,
+    pub secrets: PathBuf,
+    pub nspawn: Child,
+    /// The container's PID 1, as seen from here.
+    pub init: i32,
+    pub _tmp: tempfile::TempDir,
+}
+
+impl Twin {
+    /// Builds the root file system and boots it; the agent starts with the
+    /// system (`multi-user.target`).
+    pub async fn boot(dash: &MockDashboard, fx: &Fixture, name: &str, deadline_secs: u64) -> Twin {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let exchange = tmp.path().join("exchange");
+        let secrets = tmp.path().join("secrets");
+        for dir in [
+            "etc",
+            "var",
+            "run",
+            "tmp",
+            "boot",
+            "root",
+            "usr",
+            "srv/nixcfg",
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        std::fs::create_dir_all(&exchange).unwrap();
+        for (link, target) in [
+            ("bin", "usr/bin"),
+            ("sbin", "usr/sbin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+        ] {
+            symlink(target, &root.join(link));
+        }
+        let etc = root.join("etc");
+        for file in [
+            "passwd",
+            "group",
+            "shadow",
+            "nsswitch.conf",
+            "ld.so.cache",
+            "ld.so.conf",
+        ] {
+            std::fs::copy(Path::new("/etc").join(file), etc.join(file)).unwrap();
+        }
+        std::fs::copy("/usr/lib/os-release", etc.join("os-release")).unwrap();
+        write(&etc.join("machine-id"), "");
+        write(&etc.join("hostname"), &format!("{HOST}\n"));
+
+        // the module's units, unchanged, and a drop-in for the test's
+        // dashboard and timing (Environment= only)
+        let units = etc.join("systemd/system");
+        std::fs::create_dir_all(&units).unwrap();
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../checks/twin");
+        for unit in [
+            "nixfleet-agent.service",
+            "nixfleet-agent-token.path",
+            "nixfleet-agent-token-changed.service",
+        ] {
+            std::fs::copy(golden.join(unit), units.join(unit)).unwrap();
+        }
+        write(
+            &units.join("nixfleet-agent.service.d/twin.conf"),
+            &format!(
+                "[Service]\nEnvironment=\"NIXFLEET_URL={}\"\nEnvironment=\"NIXFLEET_INTERVAL=1\"\nEnvironment=\"NIXFLEET_ROLLBACK_DEADLINE={deadline_secs}\"\nEnvironment=\"NIXFLEET_LOG_LEVEL=debug\"\n",
+                dash.ws_url()
+            ),
+        );
+        write(
+            &units.join("twin-booted-system.service"),
+            BOOTED_SYSTEM_UNIT,
+        );
+        symlink(
+            "/usr/lib/systemd/system/multi-user.target",
+            &units.join("default.target"),
+        );
+        let wants = units.join("multi-user.target.wants");
+        for unit in [
+            "nixfleet-agent.service",
+            "nixfleet-agent-token.path",
+            "twin-booted-system.service",
+        ] {
+            symlink(&format!("../{unit}"), &wants.join(unit));
+        }
+
+        // the store: the tools the unit's PATH names are the container's
+        // /usr, but for the fakes of nix and nix-env
+        // (this machine's own Nix tools, if any, are left out: the fakes come
+        // later on the unit's PATH)
+        let nix_store = root.join("nix/store");
+        let usr_bin = nix_store.join(format!("{HASH}-twin-usr/bin"));
+        std::fs::create_dir_all(&usr_bin).unwrap();
+        for entry in std::fs::read_dir("/usr/bin").unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("nix") {
+                symlink(&format!("/usr/bin/{name}"), &usr_bin.join(&name));
+            }
+        }
+        for pkg in [
+            "bash",
+            "coreutils",
+            "git",
+            "gnutar",
+            "gzip",
+            "xz",
+            "openssh",
+            "findutils",
+            "gnugrep",
+            "gnused",
+            "systemd",
+        ] {
+            let dir = nix_store.join(format!("{HASH}-{pkg}"));
+            symlink(&store("twin-usr/bin"), &dir.join("bin"));
+            symlink("/usr/sbin", &dir.join("sbin"));
+        }
+        write_exec(
+            &nix_store.join(format!("{HASH}-nix/bin/nix-env")),
+            FAKE_NIX_ENV,
+        );
+        write_exec(&nix_store.join(format!("{HASH}-nix/bin/nix")), FAKE_NIX);
+        std::fs::create_dir_all(nix_store.join(format!("{HASH}-nixfleet-agent/bin"))).unwrap();
+        let twin = Twin {
+            root,
+            boot: tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm for /boot"),
+            exchange,
+            secrets,
+            nspawn: Command::new("true").spawn().unwrap(),
+            init: 0,
+            _tmp: tmp,
+        };
+        let first = twin.system("a");
+        symlink(&first, &twin.root.join("nix/var/nix/profiles/system"));
+        write(
+            &twin.root.join("etc/nixos-generation"),
+            "nixos-system-twin-a\n",
+        );
+        write(&twin.path("/boot/loader/default"), "nixos-system-twin-a\n");
+        // a token of this twin's own: an agent of another test's container
+        // can never register with this dashboard
+        write(&twin.secrets.join("nixfleet-token"), &twin_token(name));
+        dash.add_token(&twin_token(name));
+        dash.remove_token(TOKEN);
+        twin.start(fx, name)
+    }
+
+    /// A system toplevel `nixos-system-twin-<n>` in the store; its path.
+    pub fn system(&self, n: &str) -> String {
+        let path = store(&format!("nixos-system-twin-{n}"));
+        write_exec(
+            &self.path(&path).join("bin/switch-to-configuration"),
+            FAKE_SWITCH_TO_CONFIGURATION,
+        );
+        path
+    }
+
+    /// A system whose kernel (`kernel_len` bytes, sparse) and initrd are
+    /// files of its own, not copied to `/boot` yet.
+    pub fn system_with_kernel(&self, n: &str, kernel_len: u64) -> String {
+        let path = self.system(n);
+        let kernel_dir = store(&format!("linux-6.12-{n}"));
+        let initrd_dir = store(&format!("initrd-linux-6.12-{n}"));
+        std::fs::create_dir_all(self.path(&kernel_dir)).unwrap();
+        std::fs::File::create(self.path(&kernel_dir).join("bzImage"))
+            .unwrap()
+            .set_len(kernel_len)
+            .unwrap();
+        write(&self.path(&initrd_dir).join("initrd"), "initrd");
+        symlink(
+            &format!("{kernel_dir}/bzImage"),
+            &self.path(&path).join("kernel"),
+        );
+        symlink(
+            &format!("{initrd_dir}/initrd"),
+            &self.path(&path).join("initrd"),
+        );
+        path
+    }
+
+    /// A system whose activation gives the agent's unit `drop_in`.
+    pub fn system_with_agent_settings(&self, n: &str, drop_in: &str) -> String {
+        let path = self.system(n);
+        write(&self.path(&path).join("agent.conf"), drop_in);
+        path
+    }
+
+    /// A path inside the container, as seen from here.
+    pub fn path(&self, inside: &str) -> PathBuf {
+        match inside.strip_prefix("/boot") {
+            Some(rest) => self.boot.path().join(rest.trim_start_matches('/')),
+            None => self.root.join(inside.trim_start_matches('/')),
+        }
+    }
+
+    pub fn start(mut self, fx: &Fixture, name: &str) -> Twin {
+        let _ = self.nspawn.wait();
+        // nspawn refuses to clean up its propagation directory on a
+        // non-tmpfs /run (as on a machine without systemd as PID 1)
+        ensure_tmpfs("/run/systemd/nspawn");
+        let agent = env!("CARGO_BIN_EXE_nixfleet-agent");
+        let log = std::fs::File::create(self.exchange.join("../nspawn.log")).unwrap();
+        let bind = |from: &Path, to: &str| format!("--bind={}:{to}", from.display());
+        self.nspawn = Command::new("systemd-nspawn")
+            .arg("--quiet")
+            .arg(format!("--directory={}", self.root.display()))
+            .arg(format!("--machine={name}"))
+            .args(["--boot", "--register=no", "--keep-unit", "--bind-ro=/usr"])
+            .arg(format!(
+                "--bind-ro={agent}:{}",
+                store("nixfleet-agent/bin/nixfleet-agent")
+            ))
+            .arg(bind(&fx.repo, "/srv/nixcfg"))
+            .arg(bind(&self.secrets, "/run/agenix"))
+            .arg(bind(&self.exchange, "/twin"))
+            .arg(bind(self.boot.path(), "/boot"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("systemd-nspawn");
+        self.init = find_init(self.nspawn.id() as i32);
+        self
+    }
+
+    /// Runs a command inside the container (all its namespaces); its output.
+    pub fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--target={}", self.init))
+            .arg("--all")
+            .args(args)
+            .output()
+            .expect("nsenter")
+    }
+
+    pub fn read(&self, inside: &str) -> String {
+        std::fs::read_to_string(self.path(inside))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// The agent's journal, for failure messages.
+    pub fn journal(&self) -> String {
+        let out = self.exec(&[
+            "journalctl",
+            "-u",
+            "nixfleet-agent",
+            "--no-pager",
+            "-n",
+            "80",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Twin {
+    /// Whether nspawn ended within `wait`.
+    pub fn nspawn_ends_within(&mut self, wait: Duration) -> bool {
+        let deadline = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Twin {
+    /// The container never outlives its test: a leftover one keeps running
+    /// an agent on the host's network, which would dial a later test's
+    /// dashboard when it gets the same port.
+    fn drop(&mut self) {
+        // SIGRTMIN+3 to the container's systemd: a clean halt
+        if self.init > 0 {
+            unsafe { libc::kill(self.init, libc::SIGRTMIN() + 3) };
+        }
+        if self.nspawn_ends_within(Duration::from_secs(15)) {
+            return;
+        }
+        // SIGKILL to its PID 1 ends every process of its PID namespace
+        if self.init > 0 {
+            unsafe { libc::kill(self.init, libc::SIGKILL) };
+        }
+        if !self.nspawn_ends_within(Duration::from_secs(10)) {
+            let _ = self.nspawn.kill();
+            let _ = self.nspawn.wait();
+        }
+    }
+}
+
+/// The token of the twin `name` (its machine name and this test process).
+pub fn twin_token(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+/// Mounts a tmpfs at `dir` unless one is there.
+pub fn ensure_tmpfs(dir: &str) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| l.split(' ').nth(1) == Some(dir)) {
+        return;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs", dir])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs on {dir}");
+}
+
+/// The container's systemd: the descendant of nspawn whose PID is 1 in its
+/// own namespace.
+pub fn find_init(nspawn: i32) -> i32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut todo = vec![nspawn];
+        while let Some(pid) = todo.pop() {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            if status
+                .lines()
+                .any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
+                && pid != nspawn
+            {
+                return pid;
+            }
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container's systemd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
