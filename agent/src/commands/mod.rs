@@ -461,3 +461,5 @@ impl Commands {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lifecycle;

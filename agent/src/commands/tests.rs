@@ -1,6 +1,7 @@
 //! Unit tests of the commands module: [`Commands`] driven frame by frame,
-//! with a fake writer collecting what it sends. (The switch needs the real
-//! binary as its supervisor and is covered by `agent/tests/commands.rs`.)
+//! with a fake writer collecting what it sends. Pulls, restarts, shutdown, run logs and
+//! switch records left behind: `tests_lifecycle.rs`. (The switch needs the real
+//! binary as its supervisor and is covered by `agent/tests/switch.rs`.)
 
 use super::*;
 use crate::outbound::{self, OutboundRx};
@@ -12,17 +13,17 @@ use std::path::PathBuf;
 use std::process::Command as StdCommand;
 use std::time::Instant;
 
-struct Fixture {
-    tmp: tempfile::TempDir,
-    commands: Commands,
-    state: Arc<AgentState>,
-    frames: Arc<Mutex<Vec<Outgoing>>>,
-    repo: PathBuf,
+pub(super) struct Fixture {
+    pub(super) tmp: tempfile::TempDir,
+    pub(super) commands: Commands,
+    pub(super) state: Arc<AgentState>,
+    pub(super) frames: Arc<Mutex<Vec<Outgoing>>>,
+    pub(super) repo: PathBuf,
 }
 
-const HOST: &str = "testhost";
+pub(super) const HOST: &str = "testhost";
 
-fn fixture(extra: &[(&str, String)]) -> Fixture {
+pub(super) fn fixture(extra: &[(&str, String)]) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
     let mut vars: HashMap<String, String> = [
@@ -62,7 +63,11 @@ fn fixture(extra: &[(&str, String)]) -> Fixture {
 
 /// Plays the connection's writer: takes output lines, control frames and the
 /// outbox (in the order the real one does) and records them.
-async fn fake_writer(out: Arc<Outbound>, rx: OutboundRx, frames: Arc<Mutex<Vec<Outgoing>>>) {
+pub(super) async fn fake_writer(
+    out: Arc<Outbound>,
+    rx: OutboundRx,
+    frames: Arc<Mutex<Vec<Outgoing>>>,
+) {
     let OutboundRx {
         mut control,
         mut output,
@@ -85,43 +90,43 @@ async fn fake_writer(out: Arc<Outbound>, rx: OutboundRx, frames: Arc<Mutex<Vec<O
 }
 
 impl Fixture {
-    fn send(&self, name: &str) {
+    pub(super) fn send(&self, name: &str) {
         self.commands.handle(Incoming::Command {
             command: name.to_string(),
         });
     }
 
-    fn kill(&self, signal: &str, pid: i64) {
+    pub(super) fn kill(&self, signal: &str, pid: i64) {
         self.commands.handle(Incoming::KillCommand {
             signal: signal.to_string(),
             pid,
         });
     }
 
-    fn frames(&self) -> Vec<Outgoing> {
+    pub(super) fn frames(&self) -> Vec<Outgoing> {
         lock(&self.frames).clone()
     }
 
     /// The frames of one kind, unwrapped.
-    fn pick<T>(&self, kind: impl FnMut(Outgoing) -> Option<T>) -> Vec<T> {
+    pub(super) fn pick<T>(&self, kind: impl FnMut(Outgoing) -> Option<T>) -> Vec<T> {
         self.frames().into_iter().filter_map(kind).collect()
     }
 
-    fn statuses(&self) -> Vec<Status> {
+    pub(super) fn statuses(&self) -> Vec<Status> {
         self.pick(|f| match f {
             Outgoing::Status(s) => Some(s),
             _ => None,
         })
     }
 
-    fn progress(&self) -> Vec<TestProgress> {
+    pub(super) fn progress(&self) -> Vec<TestProgress> {
         self.pick(|f| match f {
             Outgoing::TestProgress(p) => Some(p),
             _ => None,
         })
     }
 
-    fn output(&self) -> Vec<Output> {
+    pub(super) fn output(&self) -> Vec<Output> {
         self.pick(|f| match f {
             Outgoing::Output(o) => Some(o),
             _ => None,
@@ -129,13 +134,13 @@ impl Fixture {
     }
 
     /// Waits (polling the recorded frames) until `n` statuses arrived.
-    async fn wait_statuses(&self, n: usize) -> Vec<Status> {
+    pub(super) async fn wait_statuses(&self, n: usize) -> Vec<Status> {
         self.wait_until("statuses", |f| f.statuses().len() >= n)
             .await;
         self.statuses()
     }
 
-    async fn wait_until(&self, what: &str, cond: impl Fn(&Fixture) -> bool) {
+    pub(super) async fn wait_until(&self, what: &str, cond: impl Fn(&Fixture) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cond(self) {
             assert!(
@@ -147,7 +152,7 @@ impl Fixture {
         }
     }
 
-    fn script(&self, name: &str, body: &str) {
+    pub(super) fn script(&self, name: &str, body: &str) {
         let dir = host_tests::tests_dir(&self.repo, HOST);
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
@@ -155,12 +160,12 @@ impl Fixture {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(super) fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(super) fn git(dir: &Path, args: &[&str]) -> String {
     let out = StdCommand::new("git")
         .args([
             "-c",
@@ -183,7 +188,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A bare origin with one commit on `main`, and a work clone that pushes.
-fn origin(root: &Path) -> (PathBuf, PathBuf) {
+pub(super) fn origin(root: &Path) -> (PathBuf, PathBuf) {
     let bare = root.join("origin.git");
     let work = root.join("work");
     fs::create_dir_all(&bare).unwrap();
@@ -200,7 +205,7 @@ fn origin(root: &Path) -> (PathBuf, PathBuf) {
     (bare, work)
 }
 
-fn push_commit(work: &Path, file: &str) -> String {
+pub(super) fn push_commit(work: &Path, file: &str) -> String {
     fs::write(work.join(file), file).unwrap();
     git(work, &["add", "."]);
     git(work, &["commit", "-m", file]);
@@ -475,212 +480,4 @@ async fn stop_escalates_to_sigkill_after_the_grace() {
     assert_eq!(s[0].status, Outcome::Stopped);
     assert_eq!(s[0].exit_code, 128 + libc::SIGKILL);
     assert!(t.elapsed() >= Duration::from_millis(300));
-}
-
-#[tokio::test]
-async fn legacy_pull_updates_the_generation() {
-    let f = fixture(&[]);
-    let (_bare, work) = origin(f.tmp.path());
-    git(
-        f.tmp.path(),
-        &[
-            "clone",
-            work.join("../origin.git").to_str().unwrap(),
-            f.repo.to_str().unwrap(),
-        ],
-    );
-    f.send("pull");
-    let s = f.wait_statuses(1).await;
-    let head = git(&f.repo, &["rev-parse", "HEAD"]);
-    assert_eq!(s[0].status, Outcome::Ok, "{}", s[0].message);
-    assert_eq!(s[0].message, format!("Pull: Already at {}", &head[..7]));
-
-    let new = push_commit(&work, "second.nix");
-    f.send("pull");
-    let s = f.wait_statuses(2).await;
-    assert_eq!(s[1].message, format!("Pull: Updated to {}", &new[..7]));
-    assert_eq!(s[1].generation, &new[..7]);
-    assert_eq!(f.state.snapshot().generation, &new[..7]);
-}
-
-#[tokio::test]
-async fn isolated_clone_pull_and_broken_origin() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (bare, work) = origin(tmp.path());
-    let f = fixture(&[("NIXFLEET_REPO_URL", bare.display().to_string())]);
-    f.commands.startup().await;
-    let first = git(&work, &["rev-parse", "HEAD"]);
-    assert_eq!(
-        host::git_head_commit(&f.repo).as_deref(),
-        Some(first.as_str())
-    );
-    assert!(f.state.running().is_none());
-
-    // local damage is wiped by pull
-    fs::write(f.repo.join("flake.nix"), "local edit").unwrap();
-    fs::write(f.repo.join("stray.txt"), "untracked").unwrap();
-    let new = push_commit(&work, "hosts.nix");
-    f.send("pull");
-    let s = f.wait_statuses(1).await;
-    assert_eq!(s[0].status, Outcome::Ok, "{}", s[0].message);
-    assert_eq!(s[0].message, format!("Pull: Updated to {}", &new[..7]));
-    assert_eq!(s[0].generation, &new[..7]);
-    assert_eq!(
-        fs::read_to_string(f.repo.join("flake.nix")).unwrap(),
-        "{ }\n"
-    );
-    assert!(!f.repo.join("stray.txt").exists());
-
-    // origin gone: a useful message
-    fs::rename(&bare, tmp.path().join("moved.git")).unwrap();
-    f.send("pull");
-    let s = f.wait_statuses(2).await;
-    assert_eq!(s[1].status, Outcome::Error);
-    assert!(
-        s[1].message
-            .starts_with("Pull failed: `git fetch origin main` exited with"),
-        "{}",
-        s[1].message
-    );
-    assert!(
-        s[1].message
-            .contains("does not appear to be a git repository"),
-        "{}",
-        s[1].message
-    );
-    assert_eq!(s[1].generation, &new[..7]);
-}
-
-#[tokio::test]
-async fn isolated_startup_with_unreachable_origin_does_not_fail() {
-    let f = fixture(&[("NIXFLEET_REPO_URL", "/nonexistent/origin.git".to_string())]);
-    f.commands.startup().await;
-    assert!(!f.repo.join(".git").exists());
-    assert!(f.state.running().is_none());
-    f.send("pull");
-    let s = f.wait_statuses(1).await;
-    assert_eq!(s[0].status, Outcome::Error);
-    assert!(
-        s[0].message
-            .starts_with("Pull failed: Clone failed: `git clone"),
-        "{}",
-        s[0].message
-    );
-}
-
-#[tokio::test]
-async fn restart_stops_the_running_command_first() {
-    let f = fixture(&[]);
-    let started = f.path("started");
-    f.script(
-        "T01-hangs.sh",
-        &format!("touch {}; sleep 1000", started.display()),
-    );
-    f.send("test");
-    f.wait_until("the test to start", |_| started.exists())
-        .await;
-    f.send("restart");
-    let code = tokio::time::timeout(Duration::from_secs(20), f.state.exit_requested())
-        .await
-        .unwrap();
-    assert_eq!(code, EXIT_RESTART);
-    let s = f.wait_statuses(2).await;
-    assert_eq!(
-        (s[0].command.as_str(), s[0].status),
-        ("test", Outcome::Stopped)
-    );
-    assert!(
-        s[0].message.starts_with("Stopped: the agent is restarting"),
-        "{}",
-        s[0].message
-    );
-    assert_eq!(
-        (s[1].command.as_str(), s[1].status),
-        ("restart", Outcome::Ok)
-    );
-    // no new command once exiting
-    f.send("pull");
-    let s = f.wait_statuses(3).await;
-    assert_eq!(s[2].status, Outcome::Error);
-}
-
-#[tokio::test]
-async fn shutdown_terminates_the_running_command() {
-    let f = fixture(&[]);
-    let started = f.path("started");
-    f.script(
-        "T01-hangs.sh",
-        &format!("touch {}; sleep 1000", started.display()),
-    );
-    f.send("test");
-    f.wait_until("the test to start", |_| started.exists())
-        .await;
-    let pid = f.state.running().unwrap().pid;
-    f.commands.shutdown().await;
-    assert!(f.state.running().is_none());
-    assert!(runner::tests::gone(pid as i32), "the test survived");
-}
-
-#[tokio::test]
-async fn each_run_has_a_log_file() {
-    let f = fixture(&[]);
-    f.script("T01-x.sh", "echo logged-line; echo err-line >&2");
-    f.send("test");
-    f.wait_statuses(1).await;
-    let logs: Vec<PathBuf> = fs::read_dir(f.tmp.path().join("state/logs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(logs.len(), 1);
-    let text = fs::read_to_string(&logs[0]).unwrap();
-    assert!(
-        text.contains("logged-line\n") && text.contains("err-line\n"),
-        "{text}"
-    );
-    assert!(text.contains("test ended: Ok"), "{text}");
-}
-
-#[tokio::test]
-async fn finished_switch_records_are_reported_once_at_startup() {
-    let f = fixture(&[]);
-    let root = f.tmp.path().join("state/switch");
-    let ok = Record::create(&root, "switch", &deploy::argv("nixos-rebuild", "x#y")).unwrap();
-    ok.write_file("exit", b"0").unwrap();
-    let failed =
-        Record::create(&root, "pull-switch", &deploy::argv("nixos-rebuild", "x#y")).unwrap();
-    fs::write(
-        failed.dir().join("stderr.log"),
-        "building...\nerror: boom\n",
-    )
-    .unwrap();
-    failed.write_file("exit", b"1").unwrap();
-    // a record whose supervisor is gone without an exit code
-    let vanished = Record::create(&root, "update", &deploy::argv("nixos-rebuild", "x#y")).unwrap();
-    vanished.write_file("supervisor.pid", b"999999999").unwrap();
-
-    f.commands.startup().await;
-    let s = f.wait_statuses(3).await;
-    assert_eq!(
-        (s[0].command.as_str(), s[0].status),
-        ("switch", Outcome::Ok)
-    );
-    assert_eq!(
-        (s[1].command.as_str(), s[1].status),
-        ("pull-switch", Outcome::Error)
-    );
-    assert!(s[1].message.contains("error: boom"), "{}", s[1].message);
-    assert_eq!(s[1].exit_code, 1);
-    // not known: said so, never "failed"
-    assert_eq!(
-        (s[2].command.as_str(), s[2].status),
-        ("update", Outcome::Warning)
-    );
-    assert!(s[2].message.contains("result unknown"), "{}", s[2].message);
-    assert!(!s[2].message.contains("failed"), "{}", s[2].message);
-    assert!(deploy::pending(&root).is_empty());
-
-    // a second start reports nothing more
-    f.commands.startup().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(f.statuses().len(), 3);
 }
