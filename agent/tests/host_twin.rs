@@ -7,17 +7,23 @@
 //! `Restart=always` with exit 101; `LoadCredential`; the token's path unit) is
 //! real here, not assumed.
 //!
-//! The tools the unit's `PATH` names are the container's (`/usr`, bound from
-//! this machine), except for fakes that behave like NixOS's where it
-//! matters: `nix build` prints the store path of the system the test named
-//! (and links its out-link), `nix-env` sets the system profile, and every
-//! system's `bin/switch-to-configuration` installs the "boot loader" (writes
-//! `/boot`) and activates (writes `/etc`, points `/run/current-system` at
-//! itself), fails as the real one does when it cannot write (exit 1 "Failed
-//! to install bootloader", exit 2 for the activation), says what it would do
-//! for `dry-activate` and only installs the boot loader for `boot`. The agent
-//! runs them the way it runs them on NixOS: the activation through
-//! `systemd-run` from the unit.
+//! Every system is activated by **NixOS's real `switch-to-configuration-ng`**
+//! (`../shared/tools/switch-to-configuration-ng`, built from nixpkgs' 26.05
+//! source, bound into the container's store): each system is a toplevel laid
+//! out as the program wants one (its wrapper's environment, `activate`,
+//! `install-bootloader`, `init-interface-version`, `etc/systemd/system` with
+//! the units), and the container looks like NixOS to it (`/etc/NIXOS`, the
+//! system bus with systemd and logind). So the rules of a real activation —
+//! its lock, its pre-switch checks, which units it stops, restarts and starts,
+//! its exit codes — are the real ones here. Where that program is missing, a
+//! fake with the same exit codes stands in, and the test says so. The agent
+//! runs it the way it runs it on NixOS: through `systemd-run` from the unit.
+//!
+//! The other tools the unit's `PATH` names are the container's (`/usr`, bound
+//! from this machine), except for fakes of Nix: `nix build` prints the store
+//! path of the system the test named (and links its out-link), its dry run,
+//! `store diff-closures` and `path-info` print what Nix prints, and `nix-env`
+//! sets the system profile.
 //!
 //! `/boot` is a filesystem of its own (a tmpfs bound into the container), as
 //! on a host with an EFI system partition: the switch's `/boot` guard runs.
@@ -190,7 +196,7 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
         .collect();
     for line in [
         "[nixfleet-agent] package changes:",
-        "[nixfleet-agent]   would restart the following units: nixfleet-agent.service",
+        "[nixfleet-agent]   would activate the configuration...",
         "[nixfleet-agent] reboot needed: kernel, initrd changed (after this switch)",
     ] {
         assert!(lines.iter().any(|l| l == line), "no {line:?} in {lines:?}");
@@ -201,6 +207,15 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
             .any(|l| l.starts_with("[nixfleet-agent] /boot: ") && l.ends_with("need 0.0 MiB")),
         "{lines:?}"
     );
+    if twin.real_activation.is_some() {
+        // NixOS's own program did it: it restarts the targets of the system
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "restarting sysinit-reactivation.target"),
+            "{lines:?}"
+        );
+    }
     assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-b");
     assert_eq!(twin.read("/boot/loader/default"), "nixos-system-twin-b");
 

@@ -98,40 +98,68 @@ echo "nix (twin fake): unsupported: $*" >&2
 exit 1
 "#;
 
-/// A system's `bin/switch-to-configuration`: `switch` installs the boot
-/// loader first, then activates, as switch-to-configuration-ng does; `boot`
-/// only installs the boot loader; `dry-activate` says what a switch would
-/// do and changes nothing.
+/// A system's `bin/switch-to-configuration` where NixOS's real one cannot run
+/// (`../shared/tools/switch-to-configuration-ng` missing): `switch` installs
+/// the boot loader first (the system's `install-bootloader`), then runs the
+/// system's `activate`, as switch-to-configuration-ng does; `boot` only
+/// installs the boot loader; `dry-activate` says what a switch would do and
+/// changes nothing. Its exit codes are the real one's.
 pub const FAKE_SWITCH_TO_CONFIGURATION: &str = r#"#!/bin/sh
 top=$(dirname "$(dirname "$(readlink -f "$0")")")
-name=$(basename "$top" | cut -d- -f2-)
 case "$1" in
   dry-activate)
-    echo "would restart the following units: nixfleet-agent.service" >&2
+    echo "would activate the configuration..." >&2
     exit 0 ;;
   switch|boot) ;;
   *) echo "unsupported action $1" >&2; exit 1 ;;
 esac
-if ! { mkdir -p /boot/loader && echo "$name" > /boot/loader/default; }; then
+if ! "$top/install-bootloader" "$top"; then
   echo "Failed to install bootloader" >&2
   exit 1
 fi
 [ "$1" = boot ] && exit 0
+"$top/activate" || exit 2
+systemctl daemon-reload
+"#;
+
+/// NixOS's wrapper around the real `switch-to-configuration-ng` (nixpkgs'
+/// `system.build.toplevel` writes it): the program reads the system from its
+/// environment. `SYSTEMD=/usr`: the container's systemd is this machine's.
+pub const REAL_SWITCH_TO_CONFIGURATION: &str = r#"#!/bin/sh
+top=$(dirname "$(dirname "$(readlink -f "$0")")")
+export OUT="$top" TOPLEVEL="$top" DISTRO_ID=nixos SYSTEMD=/usr
+export INSTALL_BOOTLOADER="$top/install-bootloader" PRE_SWITCH_CHECK="$top/pre-switch-check"
+exec /nix/store/00000000000000000000000000000000-switch-to-configuration-ng/bin/switch-to-configuration "$@"
+"#;
+
+/// A system's `activate` (run by switch-to-configuration): `/etc` (the
+/// generation's name, its units), then `/run/current-system`, as NixOS's
+/// activation script does.
+pub const ACTIVATE: &str = r#"#!/bin/sh
+top=$(dirname "$(readlink -f "$0")")
+name=$(basename "$top" | cut -d- -f2-)
 if ! echo "$name" > /etc/nixos-generation; then
   echo "Activation script snippet 'etc' failed" >&2
-  exit 2
+  exit 1
 fi
+rm -f /etc/systemd/system/nixfleet-agent.service.d/generation.conf
+cp -a "$top/etc/systemd/system/." /etc/systemd/system/ || exit 1
 ln -sfn "$top" /run/current-system
-# the generation's own settings of the agent's unit (a drop-in), if it has any
-dropin=/etc/systemd/system/nixfleet-agent.service.d/generation.conf
-if [ -f "$top/agent.conf" ]; then
-  mkdir -p "${dropin%/*}" && cp "$top/agent.conf" "$dropin"
-else
-  rm -f "$dropin"
-fi
-systemctl daemon-reload
 echo "activated $name"
 "#;
+
+/// A system's boot loader installation: the default entry is the system.
+pub const INSTALL_BOOTLOADER: &str = r#"#!/bin/sh
+name=$(basename "$1" | cut -d- -f2-)
+mkdir -p /boot/loader && echo "$name" > /boot/loader/default
+"#;
+
+/// Where NixOS's real activation program is, if this machine has it.
+pub fn real_switch_to_configuration() -> Option<PathBuf> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/switch-to-configuration-ng");
+    path.is_file().then_some(path)
+}
 
 /// Points `/run/current-system` and `/run/booted-system` at the system
 /// profile at boot, as NixOS's stage 2 does.
@@ -152,6 +180,11 @@ WantedBy=multi-user.target
 /// One booted container.
 pub struct Twin {
     pub root: PathBuf,
+    /// The units every system carries.
+    pub units: PathBuf,
+    /// NixOS's real `switch-to-configuration-ng`, when this machine has it
+    /// (else the systems carry the fake).
+    pub real_activation: Option<PathBuf>,
     /// The container's `/boot`: a directory on a tmpfs.
     pub boot: tempfile::TempDir,
     pub exchange: PathBuf,
@@ -206,9 +239,13 @@ impl Twin {
         write(&etc.join("machine-id"), "");
         write(&etc.join("hostname"), &format!("{HOST}\n"));
 
+        write(&etc.join("NIXOS"), "");
+        write(&etc.join("fstab"), "");
         // the module's units, unchanged, and a drop-in for the test's
-        // dashboard and timing (Environment= only)
-        let units = etc.join("systemd/system");
+        // dashboard and timing (Environment= only): every system carries
+        // them in its etc/systemd/system, and the root gets the first
+        // system's, as if it had been activated
+        let units = tmp.path().join("units");
         std::fs::create_dir_all(&units).unwrap();
         let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../checks/twin");
         for unit in [
@@ -229,10 +266,17 @@ impl Twin {
             &units.join("twin-booted-system.service"),
             BOOTED_SYSTEM_UNIT,
         );
-        symlink(
+        // the targets switch-to-configuration restarts come from the system
+        std::fs::copy(
             "/usr/lib/systemd/system/multi-user.target",
-            &units.join("default.target"),
+            units.join("multi-user.target"),
+        )
+        .unwrap();
+        write(
+            &units.join("sysinit-reactivation.target"),
+            "[Unit]\nDescription=Reactivate sysinit units\n",
         );
+        symlink("multi-user.target", &units.join("default.target"));
         let wants = units.join("multi-user.target.wants");
         for unit in [
             "nixfleet-agent.service",
@@ -278,7 +322,16 @@ impl Twin {
         );
         write_exec(&nix_store.join(format!("{HASH}-nix/bin/nix")), FAKE_NIX);
         std::fs::create_dir_all(nix_store.join(format!("{HASH}-nixfleet-agent/bin"))).unwrap();
+        let real_activation = real_switch_to_configuration();
+        match &real_activation {
+            Some(stc) => eprintln!("host twin: systems activate with NixOS's {}", stc.display()),
+            None => eprintln!(
+                "host twin: systems activate with a fake: ../shared/tools/switch-to-configuration-ng is missing"
+            ),
+        }
         let twin = Twin {
+            units,
+            real_activation,
             root,
             boot: tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm for /boot"),
             exchange,
@@ -288,6 +341,10 @@ impl Twin {
             _tmp: tmp,
         };
         let first = twin.system("a");
+        copy_tree(
+            &twin.path(&first).join("etc/systemd/system"),
+            &twin.root.join("etc/systemd/system"),
+        );
         symlink(&first, &twin.root.join("nix/var/nix/profiles/system"));
         write(
             &twin.root.join("etc/nixos-generation"),
@@ -302,13 +359,26 @@ impl Twin {
         twin.start(fx, name)
     }
 
-    /// A system toplevel `nixos-system-twin-<n>` in the store; its path.
+    /// A system toplevel `nixos-system-twin-<n>` in the store, laid out as
+    /// switch-to-configuration-ng wants one; its path.
     pub fn system(&self, n: &str) -> String {
         let path = store(&format!("nixos-system-twin-{n}"));
-        write_exec(
-            &self.path(&path).join("bin/switch-to-configuration"),
-            FAKE_SWITCH_TO_CONFIGURATION,
-        );
+        let top = self.path(&path);
+        let switch = match self.real_activation {
+            Some(_) => REAL_SWITCH_TO_CONFIGURATION,
+            None => FAKE_SWITCH_TO_CONFIGURATION,
+        };
+        write_exec(&top.join("bin/switch-to-configuration"), switch);
+        write_exec(&top.join("activate"), ACTIVATE);
+        write_exec(&top.join("dry-activate"), "#!/bin/sh\nexit 0\n");
+        write_exec(&top.join("install-bootloader"), INSTALL_BOOTLOADER);
+        write_exec(&top.join("pre-switch-check"), "#!/bin/sh\nexit 0\n");
+        write(&top.join("init-interface-version"), "systemd 2\n");
+        write(&top.join("nixos-version"), "26.05.twin\n");
+        write(&top.join("system"), "x86_64-linux\n");
+        std::fs::create_dir_all(top.join("specialisation")).unwrap();
+        write(&top.join("etc/fstab"), "");
+        copy_tree(&self.units, &top.join("etc/systemd/system"));
         path
     }
 
@@ -335,10 +405,15 @@ impl Twin {
         path
     }
 
-    /// A system whose activation gives the agent's unit `drop_in`.
+    /// A system whose units give the agent's unit `drop_in`.
     pub fn system_with_agent_settings(&self, n: &str, drop_in: &str) -> String {
         let path = self.system(n);
-        write(&self.path(&path).join("agent.conf"), drop_in);
+        write(
+            &self
+                .path(&path)
+                .join("etc/systemd/system/nixfleet-agent.service.d/generation.conf"),
+            drop_in,
+        );
         path
     }
 
@@ -371,6 +446,13 @@ impl Twin {
             .arg(bind(&self.secrets, "/run/agenix"))
             .arg(bind(&self.exchange, "/twin"))
             .arg(bind(self.boot.path(), "/boot"))
+            .args(self.real_activation.iter().map(|stc| {
+                format!(
+                    "--bind-ro={}:{}",
+                    stc.display(),
+                    store("switch-to-configuration-ng/bin/switch-to-configuration")
+                )
+            }))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -495,5 +577,22 @@ pub fn find_init(nspawn: i32) -> i32 {
             "the container's systemd did not start"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Copies the tree `from` to `to`, symlinks as symlinks.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().unwrap();
+        if kind.is_symlink() {
+            let _ = std::fs::remove_file(&dst);
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else if kind.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
     }
 }
