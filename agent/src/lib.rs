@@ -134,7 +134,7 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
             tracing::info!("the initial clone is still running; connecting meanwhile");
         }
         _ = &mut signal => {
-            commands.shutdown().await;
+            commands.shutdown(false).await;
             write_state_on_exit(&state, &out, &config.state_dir).await;
             return 0;
         }
@@ -173,7 +173,7 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
             stop
         }
     };
-    commands.shutdown().await;
+    commands.shutdown(stop.code == config::EXIT_RESTART).await;
     write_state_on_exit(&state, &out, &config.state_dir).await;
     stop.code
 }

@@ -260,7 +260,8 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
 /// rolls back at the deadline; the old generation's agent, started by
 /// systemd again, reports the one status.
 #[tokio::test]
-async fn twin_a_new_generation_whose_agent_never_starts_is_rolled_back() {
+async fn twin_a_new_generation_whose_agent_never_starts_is_rolled_back_and_inhibitors_wait_for_a_boot()
+ {
     if !twin_available() {
         return;
     }
@@ -298,6 +299,83 @@ async fn twin_a_new_generation_whose_agent_never_starts_is_rolled_back() {
         .filter(|f| f.payload["command"] == "switch")
         .count();
     assert_eq!(statuses, 1, "one status");
+
+    // the agent that reported the rollback restarts onto the rolled-back
+    // binary; a command sent the moment its status arrived is refused, never
+    // started and then stopped by the restart
+    dash.send_command(HOST, "pull").await.unwrap();
+    let Some(back) = dash.wait_frame(HOST, "register", st.seq, SLOW).await else {
+        panic!(
+            "no register after the rollback; journal:\n{}",
+            twin.journal()
+        );
+    };
+    // what an earlier process could not deliver comes right after the
+    // register: by the second heartbeat it is here
+    let first = dash.wait_frame(HOST, "heartbeat", back.seq, SLOW).await;
+    let first = first.expect("a heartbeat").seq;
+    assert!(
+        dash.wait_frame(HOST, "heartbeat", first, SLOW)
+            .await
+            .is_some()
+    );
+    for pull in dash
+        .frames(HOST, Some("status"))
+        .into_iter()
+        .filter(|f| f.payload["command"] == "pull")
+    {
+        assert_eq!(
+            pull.payload["message"],
+            "the agent is restarting; send the command again once it is back",
+            "{}",
+            pull.payload
+        );
+    }
+
+    // a system whose critical components changed (switch inhibitors) is
+    // installed for the next boot: the boot loader's default and the
+    // profile name it, the running system stays, heartbeats want a reboot
+    let inhibited = twin.system_with_inhibitors(
+        "broker",
+        r#"{"dbus-implementation":"broker","systemd":"/nix/store/00000000000000000000000000000000-systemd-252"}"#,
+    );
+    write(&twin.exchange.join("next-system"), &inhibited);
+    let sent = dash.last_seq();
+    dash.send_command(HOST, "switch").await.unwrap();
+    let st = status_for(&dash, HOST, "switch", sent).await;
+    assert_eq!(
+        st.payload["message"],
+        "Switch installed for the next boot: dbus-implementation : dbus -> broker; reboot to activate it",
+        "{}\n{}",
+        st.payload,
+        twin.journal()
+    );
+    assert_eq!(
+        twin.read("/boot/loader/default"),
+        "nixos-system-twin-broker"
+    );
+    assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-a");
+    assert_eq!(
+        std::fs::read_link(twin.path("/nix/var/nix/profiles/system")).unwrap(),
+        PathBuf::from(&inhibited)
+    );
+    let Some(hb) = dash
+        .wait_until(SLOW, |d| {
+            d.frames(HOST, Some("heartbeat"))
+                .into_iter()
+                .find(|f| f.seq > st.seq && f.payload["needs_reboot"] == true)
+        })
+        .await
+    else {
+        panic!(
+            "no heartbeat with needs_reboot; journal:\n{}",
+            twin.journal()
+        );
+    };
+    assert_eq!(
+        hb.payload["update_status"]["system"]["message"],
+        "Switch installed for the next boot — reboot needed: a new system is installed for the next boot"
+    );
     assert_no_violations(&dash);
 }
 

@@ -196,10 +196,11 @@ impl Commands {
         }
     }
 
-    /// The agent is shutting down: terminates a running command's process
-    /// group (SIGTERM, SIGKILL after a short grace) and returns when it ended.
-    /// A detached switch is left running; the next agent process reports it.
-    pub async fn shutdown(&self) {
+    /// The agent is shutting down (`restarting`: for a restart, exit 101):
+    /// terminates a running command's process group (SIGTERM, SIGKILL after
+    /// a short grace) and returns when it ended; its status says which. A
+    /// detached switch is left running; the next agent process reports it.
+    pub async fn shutdown(&self, restarting: bool) {
         self.inner.exiting.store(true, Ordering::SeqCst);
         let Some(ctl) = self.current() else {
             return;
@@ -209,7 +210,12 @@ impl Commands {
             return;
         }
         let grace = self.inner.config.timing.stop_grace.min(SHUTDOWN_GRACE);
-        ctl.request_stop(StopCause::Shutdown, libc::SIGTERM);
+        let cause = if restarting {
+            StopCause::Restart
+        } else {
+            StopCause::Shutdown
+        };
+        ctl.request_stop(cause, libc::SIGTERM);
         if tokio::time::timeout(grace, ctl.wait_done()).await.is_err() {
             ctl.signal(libc::SIGKILL);
             let _ = tokio::time::timeout(Duration::from_secs(2), ctl.wait_done()).await;

@@ -172,8 +172,15 @@ impl Run {
             report.exit_code
         );
         self.settle_row(&report);
-        self.commands.release(&self.ctl);
         let restart = report.restart;
+        if restart {
+            // from the moment the slot is free, a command is refused ("the
+            // agent is restarting") instead of started and then stopped by
+            // the restart: a dashboard that sends the next command as soon
+            // as it sees this status gets a true answer
+            inner.exiting.store(true, Ordering::SeqCst);
+        }
+        self.commands.release(&self.ctl);
         self.commands.send_status(report, &command);
         if let Some(record) = self.record.clone() {
             let (out, dir) = (inner.out.clone(), inner.config.state_dir.clone());
@@ -188,7 +195,6 @@ impl Run {
             }
         }
         if restart {
-            inner.exiting.store(true, Ordering::SeqCst);
             inner.state.request_exit(EXIT_RESTART);
         }
         self.ctl.finish();

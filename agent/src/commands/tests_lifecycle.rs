@@ -146,7 +146,7 @@ async fn shutdown_terminates_the_running_command() {
     f.wait_until("the test to start", |_| started.exists())
         .await;
     let pid = f.state.running().unwrap().pid;
-    f.commands.shutdown().await;
+    f.commands.shutdown(false).await;
     assert!(f.state.running().is_none());
     assert!(runner::tests::gone(pid as i32), "the test survived");
 }

@@ -154,6 +154,10 @@ name=$(basename "$1" | cut -d- -f2-)
 mkdir -p /boot/loader && echo "$name" > /boot/loader/default
 "#;
 
+/// Every system's `switch-inhibitors` (nixpkgs' `system.switch.inhibitors`,
+/// as JSON), unless a test gives one.
+pub const SWITCH_INHIBITORS: &str = r#"{"dbus-implementation":"dbus","systemd":"/nix/store/00000000000000000000000000000000-systemd-252"}"#;
+
 /// Where NixOS's real activation program is, if this machine has it.
 pub fn real_switch_to_configuration() -> Option<PathBuf> {
     let path =
@@ -378,7 +382,15 @@ impl Twin {
         write(&top.join("system"), "x86_64-linux\n");
         std::fs::create_dir_all(top.join("specialisation")).unwrap();
         write(&top.join("etc/fstab"), "");
+        write(&top.join("switch-inhibitors"), SWITCH_INHIBITORS);
         copy_tree(&self.units, &top.join("etc/systemd/system"));
+        path
+    }
+
+    /// A system whose switch inhibitors are `inhibitors` (a JSON object).
+    pub fn system_with_inhibitors(&self, n: &str, inhibitors: &str) -> String {
+        let path = self.system(n);
+        write(&self.path(&path).join("switch-inhibitors"), inhibitors);
         path
     }
 
