@@ -6,42 +6,7 @@ Usage: check_unit.py UNIT_FILE FACTS_JSON
 import json
 import sys
 
-
-def parse_unit(text):
-    """Returns {section: [(key, value), ...]} of a systemd unit file."""
-    sections = {}
-    current = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], [])
-            continue
-        key, _, value = line.partition("=")
-        current.append((key, value))
-    return sections
-
-
-def values(section, key):
-    return [v for k, v in section if k == key]
-
-
-def environment(service):
-    env = {}
-    for value in values(service, "Environment"):
-        # NixOS writes Environment="NAME=value", JSON-quoted.
-        name, _, val = json.loads(value).partition("=")
-        env[name] = val
-    return env
-
-
-failures = []
-
-
-def check(condition, what):
-    if not condition:
-        failures.append(what)
+from systemd_unit import check, environment, failures, parse_unit, values
 
 
 def main():

@@ -76,7 +76,7 @@ pkgs.runCommand "nixfleet-home-manager-module-check"
     passAsFile = [ "facts" ];
   }
   ''
-    python3 ${./check_home_manager.py} "$factsPath" \
+    PYTHONPATH=${./lib} python3 ${./check_home_manager.py} "$factsPath" \
       ${unit "nixfleet-agent.service"} \
       ${unit "nixfleet-agent-token.path"} \
       ${unit "nixfleet-agent-token-changed.service"}

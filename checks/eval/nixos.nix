@@ -148,7 +148,7 @@ pkgs.runCommand "nixfleet-nixos-module-check"
     ];
   }
   ''
-    python3 ${./check_unit.py} "$unitTextPath" "$factsPath"
+    PYTHONPATH=${./lib} python3 ${./check_unit.py} "$unitTextPath" "$factsPath"
     python3 ${../twin/compare_units.py} ${../twin} ${lib.escapeShellArgs twinUnitFiles}
     touch $out
   ''
