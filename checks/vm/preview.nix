@@ -16,6 +16,11 @@
 #    activates exactly the built path: the system profile names it, and the
 #    new generation's agent confirms it.
 #
+# 4. Switch inhibitors: the specialisation `inhibited` changes one of
+#    `system.switch.inhibitors`; `switch` installs it for the next boot
+#    (profile and systemd-boot's default entry) without activating it, and
+#    heartbeats carry `needs_reboot`.
+#
 # Between 1 and 2 the agent gets a room of its own: the test activates the
 # specialisation `roomy` (the same system with `minFreeSpace = 64`) by hand
 # and restarts the agent. Twins in cargo: agent/tests/preview.rs and
@@ -33,6 +38,7 @@ mkTest {
       boot.loader.systemd-boot.enable = true;
       boot.loader.efi.canTouchEfiVariables = true;
       services.nixfleet-agent.minFreeSpace = lib.mkDefault 1048576;
+      system.switch.inhibitors.nixfleet-vm = lib.mkDefault "1";
       specialisation = {
         roomy.configuration = {
           environment.etc."nixfleet-generation".text = "roomy";
@@ -46,6 +52,11 @@ mkTest {
         next.configuration = {
           environment.etc."nixfleet-generation".text = "next";
           services.nixfleet-agent.minFreeSpace = 64;
+        };
+        inhibited.configuration = {
+          environment.etc."nixfleet-generation".text = "inhibited";
+          services.nixfleet-agent.minFreeSpace = 64;
+          system.switch.inhibitors.nixfleet-vm = "2";
         };
       };
       nix.settings = flakeSystemSettings;
@@ -134,6 +145,25 @@ mkTest {
         built = agent.succeed("readlink -f /var/lib/nixfleet-agent/built-system").strip()
         assert agent.succeed(f"readlink -f {profile}").strip() == built
         assert agent.succeed("readlink -f /run/current-system").strip() == target
+
+    with subtest("changed switch inhibitors install the system for the next boot"):
+        inhibited = specialisation("inhibited")
+        pull(inhibited, "a system whose critical components changed")
+        done, lines = switch()
+        assert done["payload"]["status"] == "ok", done
+        assert done["payload"]["message"] == (
+            "Switch installed for the next boot: nixfleet-vm : 1 -> 2; reboot to activate it"
+        ), done
+        # the boot loader's default and the profile: the new system; running: the old one
+        assert agent.succeed("cat /etc/nixfleet-generation").strip() == "next"
+        assert agent.succeed(f"readlink -f {profile}").strip() == inhibited
+        default = agent.succeed("sed -n 's/^default //p' /boot/loader/loader.conf").strip()
+        entry = agent.succeed(f"cat /boot/loader/entries/{default}")
+        assert f"init={inhibited}/init" in entry, entry
+        # the agent restarts (the hub's switch waits for the reconnect), and
+        # its heartbeats want a reboot
+        back = wait_frame("register", done["seq"])
+        wait_frame("heartbeat", back["seq"], ".payload.needs_reboot == true")
 
     no_violations()
   '';
