@@ -255,13 +255,16 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
     assert_no_violations(&dash);
 }
 
-/// The new generation's agent never starts (its unit's `ExecStart` fails):
-/// nothing can confirm the switch, so the supervisor, outside the agent,
-/// rolls back at the deadline; the old generation's agent, started by
-/// systemd again, reports the one status.
+/// 1. The new generation's agent never starts (its unit's `ExecStart`
+///    fails): nothing can confirm the switch, so the supervisor, outside the
+///    agent, rolls back at the deadline; the old generation's agent, started
+///    by systemd again, reports the one status, then restarts onto the
+///    rolled-back binary (a command sent meanwhile is refused, not stopped).
+/// 2. Changed switch inhibitors: installed for the next boot only.
+/// 3. A new unit that fails to start: switch-to-configuration-ng activates,
+///    then exits 4; watched all the same, confirmed, one `error` status.
 #[tokio::test]
-async fn twin_a_new_generation_whose_agent_never_starts_is_rolled_back_and_inhibitors_wait_for_a_boot()
- {
+async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_failed_unit_stays() {
     if !twin_available() {
         return;
     }
@@ -376,6 +379,37 @@ async fn twin_a_new_generation_whose_agent_never_starts_is_rolled_back_and_inhib
         hb.payload["update_status"]["system"]["message"],
         "Switch installed for the next boot — reboot needed: a new system is installed for the next boot"
     );
+
+    // a system with a unit that fails to start: switch-to-configuration
+    // activates it, then exits 4; the switch is watched all the same, the
+    // new generation passes its checks and stays, and the one status is the
+    // tool's failure
+    if twin.real_activation.is_some() {
+        let flaky = twin.system_with_unit(
+            "flaky",
+            "flaky.service",
+            "[Unit]\nDescription=Fails to start\n[Service]\nType=oneshot\nExecStart=/bin/false\n",
+        );
+        write(&twin.exchange.join("next-system"), &flaky);
+        let sent = dash.last_seq();
+        dash.send_command(HOST, "switch").await.unwrap();
+        let st = status_for(&dash, HOST, "switch", sent).await;
+        let message = st.payload["message"].as_str().unwrap_or_default();
+        assert_eq!(st.payload["exit_code"], 4, "{}", st.payload);
+        assert!(
+            message.starts_with(&format!(
+                "Switch failed: `nixfleet-agent --activate nixos switch /nix/var/nix/profiles/system {flaky}` exited 4 after activating the new generation"
+            )) && message.ends_with("; the new generation passed its checks and stays"),
+            "{message}\n{}",
+            twin.journal()
+        );
+        assert_eq!(
+            twin.read("/etc/nixos-generation"),
+            "nixos-system-twin-flaky"
+        );
+        let current = twin.exec(&["readlink", "/run/current-system"]);
+        assert_eq!(String::from_utf8_lossy(&current.stdout).trim(), flaky);
+    }
     assert_no_violations(&dash);
 }
 

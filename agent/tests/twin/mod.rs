@@ -387,6 +387,18 @@ impl Twin {
         path
     }
 
+    /// A system with one more unit, `name`, wanted by multi-user.target.
+    pub fn system_with_unit(&self, n: &str, name: &str, text: &str) -> String {
+        let path = self.system(n);
+        let units = self.path(&path).join("etc/systemd/system");
+        write(&units.join(name), text);
+        symlink(
+            &format!("../{name}"),
+            &units.join("multi-user.target.wants").join(name),
+        );
+        path
+    }
+
     /// A system whose switch inhibitors are `inhibitors` (a JSON object).
     pub fn system_with_inhibitors(&self, n: &str, inhibitors: &str) -> String {
         let path = self.system(n);
