@@ -474,3 +474,35 @@ async fn pull_switch_moves_system_through_outdated_and_working_to_ok() {
     assert_eq!(a.wait_exit(WAIT).await.code(), Some(101));
     assert_no_violations(&dash);
 }
+
+/// A switch stopped while it builds changed nothing: System is what it was
+/// before (not "partly switched"), the dots end, the status is `stopped`.
+#[tokio::test]
+async fn a_switch_stopped_while_it_builds_leaves_system_as_it_was() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let _a = agent(&dash, &fx, &fakes).spawn();
+    let (_, seq) = wait_register(&dash, HOST, 0).await;
+    let (_, hb) = heartbeat_where(&dash, seq, "a heartbeat", |_| true).await;
+    let before = hb["update_status"]["system"].clone();
+    fakes.touch("build.wait");
+    let sent = dash.last_seq();
+    dash.send_command(HOST, "switch").await.expect("send");
+    file_appears(&fakes.file("build.waiting")).await;
+    heartbeat_where(&dash, sent, "System working", |hb| {
+        part(hb, "system") == "working"
+    })
+    .await;
+    dash.send_command(HOST, "stop").await.expect("send");
+    let (st, status) = status_after(&dash, sent).await;
+    assert_eq!(status["command"], "switch", "{status}");
+    assert_eq!(status["status"], "stopped", "{status}");
+    let (_, hb) = heartbeat_where(&dash, st, "the one after the status", |_| true).await;
+    assert_eq!(hb["update_status"]["system"], before, "{hb}");
+    assert!(
+        !fakes.file("rebuild.argv").exists(),
+        "nothing was activated"
+    );
+    assert_no_violations(&dash);
+}

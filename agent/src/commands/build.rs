@@ -136,6 +136,7 @@ impl Run {
     /// The system phase begins (System `working`, its dots at 0), once.
     pub(super) fn begin_system(&mut self) {
         if !self.switched {
+            self.system_before = Some(self.inner().state.compartments().get().system);
             self.commands.row().begin(Phase::System);
             self.switched = true;
         }

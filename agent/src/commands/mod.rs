@@ -437,6 +437,7 @@ impl Commands {
             record: None,
             switched: false,
             boot_only: false,
+            system_before: None,
             test_dots: None,
             verified: None,
         };

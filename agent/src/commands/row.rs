@@ -177,6 +177,13 @@ impl Row<'_> {
         self.end(Phase::System, PhaseEnd::Complete);
     }
 
+    /// A system phase ended before it changed the system (stopped while it
+    /// built): System is `before` again, the dots end.
+    pub fn system_unchanged(&self, before: Check) {
+        self.store.set(Part::System, before);
+        self.end(Phase::System, PhaseEnd::Failed);
+    }
+
     /// A test run begins with `total` scripts.
     pub fn tests_begin(&self, total: usize) {
         self.store

@@ -56,6 +56,9 @@ pub(super) struct Run {
     pub(super) switched: bool,
     /// Whether its system was installed for the next boot only.
     pub(super) boot_only: bool,
+    /// System as it was when the system phase began: what it is again when
+    /// the switch is stopped before it activated anything.
+    pub(super) system_before: Option<crate::compartments::Check>,
     /// The test run's dots, once it began.
     pub(super) test_dots: Option<TestDots>,
     /// The commit whose signature this run verified (a `pull-switch`'s pull),
@@ -105,6 +108,17 @@ impl Run {
             }
             Some(c) if self.switched && self.boot_only && report.outcome == Outcome::Ok => {
                 row.system_installed_for_boot(switch_word(c))
+            }
+            // stopped while it built or previewed: nothing was activated
+            Some(_)
+                if self.switched
+                    && self.record.is_none()
+                    && report.outcome == Outcome::Stopped
+                    && self.system_before.is_some() =>
+            {
+                if let Some(before) = self.system_before.clone() {
+                    row.system_unchanged(before);
+                }
             }
             Some(c) if self.switched => {
                 row.system_result(system_label(c), report.outcome, report.exit_code)

@@ -333,6 +333,7 @@ impl Commands {
             record: Some(record.clone()),
             switched: true,
             boot_only: false,
+            system_before: None,
             test_dots: None,
             verified: None,
         };

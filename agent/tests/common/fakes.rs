@@ -14,7 +14,8 @@ use super::Fixture;
 /// - `nix build --print-out-paths --out-link L …`: appends its argv to
 ///   `nix-build.argv`, prints a build line on stderr, links `L` and prints the
 ///   built system's store path ([`Fakes::system`], or the path in `nix.out`);
-///   with `build.fail` it fails like an evaluation error (exit 1).
+///   with `build.wait` it announces `build.waiting` and waits for
+///   `build.go`; with `build.fail` it fails like an evaluation error (exit 1).
 /// - `nix store diff-closures`: prints `nix.diff`; `nix path-info
 ///   --closure-size`: prints `nix.sizes`.
 /// - any other `nix` (`flake update`): argv to `nix.argv`.
@@ -123,6 +124,10 @@ done
 case " $* " in
   *" build "*)
     printf '%s\n' "$*" >> {d}/nix-build.argv
+    if [ -e {d}/build.wait ]; then
+      touch {d}/build.waiting
+      while [ ! -e {d}/build.go ]; do [ -d {d} ] || exit 1; sleep 0.02; done
+    fi
     if [ -e {d}/build.fail ]; then
       echo "error: attribute 'frobnicator' missing" >&2
       echo "(use '--show-trace' to show detailed location information)" >&2
