@@ -248,9 +248,17 @@ fn print_check(config: &Config) -> i32 {
             .unwrap_or("unknown (no git checkout yet)")
     );
     println!(
-        "  switch:           {} switch --flake {}",
-        config.switch_tool.program(),
-        config.flake
+        "  switch:           nix build {}, then activate it ({})",
+        nixfleet_agent::commands::system_installable(
+            config.switch_tool,
+            &config.flake,
+            &config.hostname
+        ),
+        match config.switch_tool {
+            config::SwitchTool::NixosRebuild => "switch-to-configuration switch",
+            config::SwitchTool::DarwinRebuild => "the system's activate",
+            config::SwitchTool::HomeManager => "the generation's activate",
+        }
     );
     println!("  heartbeat:        every {} s", config.interval_secs);
     println!("  metrics source:   {}", source.as_str());

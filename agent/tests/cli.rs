@@ -59,6 +59,14 @@ async fn check_prints_what_was_detected_without_connecting() {
     assert!(out.contains("26.05.20260601.0123456"), "{out}");
     assert!(out.contains(&fx.head), "{out}");
     assert!(out.contains("stasysmo"), "{out}");
+    // what a switch runs: the build of the configuration, then its activation
+    assert!(
+        out.contains(&format!(
+            "  switch:           nix build {}#nixosConfigurations.\"checked\".config.system.build.toplevel, then activate it (switch-to-configuration switch)",
+            fx.repo.display()
+        )),
+        "{out}"
+    );
     assert!(
         !out.contains(TOKEN) && !err.contains(TOKEN),
         "token printed"

@@ -54,10 +54,14 @@ async fn system_after(dash: &MockDashboard, after: u64) -> Value {
 }
 
 #[tokio::test]
-async fn rollback_runs_the_tool_detached_and_restarts() {
+async fn rollback_activates_the_profiles_previous_generation_detached_and_restarts() {
     let dash = dashboard().await;
     let fx = Fixture::new();
     let fakes = Fakes::new(&fx);
+    let old = fakes
+        .store
+        .join("11111111111111111111111111111111-nixos-system-old");
+    fakes.generations(&[&old, &fakes.system]);
     let mut a = agent(&dash, &fx, &fakes).spawn();
     wait_register(&dash, HOST, 0).await;
     let d = dash.dispatch(HOST, "rollback", false);
@@ -65,7 +69,13 @@ async fn rollback_runs_the_tool_detached_and_restarts() {
     let st = status_of(&dash, "rollback", 0).await;
     assert_eq!(s(&st.payload, "status"), "ok", "{}", st.payload);
     assert_eq!(s(&st.payload, "message"), "Rollback succeeded");
-    assert_eq!(fakes.read("rebuild.argv"), "switch\n--rollback\n");
+    // the profile goes back one generation, and that system is activated
+    assert_eq!(
+        fakes.read("nix-env.argv"),
+        format!("-p\n{}\n--rollback\n", fakes.profile.display())
+    );
+    assert_eq!(std::fs::canonicalize(&fakes.profile).unwrap(), old);
+    assert_eq!(fakes.read("rebuild.argv"), "switch\n");
     let system = system_after(&dash, st.seq).await;
     assert_eq!(system["status"], "ok");
     assert_eq!(system["message"], "Rollback succeeded");
@@ -83,11 +93,43 @@ async fn rollback_runs_the_tool_detached_and_restarts() {
     assert_no_violations(&dash);
 }
 
+/// Nothing to go back to: nix-env's own refusal, exactly one `error`,
+/// nothing activated.
+#[tokio::test]
+async fn a_rollback_without_a_previous_generation_fails_with_nix_envs_reason() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    fakes.generations(&[&fakes.system]);
+    let mut a = agent(&dash, &fx, &fakes).spawn();
+    wait_register(&dash, HOST, 0).await;
+    send(&dash, "rollback").await;
+    let st = status_of(&dash, "rollback", 0).await;
+    assert_eq!(s(&st.payload, "status"), "error", "{}", st.payload);
+    assert_eq!(st.payload["exit_code"], 1, "{}", st.payload);
+    let message = s(&st.payload, "message");
+    assert!(
+        message.starts_with("Rollback failed: `nixfleet-agent --activate nixos switch ")
+            && message.contains("error: no generation older than the current (1) exists"),
+        "{message}"
+    );
+    assert!(
+        !fakes.file("rebuild.argv").exists(),
+        "nothing was activated"
+    );
+    assert!(a.child.try_wait().unwrap().is_none(), "the agent stays");
+    assert_no_violations(&dash);
+}
+
 #[tokio::test]
 async fn a_rollback_survives_an_agent_restart_and_is_reported_once() {
     let dash = dashboard().await;
     let fx = Fixture::new();
     let fakes = Fakes::new(&fx);
+    let old = fakes
+        .store
+        .join("11111111111111111111111111111111-darwin-system-old");
+    fakes.generations(&[&old, &fakes.system]);
     fakes.touch("rebuild.wait");
     let mut a = agent(&dash, &fx, &fakes)
         .env("NIXFLEET_SWITCH_TOOL", "darwin-rebuild")
@@ -105,7 +147,9 @@ async fn a_rollback_survives_an_agent_restart_and_is_reported_once() {
     fakes.touch("rebuild.go");
     let st = status_of(&dash, "rollback", seen).await;
     assert_eq!(s(&st.payload, "status"), "ok", "{}", st.payload);
-    assert_eq!(fakes.read("rebuild.argv"), "switch\n--rollback\n");
+    // nix-darwin: the previous generation's `activate`
+    assert_eq!(std::fs::canonicalize(&fakes.profile).unwrap(), old);
+    assert_eq!(fakes.read("rebuild.argv"), "\n");
     let statuses = dash
         .frames(HOST, Some("status"))
         .into_iter()

@@ -12,10 +12,10 @@
 //! | `config-error` | `cli.rs`: `invalid_configuration_exits_78_naming_the_variable` |
 //! | `dashboard-restart` | `connection.rs`: `dashboard_restarted_agent_registers_again` |
 //! | `token-secrecy` | [`vm_token_secrecy_twin`]; `connection.rs`: `the_token_never_reaches_the_log` |
-//! | `switch` | `host_twin.rs`: `twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back`; `dashboard_row.rs`: `pull_switch_moves_system_through_outdated_and_working_to_ok`, `pull_switch_test_through_the_lifecycle_with_the_right_compartments`; `operations.rs`: `rollback_runs_the_tool_detached_and_restarts` |
+//! | `switch` | `host_twin.rs`: `twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back`; `dashboard_row.rs`: `pull_switch_moves_system_through_outdated_and_working_to_ok`, `pull_switch_test_through_the_lifecycle_with_the_right_compartments`; `operations.rs`: `rollback_activates_the_profiles_previous_generation_detached_and_restarts` |
 //! | `auto-rollback` | `host_twin.rs` (under the module's unit and a real systemd): `twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back`, `twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_failed_unit_stays`; `watchdog.rs`: `a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once`, `the_window_survives_a_reboot_of_the_supervisor` |
 //! | `preview` | `preview.rs`: `a_switch_is_refused_when_the_store_would_fill_up`, `a_switch_is_refused_when_the_new_kernel_does_not_fit_in_boot`, `a_switch_builds_then_previews_then_activates_exactly_what_it_built`, `changed_switch_inhibitors_install_the_system_for_the_next_boot`; `host_twin.rs` (a real systemd and NixOS's switch-to-configuration-ng, /boot a filesystem of its own): `twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back`, `twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_failed_unit_stays` |
-//! | `rollback` | `operations.rs`: `rollback_runs_the_tool_detached_and_restarts`, `a_rollback_survives_an_agent_restart_and_is_reported_once` |
+//! | `rollback` | `operations.rs`: `rollback_activates_the_profiles_previous_generation_detached_and_restarts`, `a_rollback_survives_an_agent_restart_and_is_reported_once` |
 //! | `reboot` | `operations.rs`: `reboot_while_a_test_runs_stops_it_then_reports_after_the_boot`, `reboot_failures_are_reported_with_their_output` |
 //!
 //! [`every_vm_scenario_has_a_twin_that_exists`] keeps this table true: every

@@ -1,6 +1,8 @@
-# `rollback` as the UI sends it: `nixos-rebuild switch --rollback` runs
-# detached, the status is `rollback` ok, the agent exits 101 and registers
-# again, and the system is the previous generation.
+# `rollback` as the UI sends it: the system profile goes back one generation
+# (`nix-env --rollback`, as `nixos-rebuild switch --rollback` does) and that
+# system is activated through `systemd-run`, detached; the status is
+# `rollback` ok, the agent exits 101 and registers again, and the system is
+# the previous generation.
 #
 # Two different systems are in the VM's store without a build: the booted
 # one and its specialisation `previous`. The test makes them generations 1

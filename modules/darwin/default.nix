@@ -1,6 +1,6 @@
 # nix-darwin: `services.nixfleet-agent` as a launchd daemon.
 #
-# The agent runs as root because `darwin-rebuild switch` must. launchd
+# The agent runs as root because a system's activation must. launchd
 # cannot hand secrets to a daemon the way systemd credentials do, so the
 # plist holds only the *path* of the token file and the agent reads it.
 {
@@ -99,7 +99,7 @@ in
         WatchPaths = [ cfg.tokenFile ];
         # When the daemon stops or is reloaded (darwin-rebuild reloads it when
         # its plist changes), launchd would kill its whole process group. A
-        # running `darwin-rebuild switch` must survive that, so leave the
+        # running switch must survive that, so leave the
         # group alone; the agent terminates its other children itself.
         AbandonProcessGroup = true;
         # Like nix-darwin's nix-daemon: builds started here must not be

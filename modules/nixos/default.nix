@@ -1,7 +1,8 @@
 # NixOS: `services.nixfleet-agent` as a systemd service.
 #
 # The agent runs as root because the commands it runs for the dashboard
-# (`nixos-rebuild switch`, `nix flake update`, the host's test scripts)
+# (a switch's build and activation, `nix flake update`, the host's test
+# scripts)
 # need root. Secrets reach it only as systemd credentials.
 {
   config,
@@ -44,8 +45,10 @@ in
       # What the commands need: git for pull, ssh for ssh:// repositories
       # (and ssh-keygen for SSH commit signatures), nix for the switch's
       # build, preview and profile (systemd-run for its activation is on
-      # every unit's path), nixos-rebuild for `rollback`, a shell and the basic tools for the host's test
-      # scripts and for fetching tarballs; gpg for GPG commit signatures.
+      # every unit's path), nixos-rebuild for the host's scripts (the
+      # agent's own switch and rollback do not call it), a shell and the
+      # basic tools for the host's test scripts and for fetching tarballs;
+      # gpg for GPG commit signatures.
       path = [
         pkgs.bash
         pkgs.coreutils
@@ -102,7 +105,7 @@ in
         RestartForceExitStatus = "101";
         RestartPreventExitStatus = "78";
 
-        # `switch` runs `nixos-rebuild switch` in its own session so that it
+        # A switch activates under a supervisor in its own session so that it
         # outlives an agent restart. The default KillMode=control-group would
         # still kill it (and any other running command) whenever the unit
         # stops or restarts, e.g. on exit 101 right after the switch. With
@@ -114,12 +117,12 @@ in
 
         # Hardening (each with mkDefault: a host can adjust it without
         # mkForce). Everything set here is inherited by the commands the
-        # agent starts: `nixos-rebuild switch` (which evaluates and builds the
-        # system as root, with root's local Nix store and build sandbox, and
-        # updates /nix/var/nix/profiles/system; the activation itself runs in a
-        # transient unit that nixos-rebuild starts with systemd-run, outside
-        # this service, so NIXOS_SWITCH_USE_DIRTY_ENV, which turns that off, is
-        # not supported), `nix flake update`, git and the host's test scripts.
+        # agent starts: a switch's `nix build` (which evaluates and builds the
+        # system as root, with root's local Nix store and build sandbox) and
+        # `nix-env --set` of /nix/var/nix/profiles/system (the activation
+        # itself runs in a transient unit that the agent starts with
+        # systemd-run as nixos-rebuild does, outside this service), `nix flake
+        # update`, git and the host's test scripts.
         # Only what leaves all of them working is enabled:
         # - Everything runs as root already and never gains privileges by
         #   executing setuid or setcap programs:

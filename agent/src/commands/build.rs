@@ -27,7 +27,7 @@ use super::refresh::{running_system, system_installable};
 use super::switches::{CACHE_BYPASS, Switched, switch_word};
 use super::*;
 use crate::config::SwitchTool;
-use crate::deploy::{Action, Kind, activate_argv};
+use crate::deploy::{Action, Kind, Target, activate_argv};
 
 /// The GC root of the last built system, in the state directory.
 const BUILT_LINK: &str = "built-system";
@@ -104,15 +104,20 @@ impl Run {
         } else {
             Action::Boot
         };
-        let argv =
-            activate_argv(kind, action, &config.rollback.system_profile, &system).map_err(|e| {
-                Report::error(
-                    NOT_RUN,
-                    format!(
-                        "{what} failed: cannot name the agent's own binary for the activation: {e}"
-                    ),
-                )
-            })?;
+        let argv = activate_argv(
+            kind,
+            action,
+            &config.rollback.system_profile,
+            &Target::System(system.clone()),
+        )
+        .map_err(|e| {
+            Report::error(
+                NOT_RUN,
+                format!(
+                    "{what} failed: cannot name the agent's own binary for the activation: {e}"
+                ),
+            )
+        })?;
         self.sink
             .note(format!(
                 "[nixfleet-agent] activating {} ({})…",

@@ -95,6 +95,7 @@ use runner::{Control, Sink, Spec, StepResult, StopCause, clip, failure_tail, run
 
 pub use names::{Busy, CommandName};
 use pull::{clone_repo, is_git_checkout};
+pub use refresh::system_installable;
 use report::{Report, failed_message, short, stopped_message};
 use run::{Run, step};
 use switches::{switch_word, system_label};

@@ -3,10 +3,12 @@
 //! runs detached under the switch supervisor (`deploy/supervisor.rs`), so it
 //! survives the agent's own restart and its result is reported once.
 //!
-//! `rollback` switches to the previous generation: NixOS `nixos-rebuild
-//! switch --rollback`, nix-darwin `darwin-rebuild switch --rollback`, Home
-//! Manager the `activate` of the generation before the current one in
-//! `~/.local/state/nix/profiles`. Like a switch it exits
+//! `rollback` switches to the previous generation: on NixOS and nix-darwin
+//! the system profile goes back one generation (`nix-env --rollback`, as
+//! `nixos-rebuild switch --rollback` and `darwin-rebuild switch --rollback`
+//! do) and that system is activated the one way every switch is
+//! (`deploy/activation.rs`); Home Manager runs the `activate` of the
+//! generation before the current one in `~/.local/state/nix/profiles`. Like a switch it exits
 //! [`EXIT_RESTART`](crate::config::EXIT_RESTART) after reporting success, so
 //! that the agent runs the rolled-back binary: the hub completes a `rollback`
 //! at the heartbeat after its status (its post-check wants System `ok`),
@@ -15,9 +17,10 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use super::build::kind_of;
 use super::*;
 use crate::config::SwitchTool;
-use crate::deploy::confirm;
+use crate::deploy::{Action, Target, activate_argv, confirm};
 
 /// The options `force-rebuild` adds to the rebuild (`nixos-rebuild`,
 /// `darwin-rebuild` and `home-manager` pass `--option` on to Nix).
@@ -128,10 +131,23 @@ impl Run {
                     .await;
                 vec![activate.into_os_string()]
             }
-            tool => [tool.program(), "switch", "--rollback"]
-                .iter()
-                .map(OsString::from)
-                .collect(),
+            // the profile's previous generation, then the one activation
+            // path (deploy/activation.rs), as `nixos-rebuild switch
+            // --rollback` and `darwin-rebuild switch --rollback` do
+            tool => activate_argv(
+                kind_of(tool),
+                Action::Switch,
+                &config.rollback.system_profile,
+                &Target::PreviousGeneration,
+            )
+            .map_err(|e| {
+                Report::error(
+                    NOT_RUN,
+                    format!(
+                        "Rollback failed: cannot name the agent's own binary for the activation: {e}"
+                    ),
+                )
+            })?,
         };
         self.detached(CommandName::Rollback, argv, true)
             .await

@@ -8,8 +8,10 @@
 //!
 //! A switch runs it as `nixfleet-agent --activate <kind> <action> <profile>
 //! <system>` ([`ACTIVATE_FLAG`], dispatched by `main` to [`activate_main`])
-//! under the switch supervisor; every argument is written by the agent: the
-//! store path is what `nix build` printed, never anything the dashboard sent.
+//! under the switch supervisor, the `rollback` command with
+//! `--previous-generation` for the system; every argument is written by the
+//! agent: the store path is what `nix build` printed, never anything the
+//! dashboard sent.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -149,32 +151,83 @@ pub fn activation(
     )
 }
 
-/// Sets `profile` to `system` (NixOS, nix-darwin) and activates it with
-/// `action`; returns the first failing step's exit code, or 0. `run` runs one
-/// program to its end and returns its exit code; `note` tells what happens.
+/// What the system profile is set to before the activation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A system in the store (a switch's build, the watchdog's previous
+    /// system): `nix-env -p <profile> --set <system>`.
+    System(PathBuf),
+    /// The profile's generation before the current one (the `rollback`
+    /// command): `nix-env -p <profile> --rollback`, as `nixos-rebuild switch
+    /// --rollback` and `darwin-rebuild switch --rollback` do.
+    PreviousGeneration,
+}
+
+/// `--activate`'s last argument for [`Target::PreviousGeneration`].
+const PREVIOUS_GENERATION: &str = "--previous-generation";
+
+/// Sets `profile` to `target` (NixOS, nix-darwin) and activates the system
+/// it names with `action`; returns the first failing step's exit code, or 0.
+/// `run` runs one program to its end and returns its exit code; `note` tells
+/// what happens.
 pub fn activate(
     kind: Kind,
     action: Action,
     profile: &Path,
-    system: &Path,
+    target: &Target,
     unit: &str,
     run: &mut dyn FnMut(&Path, &[&OsStr]) -> i32,
     note: &dyn Fn(&str),
 ) -> i32 {
-    if matches!(kind, Kind::NixOs | Kind::Darwin) {
-        let code = run(
-            Path::new("nix-env"),
-            &[
+    let set: Vec<&OsStr> = match target {
+        Target::System(system) => vec![
+            OsStr::new("-p"),
+            profile.as_os_str(),
+            OsStr::new("--set"),
+            system.as_os_str(),
+        ],
+        Target::PreviousGeneration => {
+            vec![
                 OsStr::new("-p"),
                 profile.as_os_str(),
-                OsStr::new("--set"),
-                system.as_os_str(),
-            ],
-        );
-        if code != 0 {
-            return code;
+                OsStr::new("--rollback"),
+            ]
         }
-    }
+    };
+    let system = match (kind, target) {
+        (Kind::HomeManager, Target::System(system)) => system.clone(),
+        (Kind::HomeManager, Target::PreviousGeneration) => {
+            note(
+                "nixfleet-agent: a Home Manager profile is rolled back by the generation's own activate",
+            );
+            return EXIT_NOT_STARTED;
+        }
+        (Kind::NixOs | Kind::Darwin, Target::System(system)) => {
+            let code = run(Path::new("nix-env"), &set);
+            if code != 0 {
+                return code;
+            }
+            system.clone()
+        }
+        (Kind::NixOs | Kind::Darwin, Target::PreviousGeneration) => {
+            let code = run(Path::new("nix-env"), &set);
+            if code != 0 {
+                return code;
+            }
+            // the generation the profile names now
+            match fs::canonicalize(profile) {
+                Ok(system) => system,
+                Err(e) => {
+                    note(&format!(
+                        "nixfleet-agent: the profile {} names no system: {e}",
+                        profile.display()
+                    ));
+                    return 1;
+                }
+            }
+        }
+    };
+    let system = system.as_path();
     match kind {
         Kind::NixOs => {
             let (program, args, how) = activation(&kind.activator(system), action, unit);
@@ -193,12 +246,13 @@ pub fn activate(
     }
 }
 
-/// The command line of a switch's activation, run by the switch supervisor.
+/// The command line of a switch's (or a rollback's) activation, run by the
+/// switch supervisor.
 pub fn activate_argv(
     kind: Kind,
     action: Action,
     profile: &Path,
-    system: &Path,
+    target: &Target,
 ) -> std::io::Result<Vec<OsString>> {
     Ok(vec![
         std::env::current_exe()?.into_os_string(),
@@ -206,7 +260,10 @@ pub fn activate_argv(
         kind.as_str().into(),
         action.as_str().into(),
         profile.as_os_str().to_owned(),
-        system.as_os_str().to_owned(),
+        match target {
+            Target::System(system) => system.as_os_str().to_owned(),
+            Target::PreviousGeneration => PREVIOUS_GENERATION.into(),
+        },
     ])
 }
 
@@ -222,8 +279,16 @@ pub fn activate_main(args: &[String]) -> i32 {
         eprintln!("nixfleet-agent: {ACTIVATE_FLAG}: unknown kind {kind:?} or action {action:?}");
         return 2;
     };
-    let (profile, system) = (Path::new(profile), Path::new(system));
-    if !profile.is_absolute() || !system.is_absolute() {
+    let target = match system.as_str() {
+        PREVIOUS_GENERATION => Target::PreviousGeneration,
+        path => Target::System(PathBuf::from(path)),
+    };
+    let profile = Path::new(profile);
+    let absolute = match &target {
+        Target::System(system) => system.is_absolute(),
+        Target::PreviousGeneration => true,
+    };
+    if !profile.is_absolute() || !absolute {
         eprintln!(
             "nixfleet-agent: {ACTIVATE_FLAG}: the profile and the system must be absolute paths"
         );
@@ -244,7 +309,7 @@ pub fn activate_main(args: &[String]) -> i32 {
         }
     };
     let note = |line: &str| eprintln!("{line}");
-    activate(kind, action, profile, system, &unit, &mut run, &note)
+    activate(kind, action, profile, &target, &unit, &mut run, &note)
 }
 
 /// A transient unit name used once: a stale unit of an earlier attempt

@@ -28,7 +28,7 @@ mod watch;
 mod watchdog;
 
 pub use activation::{
-    ACTIVATE_FLAG, Action, Kind, activate_argv, activate_main, activation, transient_unit,
+    ACTIVATE_FLAG, Action, Kind, Target, activate_argv, activate_main, activation, transient_unit,
 };
 pub use record::{KEEP_RECORDS, POLL, Record, SUPERVISE_FLAG, pending, prune};
 pub use supervisor::{Ended, argv, follow, supervise_main};

@@ -40,7 +40,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use super::activation::Kind;
-use super::activation::{Action, activate, unit_name};
+use super::activation::{Action, Target, activate, unit_name};
 use super::record::{EXIT_NOT_STARTED, Record};
 
 /// How often the supervisor looks for the verdict.
@@ -314,7 +314,7 @@ fn roll_back(record: &Record, watch: &Watch) -> i32 {
         watch.kind,
         Action::Switch,
         &watch.profile,
-        &watch.previous,
+        &Target::System(watch.previous.clone()),
         &unit_name(record, "rollback"),
         &mut run,
         &note,

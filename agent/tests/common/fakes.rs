@@ -20,7 +20,9 @@ use super::Fixture;
 ///   --closure-size`: prints `nix.sizes`.
 /// - any other `nix` (`flake update`): argv to `nix.argv`.
 /// - `nix-env -p P --set S`: argv to `nix-env.argv`, and `P` becomes a link
-///   to a new generation link `P-<n>-link` → `S`, as nix-env makes it.
+///   to a new generation link `P-<n>-link` → `S`, as nix-env makes it;
+///   `nix-env -p P --rollback`: `P` names the generation before (or fails
+///   as nix-env does when there is none).
 /// - the built system's `bin/switch-to-configuration <action>` and its
 ///   `activate` (nix-darwin, Home Manager): `dry-activate` prints
 ///   `units.would` on stderr; anything else writes its argv to
@@ -156,6 +158,19 @@ if [ "$1" = -p ] && [ "$3" = --set ]; then
   ln -s "$4" "$2-$n-link" && ln -sfn "$(basename "$2")-$n-link" "$2"
   exit $?
 fi
+if [ "$1" = -p ] && [ "$3" = --rollback ]; then
+  base=$(basename "$2")
+  cur=$(readlink "$2"); n=${{cur#"$base"-}}; n=${{n%-link}}
+  m=$((n - 1))
+  while [ "$m" -gt 0 ] && [ ! -L "$2-$m-link" ]; do m=$((m - 1)); done
+  if [ "$m" -le 0 ]; then
+    echo "error: no generation older than the current ($n) exists" >&2
+    exit 1
+  fi
+  echo "switching profile from version $n to $m" >&2
+  ln -sfn "$base-$m-link" "$2"
+  exit 0
+fi
 echo "error: unsupported fake nix-env call: $*" >&2
 exit 1
 "#
@@ -174,9 +189,30 @@ exit 1
     /// Makes `dir` a system the fake activation activates, and what the
     /// fake `nix build` builds.
     pub fn build_system_at(&self, dir: &Path) {
+        self.system_at(dir);
+        std::fs::write(self.file("nix.out"), dir.to_str().unwrap()).unwrap();
+    }
+
+    /// Makes `dir` a system the fake activation activates.
+    pub fn system_at(&self, dir: &Path) {
         write_exec(&dir.join("bin/switch-to-configuration"), &self.activate);
         write_exec(&dir.join("activate"), &self.activate);
-        std::fs::write(self.file("nix.out"), dir.to_str().unwrap()).unwrap();
+    }
+
+    /// The system profile with one generation per system, in order, as
+    /// nix-env makes them (`system-<n>-link`); the last is current.
+    pub fn generations(&self, systems: &[&Path]) {
+        let name = self.profile.file_name().unwrap().to_str().unwrap();
+        for (i, system) in systems.iter().enumerate() {
+            self.system_at(system);
+            let link = self
+                .profile
+                .with_file_name(format!("{name}-{}-link", i + 1));
+            std::os::unix::fs::symlink(system, link).unwrap();
+        }
+        let _ = std::fs::remove_file(&self.profile);
+        std::os::unix::fs::symlink(format!("{name}-{}-link", systems.len()), &self.profile)
+            .unwrap();
     }
 
     /// `PATH` with the fakes first.
