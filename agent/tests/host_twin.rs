@@ -169,7 +169,7 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
     assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-a");
     assert_eq!(twin.read("/boot/loader/default"), "nixos-system-twin-a");
     assert_eq!(
-        std::fs::read_link(twin.path("/nix/var/nix/profiles/system")).unwrap(),
+        twin.profile_system(),
         PathBuf::from(store("nixos-system-twin-a"))
     );
 
@@ -242,10 +242,7 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
     // the old generation is active again and is the boot default
     assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-b");
     assert_eq!(twin.read("/boot/loader/default"), "nixos-system-twin-b");
-    assert_eq!(
-        std::fs::read_link(twin.path("/nix/var/nix/profiles/system")).unwrap(),
-        PathBuf::from(&b)
-    );
+    assert_eq!(twin.profile_system(), PathBuf::from(&b));
     let statuses = dash
         .frames(HOST, Some("status"))
         .into_iter()
@@ -263,6 +260,7 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
 /// 2. Changed switch inhibitors: installed for the next boot only.
 /// 3. A new unit that fails to start: switch-to-configuration-ng activates,
 ///    then exits 4; watched all the same, confirmed, one `error` status.
+/// 4. `rollback`: the profile's previous generation, activated the same way.
 #[tokio::test]
 async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_failed_unit_stays() {
     if !twin_available() {
@@ -358,10 +356,7 @@ async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_faile
         "nixos-system-twin-broker"
     );
     assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-a");
-    assert_eq!(
-        std::fs::read_link(twin.path("/nix/var/nix/profiles/system")).unwrap(),
-        PathBuf::from(&inhibited)
-    );
+    assert_eq!(twin.profile_system(), PathBuf::from(&inhibited));
     let Some(hb) = dash
         .wait_until(SLOW, |d| {
             d.frames(HOST, Some("heartbeat"))
@@ -409,6 +404,27 @@ async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_faile
         );
         let current = twin.exec(&["readlink", "/run/current-system"]);
         assert_eq!(String::from_utf8_lossy(&current.stdout).trim(), flaky);
+
+        // `rollback`: the profile's previous generation (the one installed
+        // for the boot above), activated the same way, confirmed once (the
+        // failed unit is reset first, or switch-to-configuration reports it
+        // again with exit 4)
+        twin.exec(&["systemctl", "reset-failed", "flaky.service"]);
+        let sent = dash.last_seq();
+        dash.send_command(HOST, "rollback").await.unwrap();
+        let st = status_for(&dash, HOST, "rollback", sent).await;
+        assert_eq!(
+            st.payload["message"],
+            "Rollback succeeded; confirmed by the new generation",
+            "{}\n{}",
+            st.payload,
+            twin.journal()
+        );
+        assert_eq!(
+            twin.read("/etc/nixos-generation"),
+            "nixos-system-twin-broker"
+        );
+        assert_eq!(twin.profile_system(), PathBuf::from(&inhibited));
     }
     assert_no_violations(&dash);
 }

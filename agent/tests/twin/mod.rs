@@ -59,11 +59,25 @@ pub fn symlink(target: &str, link: &Path) {
     std::os::unix::fs::symlink(target, link).unwrap();
 }
 
-/// `nix-env -p PROFILE --set PATH`: the profile link (the real one makes a
-/// numbered generation link beside it; the link is what counts).
+/// `nix-env -p PROFILE --set PATH` and `--rollback`: numbered generation
+/// links beside the profile, as the real one makes them.
 pub const FAKE_NIX_ENV: &str = r#"#!/bin/sh
-[ "$1" = -p ] && [ "$3" = --set ] || { echo "nix-env (twin fake): unsupported: $*" >&2; exit 1; }
-mkdir -p "$(dirname "$2")" && ln -sfn "$4" "$2"
+[ "$1" = -p ] || { echo "nix-env (twin fake): unsupported: $*" >&2; exit 1; }
+base=$(basename "$2")
+cur=$(readlink "$2"); n=${cur#"$base"-}; n=${n%-link}
+case "$3" in
+  --set)
+    m=$((n + 1))
+    while [ -e "$2-$m-link" ] || [ -L "$2-$m-link" ]; do m=$((m + 1)); done
+    ln -s "$4" "$2-$m-link" && ln -sfn "$base-$m-link" "$2" ;;
+  --rollback)
+    m=$((n - 1))
+    while [ "$m" -gt 0 ] && [ ! -L "$2-$m-link" ]; do m=$((m - 1)); done
+    [ "$m" -gt 0 ] || { echo "error: no generation older than the current ($n) exists" >&2; exit 1; }
+    echo "switching profile from version $n to $m" >&2
+    ln -sfn "$base-$m-link" "$2" ;;
+  *) echo "nix-env (twin fake): unsupported: $*" >&2; exit 1 ;;
+esac
 "#;
 
 /// `nix`: the dry run (what Nix's `printMissing` prints for a system whose
@@ -142,8 +156,10 @@ if ! echo "$name" > /etc/nixos-generation; then
   echo "Activation script snippet 'etc' failed" >&2
   exit 1
 fi
-rm -f /etc/systemd/system/nixfleet-agent.service.d/generation.conf
-cp -a "$top/etc/systemd/system/." /etc/systemd/system/ || exit 1
+# the system's units replace the running ones (NixOS links /etc/static)
+rm -rf /etc/systemd/system.new
+cp -a "$top/etc/systemd/system" /etc/systemd/system.new || exit 1
+rm -rf /etc/systemd/system && mv /etc/systemd/system.new /etc/systemd/system || exit 1
 ln -sfn "$top" /run/current-system
 echo "activated $name"
 "#;
@@ -349,7 +365,14 @@ impl Twin {
             &twin.path(&first).join("etc/systemd/system"),
             &twin.root.join("etc/systemd/system"),
         );
-        symlink(&first, &twin.root.join("nix/var/nix/profiles/system"));
+        symlink(
+            &first,
+            &twin.root.join("nix/var/nix/profiles/system-1-link"),
+        );
+        symlink(
+            "system-1-link",
+            &twin.root.join("nix/var/nix/profiles/system"),
+        );
         write(
             &twin.root.join("etc/nixos-generation"),
             "nixos-system-twin-a\n",
@@ -439,6 +462,13 @@ impl Twin {
             drop_in,
         );
         path
+    }
+
+    /// The system the system profile names (through its generation link).
+    pub fn profile_system(&self) -> PathBuf {
+        let profiles = self.path("/nix/var/nix/profiles");
+        let generation = std::fs::read_link(profiles.join("system")).unwrap();
+        std::fs::read_link(profiles.join(generation)).unwrap()
     }
 
     /// A path inside the container, as seen from here.
