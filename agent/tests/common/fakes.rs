@@ -33,8 +33,6 @@ use super::Fixture;
 ///   `rebuild.go`; prints "starting the following units: nginx.service" on
 ///   stderr and "switched"; with `rebuild.fail`, fails like a boot loader
 ///   installation (exit 1); at the end touches `rebuild.done`.
-/// - `nixos-rebuild`/`darwin-rebuild` (the `rollback` command): as the
-///   activation, argv to `rebuild.argv`.
 pub struct Fakes {
     /// Directory of the fake tools (first on `PATH`).
     pub bin: PathBuf,
@@ -96,9 +94,6 @@ touch {d}/rebuild.done
         let system = store.join(BUILT);
         write_exec(&system.join("bin/switch-to-configuration"), &activate);
         write_exec(&system.join("activate"), &activate);
-        for tool in ["nixos-rebuild", "darwin-rebuild"] {
-            write_exec(&bin.join(tool), &activate);
-        }
         let sys = system.display();
         write_exec(
             &bin.join("nix"),

@@ -50,8 +50,6 @@ pub(super) const T01: &str =
 pub(super) const T02: &str =
     "#!/bin/sh\nfor i in 1 2 3; do\n  echo \"T02 slow: step $i of 3\"\n  sleep 0.3\ndone\nexit 0\n";
 
-pub(super) const REBUILD: &str = "#!/bin/sh\necho \"$(basename \"$0\") (demo fake) $*\"\necho 'building the system configuration...'\necho 'activating the configuration...'\nexit 0\n";
-
 /// A fake `nix` that prints what Nix prints where the agent reads it: the
 /// dry run (`printMissing`), the build (its out-link and the store path of
 /// `built` on stdout), `store diff-closures` and `path-info --closure-size`,

@@ -1,8 +1,8 @@
 //! The demo: a dashboard, the real agent and a throw-away configuration
 //! repository, with a live transcript of what crosses the wire on stdout.
 //!
-//! [`run`] makes a configuration repository and fake `nixos-rebuild` /
-//! `darwin-rebuild` scripts in a temporary directory, starts a
+//! [`run`] makes a configuration repository, a fake Nix store and fake
+//! `nix` / `nix-env` scripts in a temporary directory, starts a
 //! [`MockDashboard`] on a free loopback port and the agent binary, and walks
 //! through registration, heartbeats, `pull`, `test` with progress, `stop` of a
 //! long test run and a SIGTERM. Every step waits for its answer with a
@@ -42,7 +42,7 @@ mod switch;
 
 use find::absolute;
 pub use find::find_agent;
-use fixture::{LOCK_V1, LOCK_V2, REBUILD, T01, T02, git, t03, write_script};
+use fixture::{LOCK_V1, LOCK_V2, T01, T02, git, t03, write_script};
 use process::{Exit, Launch, signal};
 use show::{code, summarize, text};
 
@@ -178,9 +178,6 @@ impl Demo {
         std::fs::write(repo.join("flake.lock"), LOCK_V1).map_err(|e| io("flake.lock", e))?;
         write_script(&tests.join("T01-ping.sh"), T01).map_err(|e| io("T01-ping.sh", e))?;
         write_script(&tests.join("T02-slow.sh"), T02).map_err(|e| io("T02-slow.sh", e))?;
-        for tool in ["nixos-rebuild", "darwin-rebuild"] {
-            write_script(&bin.join(tool), REBUILD).map_err(|e| io(tool, e))?;
-        }
         let system = fixture::current_system(dir, &bin).map_err(|e| io("the demo's system", e))?;
         git(&repo, &["init", "-q"]).await?;
         git(&repo, &["symbolic-ref", "HEAD", "refs/heads/main"]).await?;
