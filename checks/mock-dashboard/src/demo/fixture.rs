@@ -1,5 +1,5 @@
 //! The demo's throw-away configuration repository: test scripts, fake
-//! rebuild tools, two `flake.lock`s, and git without the user's configuration.
+//! Nix tools and systems, two `flake.lock`s, and git without the user's configuration.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
