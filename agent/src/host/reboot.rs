@@ -79,11 +79,24 @@ pub fn reboot_need(booted: &Path, current: &Path, profile: Option<&Path>) -> Opt
         .collect();
     if profile
         .and_then(|p| std::fs::canonicalize(p).ok())
-        .is_some_and(|next| next != current)
+        .is_some_and(|next| next != current && !is_specialisation_of(&current, &next))
     {
         changed.push(NEXT_BOOT);
     }
     Some(RebootNeed { changed })
+}
+
+/// Whether `current` is one of `system`'s specialisations (a host booted or
+/// switched into `<system>/specialisation/<name>` runs what its profile
+/// names: nothing waits for a reboot).
+fn is_specialisation_of(current: &Path, system: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(system.join("specialisation")) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .take(256)
+        .any(|e| std::fs::canonicalize(e.path()).is_ok_and(|s| s == current))
 }
 
 /// The reason of a reboot that a system installed for the next boot waits for.
@@ -135,6 +148,39 @@ mod tests {
         assert_eq!(
             need.message().as_deref(),
             Some("reboot needed: kernel, kernel modules changed")
+        );
+    }
+
+    #[test]
+    fn a_profile_naming_another_system_waits_for_a_boot_unless_it_is_a_specialisation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parts = [("kernel", "k1"), ("initrd", "i1"), ("kernel-modules", "m1")];
+        let running = system(tmp.path(), "running", &parts);
+        let next = system(tmp.path(), "next", &parts);
+        let need = reboot_need(&running, &running, Some(&next)).unwrap();
+        assert_eq!(need.changed, [NEXT_BOOT]);
+        assert_eq!(
+            need.message().unwrap(),
+            "reboot needed: a new system is installed for the next boot"
+        );
+        assert!(
+            !reboot_need(&running, &running, Some(&running))
+                .unwrap()
+                .needed()
+        );
+        // booted into a specialisation of the profile's system
+        std::fs::create_dir_all(next.join("specialisation")).unwrap();
+        symlink(&running, next.join("specialisation/web")).unwrap();
+        assert!(
+            !reboot_need(&running, &running, Some(&next))
+                .unwrap()
+                .needed()
+        );
+        // no profile (or none that resolves): nothing pending
+        assert!(
+            !reboot_need(&running, &running, Some(&tmp.path().join("none")))
+                .unwrap()
+                .needed()
         );
     }
 
