@@ -104,15 +104,23 @@ pub fn summary(plan: &Plan) -> String {
     if plan.builds.is_empty() && plan.fetches == 0 {
         return "nothing to build or fetch: everything is in the store".to_string();
     }
-    format!(
-        "builds {} derivation{}, fetches {} path{} ({} download, {} unpacked)",
+    let builds = format!(
+        "builds {} derivation{}",
         plan.builds.len(),
-        if plan.builds.len() == 1 { "" } else { "s" },
+        if plan.builds.len() == 1 { "" } else { "s" }
+    );
+    let fetches = format!(
+        "fetches {} path{} ({} download, {} unpacked)",
         plan.fetches,
         if plan.fetches == 1 { "" } else { "s" },
         mib(plan.download),
         mib(plan.unpacked)
-    )
+    );
+    match (plan.builds.is_empty(), plan.fetches == 0) {
+        (false, true) => builds,
+        (true, false) => fetches,
+        _ => format!("{builds}, {fetches}"),
+    }
 }
 
 /// The preview block's first lines: the summary, then the first
@@ -297,6 +305,21 @@ mod tests {
             summary(&Plan::default()),
             "nothing to build or fetch: everything is in the store"
         );
+        let fetch_only = Plan {
+            fetches: 1,
+            download: 1 << 20,
+            unpacked: 4 << 20,
+            ..Plan::default()
+        };
+        assert_eq!(
+            summary(&fetch_only),
+            "fetches 1 path (1.0 MiB download, 4.0 MiB unpacked)"
+        );
+        let build_only = Plan {
+            builds: vec!["/nix/store/aaaa-x.drv".to_string()],
+            ..Plan::default()
+        };
+        assert_eq!(summary(&build_only), "builds 1 derivation");
     }
 
     #[test]
