@@ -10,7 +10,11 @@
 # install the boot loader: its default entry is the booted system again
 # (an activation inside the agent's read-only sandbox could do neither; the
 # host twin, agent/tests/host_twin.rs, asserts the same under the real unit).
-{ mkTest, flakeSystemSettings }:
+{
+  mkTest,
+  flakeSystemSettings,
+  systemdBoot,
+}:
 
 mkTest {
   name = "auto-rollback";
@@ -18,10 +22,7 @@ mkTest {
     { lib, ... }:
     {
       environment.etc."nixfleet-generation".text = lib.mkDefault "booted";
-      virtualisation.useBootLoader = true;
-      virtualisation.useEFIBoot = true;
-      boot.loader.systemd-boot.enable = true;
-      boot.loader.efi.canTouchEfiVariables = true;
+      imports = [ systemdBoot ];
       services.nixfleet-agent.rollbackDeadline = 30;
       specialisation.cut-off.configuration = {
         environment.etc."nixfleet-generation".text = "cut-off";

@@ -26,7 +26,23 @@ let
       "flakes"
     ];
   };
-  scenario = file: import file { inherit mkTest flakeSystemSettings; };
+  # A VM that boots through systemd-boot with an EFI system partition, so
+  # that a switch's boot loader installation and `/boot` are real.
+  systemdBoot = {
+    virtualisation.useBootLoader = true;
+    virtualisation.useEFIBoot = true;
+    boot.loader.systemd-boot.enable = true;
+    boot.loader.efi.canTouchEfiVariables = true;
+  };
+  scenario =
+    file:
+    import file {
+      inherit
+        mkTest
+        flakeSystemSettings
+        systemdBoot
+        ;
+    };
 in
 {
   vm-register = scenario ./register.nix;

@@ -25,7 +25,11 @@
 # specialisation `roomy` (the same system with `minFreeSpace = 64`) by hand
 # and restarts the agent. Twins in cargo: agent/tests/preview.rs and
 # agent/tests/host_twin.rs (vm_twins.rs lists them).
-{ mkTest, flakeSystemSettings }:
+{
+  mkTest,
+  flakeSystemSettings,
+  systemdBoot,
+}:
 
 mkTest {
   name = "preview";
@@ -33,10 +37,7 @@ mkTest {
     { lib, ... }:
     {
       environment.etc."nixfleet-generation".text = lib.mkDefault "booted";
-      virtualisation.useBootLoader = true;
-      virtualisation.useEFIBoot = true;
-      boot.loader.systemd-boot.enable = true;
-      boot.loader.efi.canTouchEfiVariables = true;
+      imports = [ systemdBoot ];
       services.nixfleet-agent.minFreeSpace = lib.mkDefault 1048576;
       system.switch.inhibitors.nixfleet-vm = lib.mkDefault "1";
       specialisation = {

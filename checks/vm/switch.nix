@@ -9,7 +9,7 @@
 # already in the VM's store: the specialisation `next` of the booted system,
 # published in the fixture repository by `publish_system` (./common.nix).
 # `/etc/nixfleet-generation` tells the systems apart.
-{ mkTest, flakeSystemSettings }:
+{ mkTest, flakeSystemSettings, ... }:
 
 mkTest {
   name = "switch";
