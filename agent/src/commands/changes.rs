@@ -122,7 +122,8 @@ impl Run {
         };
         let (sink, captured) = Sink::capturing(self.ctl.name(), self.sink.log_handle());
         let result = run_step(&sink, &self.ctl, &self.inner().env, &spec).await;
-        let lines: Vec<String> = std::mem::take(&mut *lock(&captured))
+        let lines: Vec<String> = lock(&captured)
+            .take()
             .iter()
             .map(|l| strip_ansi(l))
             .collect();

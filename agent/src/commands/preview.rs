@@ -176,7 +176,7 @@ impl Run {
             ))
             .await;
         let result = run_step(&sink, &self.ctl, &self.inner().env, &spec).await;
-        let lines = std::mem::take(&mut *lock(&captured));
+        let lines = lock(&captured).take();
         match result {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.sink

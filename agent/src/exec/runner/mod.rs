@@ -219,11 +219,37 @@ pub struct Sink {
     out: Option<Arc<Outbound>>,
     log: Arc<RunLog>,
     /// Lines kept for the caller instead of being sent ([`Sink::capturing`]).
-    captured: Option<Arc<Mutex<Vec<String>>>>,
+    captured: Option<Arc<Mutex<Captured>>>,
 }
 
 /// Lines a capturing sink keeps at most (the rest still reach the log).
 pub const MAX_CAPTURED: usize = 100_000;
+/// Bytes of lines a capturing sink keeps at most (the rest still reach the
+/// log): a long line of 64 KiB a hundred thousand times is 6 GiB.
+pub const MAX_CAPTURED_BYTES: usize = 8 * 1024 * 1024;
+
+/// The lines a capturing sink kept, bounded by [`MAX_CAPTURED`] lines and
+/// [`MAX_CAPTURED_BYTES`].
+#[derive(Debug, Default)]
+pub struct Captured {
+    lines: Vec<String>,
+    bytes: usize,
+}
+
+impl Captured {
+    fn push(&mut self, line: String) {
+        if self.lines.len() < MAX_CAPTURED && self.bytes + line.len() <= MAX_CAPTURED_BYTES {
+            self.bytes += line.len();
+            self.lines.push(line);
+        }
+    }
+
+    /// The lines kept so far, leaving none.
+    pub fn take(&mut self) -> Vec<String> {
+        self.bytes = 0;
+        std::mem::take(&mut self.lines)
+    }
+}
 
 impl Sink {
     /// Lines of `command`, to `out` (or to the agent's log when `None`) and `log`.
@@ -236,10 +262,10 @@ impl Sink {
         }
     }
 
-    /// Lines of `command` to `log` only, kept for the caller (at most
-    /// [`MAX_CAPTURED`]): output the agent reads and summarises itself.
-    pub fn capturing(command: &str, log: Arc<RunLog>) -> (Sink, Arc<Mutex<Vec<String>>>) {
-        let captured = Arc::new(Mutex::new(Vec::new()));
+    /// Lines of `command` to `log` only, kept for the caller (bounded, see
+    /// [`Captured`]): output the agent reads and summarises itself.
+    pub fn capturing(command: &str, log: Arc<RunLog>) -> (Sink, Arc<Mutex<Captured>>) {
+        let captured = Arc::new(Mutex::new(Captured::default()));
         let sink = Sink {
             command: command.to_string(),
             out: None,
@@ -282,10 +308,7 @@ impl Sink {
                 tail.push(&text);
             }
             if let Some(captured) = &self.captured {
-                let mut kept = lock(captured);
-                if kept.len() < MAX_CAPTURED {
-                    kept.push(text);
-                }
+                lock(captured).push(text);
                 continue;
             }
             self.send(stream, text).await;

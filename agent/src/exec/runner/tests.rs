@@ -336,3 +336,19 @@ async fn a_million_lines_in_order() {
     let logged = std::fs::metadata(log.path().unwrap()).unwrap().len();
     assert_eq!(logged, 6_888_896);
 }
+
+#[test]
+fn a_capture_is_bounded_by_lines_and_bytes() {
+    let mut kept = Captured::default();
+    let long = "x".repeat(MAX_LINE);
+    for _ in 0..(MAX_CAPTURED_BYTES / MAX_LINE + 10) {
+        kept.push(long.clone());
+    }
+    let lines = kept.take();
+    assert_eq!(lines.len(), MAX_CAPTURED_BYTES / MAX_LINE);
+    assert!(kept.take().is_empty());
+    for i in 0..(MAX_CAPTURED + 5) {
+        kept.push(i.to_string());
+    }
+    assert_eq!(kept.take().len(), MAX_CAPTURED);
+}
