@@ -288,9 +288,16 @@ impl Run {
             "[nixfleet-agent] … {cut} more lines of the preview (the command's log has all of them)"
         ));
         sent.push(prefixed[prefixed.len() - 1].clone());
-        for line in &prefixed[keep..prefixed.len() - 1] {
-            self.sink.log().note(line);
-        }
+        // one chunk, waiting for room in the log's queue (a note would be
+        // left out while it is full)
+        self.sink
+            .log()
+            .write_lines(
+                prefixed[keep..prefixed.len() - 1]
+                    .iter()
+                    .map(|l| l.as_bytes()),
+            )
+            .await;
         self.sink.note(sent.join("\n")).await;
     }
 }

@@ -322,8 +322,10 @@ impl Sink {
             self.log.note(&text);
             return self.send(Stream::Stdout, text).await;
         }
+        // one chunk for the log, waiting for room in its queue (a block of
+        // notes, e.g. a preview, must not lose lines while it is full)
+        self.log.write_lines(text.lines().map(str::as_bytes)).await;
         for line in text.lines() {
-            self.log.note(line);
             self.send(Stream::Stdout, line.to_string()).await;
         }
     }
