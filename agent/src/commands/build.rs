@@ -26,20 +26,10 @@ use super::preview::mib;
 use super::refresh::{running_system, system_installable};
 use super::switches::{CACHE_BYPASS, Switched, switch_word};
 use super::*;
-use crate::config::SwitchTool;
 use crate::deploy::{Action, Kind, Target, activate_argv};
 
 /// The GC root of the last built system, in the state directory.
 const BUILT_LINK: &str = "built-system";
-
-/// The kind of system a switch tool switches.
-pub(super) fn kind_of(tool: SwitchTool) -> Kind {
-    match tool {
-        SwitchTool::NixosRebuild => Kind::NixOs,
-        SwitchTool::DarwinRebuild => Kind::Darwin,
-        SwitchTool::HomeManager => Kind::HomeManager,
-    }
-}
 
 /// The built system named by the last line of `nix build --print-out-paths`:
 /// a directory in `store`, or why not.
@@ -81,7 +71,7 @@ impl Run {
     ) -> Result<Switched, Report> {
         let config = self.inner().config.clone();
         let what = switch_word(command);
-        let kind = kind_of(config.switch_tool);
+        let kind = Kind::of(config.switch_tool);
         let installable = system_installable(config.switch_tool, flake, &config.hostname);
         self.begin_system();
         let system = self.build_system(command, &installable).await?;

@@ -17,10 +17,9 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::build::kind_of;
 use super::*;
 use crate::config::SwitchTool;
-use crate::deploy::{Action, Target, activate_argv, confirm};
+use crate::deploy::{Action, Kind, Target, activate_argv, confirm};
 
 /// The options `force-rebuild` adds to the rebuild (`nixos-rebuild`,
 /// `darwin-rebuild` and `home-manager` pass `--option` on to Nix).
@@ -135,7 +134,7 @@ impl Run {
             // path (deploy/activation.rs), as `nixos-rebuild switch
             // --rollback` and `darwin-rebuild switch --rollback` do
             tool => activate_argv(
-                kind_of(tool),
+                Kind::of(tool),
                 Action::Switch,
                 &config.rollback.system_profile,
                 &Target::PreviousGeneration,

@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 
 pub use super::record::ACTIVATE_FLAG;
 use super::record::{EXIT_NOT_STARTED, Record};
+use crate::config::SwitchTool;
 
 /// Where transient units are started: systemd is the service manager
 /// (`sd_booted`: `/run/systemd/system` exists).
@@ -37,6 +38,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of system `tool`'s host switches.
+    pub fn of(tool: SwitchTool) -> Kind {
+        match tool {
+            SwitchTool::NixosRebuild => Kind::NixOs,
+            SwitchTool::DarwinRebuild => Kind::Darwin,
+            SwitchTool::HomeManager => Kind::HomeManager,
+        }
+    }
+
     /// The name in a watch file and on `--activate`'s command line.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::watchdog::{Kind, Watch};
-use crate::config::{Config, SwitchTool};
+use crate::config::Config;
 use crate::exec::env::ChildEnv;
 
 /// The units in `state` (`systemctl list-units --state=<state>`), or why not.
@@ -45,16 +45,14 @@ pub fn units(
 
 /// What a switch would roll back to, or why it cannot be watched.
 pub fn watch_for(config: &Config, env: &ChildEnv) -> Result<Watch, String> {
-    let (kind, current) = match config.switch_tool {
-        SwitchTool::NixosRebuild => (Kind::NixOs, config.current_system.clone()),
-        SwitchTool::DarwinRebuild => (Kind::Darwin, config.current_system.clone()),
-        SwitchTool::HomeManager => (
-            Kind::HomeManager,
-            env.get("HOME")
-                .map(PathBuf::from)
-                .ok_or("HOME is not set")?
-                .join(".local/state/nix/profiles/home-manager"),
-        ),
+    let kind = Kind::of(config.switch_tool);
+    let current = match kind {
+        Kind::NixOs | Kind::Darwin => config.current_system.clone(),
+        Kind::HomeManager => env
+            .get("HOME")
+            .map(PathBuf::from)
+            .ok_or("HOME is not set")?
+            .join(".local/state/nix/profiles/home-manager"),
     };
     let previous = std::fs::canonicalize(&current)
         .map_err(|e| format!("cannot resolve {}: {e}", current.display()))?;
