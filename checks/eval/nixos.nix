@@ -149,6 +149,6 @@ pkgs.runCommand "nixfleet-nixos-module-check"
   }
   ''
     PYTHONPATH=${./lib} python3 ${./check_unit.py} "$unitTextPath" "$factsPath"
-    python3 ${../twin/compare_units.py} ${../twin} ${lib.escapeShellArgs twinUnitFiles}
+    PYTHONPATH=${./lib} python3 ${../twin/compare_units.py} ${../twin} ${lib.escapeShellArgs twinUnitFiles}
     touch $out
   ''

@@ -1,7 +1,7 @@
 """Compares units rendered by the real NixOS with the golden units the host
 twin boots (this directory), directive by directive.
 
-Usage: compare_units.py GOLDEN_DIR NAME=REAL_UNIT_FILE...
+Usage: PYTHONPATH=checks/eval/lib compare_units.py GOLDEN_DIR NAME=REAL_UNIT_FILE...
 
 Store paths are normalised first: /nix/store/<hash>-<name>-<version> becomes
 /nix/store/<32 zeros>-<name> (the version is cut at the first dash-separated
@@ -13,6 +13,8 @@ must be the same. Exits 1 and names each difference otherwise.
 import pathlib
 import re
 import sys
+
+from systemd_unit import parse_unit
 
 ZEROS = "0" * 32
 STORE = re.compile(r"/nix/store/[0-9a-z]{32}-([^/\s\":]+)")
@@ -31,20 +33,8 @@ def normalise(text):
 
 
 def directives(text):
-    """{section: sorted [(key, value)]} of a unit file."""
-    sections, current = {}, None
-    for raw in normalise(text).splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], [])
-            continue
-        key, _, value = line.partition("=")
-        if current is None:
-            raise SystemExit(f"a directive before any section: {line}")
-        current.append((key, value))
-    return {name: sorted(lines) for name, lines in sections.items()}
+    """{section: sorted [(key, value)]} of a unit file, store paths normalised."""
+    return {name: sorted(lines) for name, lines in parse_unit(normalise(text)).items()}
 
 
 def differences(name, golden, real):

@@ -1,6 +1,7 @@
 """Reading systemd unit files and collecting failed assertions, for the
-evaluation checks (check_unit.py, check_home_manager.py). The checks run it
-with PYTHONPATH pointing here (nixos.nix, home-manager.nix)."""
+evaluation checks (check_unit.py, check_home_manager.py) and the golden-unit
+comparison (checks/twin/compare_units.py). The checks run them with
+PYTHONPATH pointing here (nixos.nix, home-manager.nix)."""
 
 import json
 
@@ -25,6 +26,8 @@ def parse_unit(text):
             current = sections.setdefault(line[1:-1], [])
             continue
         key, _, value = line.partition("=")
+        if current is None:
+            raise SystemExit(f"a directive before any section: {line}")
         current.append((key, value))
     return sections
 
