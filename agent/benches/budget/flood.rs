@@ -79,12 +79,7 @@ pub(crate) async fn figure_throughput(
     let host = "bench-flood";
     let agent = fx.spawn_url(&fast.ws_url(), host, 30);
     if fast.wait_heartbeat(host, WAIT).await.is_none() {
-        r.row(
-            fig,
-            budget,
-            format!("no register; {}", agent.log_tail()),
-            Verdict::Fail,
-        );
+        r.no_register(fig, budget, agent.log_tail());
         return;
     }
     let mut rates = Vec::new();
@@ -177,12 +172,7 @@ pub(crate) async fn figure_heartbeat(
     let host = "bench-hb";
     let agent = fx.spawn_url(&fast.ws_url(), host, 1);
     if fast.wait_heartbeat(host, WAIT).await.is_none() {
-        r.row(
-            fig,
-            budget,
-            format!("no register; {}", agent.log_tail()),
-            Verdict::Fail,
-        );
+        r.no_register(fig, budget, agent.log_tail());
         return;
     }
     // a few heartbeats of calm first

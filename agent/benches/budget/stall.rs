@@ -15,12 +15,7 @@ pub(crate) async fn figure_stall(r: &mut Report, fx: &Fixture, rec: &MockDashboa
     let host = "bench-stall";
     let agent = fx.spawn(rec, host, 1);
     let Some(hb) = wait_frame(rec, host, "heartbeat", 0).await else {
-        r.row(
-            fig,
-            budget,
-            format!("no register; {}", agent.log_tail()),
-            Verdict::Fail,
-        );
+        r.no_register(fig, budget, agent.log_tail());
         return;
     };
     let hwm_before = proc_status_kib(agent.pid, "VmHWM").unwrap_or(0);

@@ -54,6 +54,22 @@ impl Report {
         });
     }
 
+    /// A figure that failed because its agent never registered; `log_tail`
+    /// is the end of that agent's log.
+    pub(crate) fn no_register(
+        &mut self,
+        figure: &'static str,
+        budget: &'static str,
+        log_tail: String,
+    ) {
+        self.row(
+            figure,
+            budget,
+            format!("no register; {log_tail}"),
+            Verdict::Fail,
+        );
+    }
+
     pub(crate) fn note(&mut self, text: String) {
         eprintln!("[budget] note: {text}");
         self.notes.push(text);
