@@ -237,8 +237,8 @@ impl Run {
             Err(why) => block.push(format!("no unit preview: {why}")),
         }
         let config = self.inner().config.clone();
-        let (booted, new) = (config.booted_system.clone(), system.to_path_buf());
-        let (old, new2) = (current.map(Path::to_path_buf), system.to_path_buf());
+        let booted = config.booted_system.clone();
+        let (old, new) = (current.map(Path::to_path_buf), system.to_path_buf());
         let (need, inhibited) = tokio::task::spawn_blocking(move || {
             let read = |dir: &Path| {
                 crate::util::read_capped(&dir.join("switch-inhibitors"), INHIBITORS_CAP)
@@ -246,7 +246,7 @@ impl Run {
             };
             let inhibited = old
                 .as_deref()
-                .map(|old| inhibitor_changes(&read(old), &read(&new2)))
+                .map(|old| inhibitor_changes(&read(old), &read(&new)))
                 .unwrap_or_default();
             (crate::host::reboot_need(&booted, &new, None), inhibited)
         })
