@@ -260,6 +260,21 @@ fn print_check(config: &Config) -> i32 {
             config::SwitchTool::HomeManager => "the generation's activate",
         }
     );
+    let env = nixfleet_agent::exec::env::ChildEnv::for_config(config);
+    println!(
+        "  nix:              {}",
+        match host::require_nix(env.vars()) {
+            Ok(nix) => format!(
+                "{} (Nix {}; the agent needs {} or later)",
+                nix.line,
+                nix.number(),
+                host::nix_minimum()
+            ),
+            Err(why) => format!(
+                "{why}: switch, pull-switch, update, force-rebuild, rollback and refresh-system are refused"
+            ),
+        }
+    );
     println!("  heartbeat:        every {} s", config.interval_secs);
     println!("  metrics source:   {}", source.as_str());
     if let Some(m) = sample {

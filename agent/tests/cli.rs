@@ -123,3 +123,28 @@ async fn invalid_configuration_exits_78_naming_the_variable() {
         assert!(!err.contains(TOKEN), "token in the error");
     }
 }
+
+/// `--check` names the Nix the operations would run, and says what is
+/// refused when there is none, or an old one.
+#[tokio::test]
+async fn check_names_the_nix_found() {
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let b = AgentBuilder::new("ws://127.0.0.1:9/ws", "checked", &fx).with_fakes(&fakes);
+    std::fs::write(fakes.file("nix.version"), "nix (Lix, like Nix) 2.91.1\n").unwrap();
+    let (code, out, err) = run(&b, &["--check"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(
+            "  nix:              nix (Lix, like Nix) 2.91.1 (Nix 2.91.1; the agent needs 2.8 or later)"
+        ),
+        "{out}"
+    );
+    std::fs::write(fakes.file("nix.version"), "nix (Nix) 2.6.0\n").unwrap();
+    let (code, out, _) = run(&b, &["--check"]).await;
+    assert_eq!(code, Some(0), "the configuration is valid");
+    assert!(
+        out.contains("  nix:              this host runs Nix 2.6.0 (`nix (Nix) 2.6.0`); the agent needs Nix 2.8 or later: switch, pull-switch, update, force-rebuild, rollback and refresh-system are refused"),
+        "{out}"
+    );
+}

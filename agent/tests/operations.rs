@@ -534,7 +534,8 @@ async fn refresh_system_compares_the_evaluation_with_the_running_system() {
     write_exec(
         &fakes.bin.join("nix"),
         &format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {d}/nix.argv\n\
+            "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'nix (Nix) 2.34.0'; exit 0; }}\n\
+             printf '%s\\n' \"$@\" > {d}/nix.argv\n\
              if [ -e {d}/eval.fail ]; then echo \"error: attribute 'ophost' missing\" >&2; exit 1; fi\n\
              printf '%s' \"$(cat {d}/eval.out)\"\n"
         ),

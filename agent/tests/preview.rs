@@ -202,7 +202,10 @@ async fn a_switch_builds_then_previews_then_activates_exactly_what_it_built() {
     let order = [
         at("[nixfleet-agent] dry run: builds 3 derivations"),
         at("[nixfleet-agent] building "),
-        at(&fakes.system.display().to_string()),
+        at(&format!(
+            "[nixfleet-agent] built {}",
+            fakes.system.display()
+        )),
         at("[nixfleet-agent] ── preview ──"),
         at("[nixfleet-agent] ── end of preview ──"),
         at(&format!(

@@ -32,7 +32,7 @@ async fn switch_success_exits_with_the_restart_code() {
     assert_eq!(
         fakes.read("nix-build.argv"),
         format!(
-            "--extra-experimental-features nix-command flakes build --print-out-paths --out-link {} {}#nixosConfigurations.\"{HOST}\".config.system.build.toplevel\n",
+            "--extra-experimental-features nix-command flakes build --json --out-link {} {}#nixosConfigurations.\"{HOST}\".config.system.build.toplevel\n",
             link.display(),
             fx.repo.display()
         )

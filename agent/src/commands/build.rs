@@ -3,10 +3,11 @@
 //! then activate exactly the store path that was built — never a second
 //! evaluation that could pick another commit.
 //!
-//! 1. **Build**: `nix build --print-out-paths --out-link <state>/built-system
-//!    <installable>`. The out-link is a GC root: a garbage collection between
-//!    the build and the activation cannot take the system away (the next
-//!    build replaces it).
+//! 1. **Build**: `nix build --json --out-link <state>/built-system
+//!    <installable>` (what every supported Nix has: `--print-out-paths` came
+//!    with Nix 2.9; `darwin-rebuild` reads the out-link the same way). The
+//!    out-link is a GC root: a garbage collection between the build and the
+//!    activation cannot take the system away (the next build replaces it).
 //! 2. **Preview** (`changes.rs`): package changes, closure size, the units
 //!    the activation stops, starts, restarts and reloads, the reboot need,
 //!    the switch inhibitors.
@@ -31,15 +32,31 @@ use crate::deploy::{Action, Kind, Target, activate_argv};
 /// The GC root of the last built system, in the state directory.
 const BUILT_LINK: &str = "built-system";
 
-/// The built system named by the last line of `nix build --print-out-paths`:
-/// a directory in `store`, or why not.
+/// The output `out` of the one derivation `nix build --json` built, as it
+/// prints it on every supported Nix: `[{"drvPath": …, "outputs": {"out":
+/// "/nix/store/…"}, …}]`.
+fn json_out_path(stdout: &str) -> Result<String, String> {
+    let said = || {
+        format!(
+            "`nix build --json` printed {:?}, which names no built path",
+            crate::util::clip(stdout.trim(), 300)
+        )
+    };
+    let value: serde_json::Value = serde_json::from_str(stdout.trim()).map_err(|_| said())?;
+    match value.as_array().map(Vec::as_slice) {
+        Some([one]) => one["outputs"]["out"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(said),
+        _ => Err(said()),
+    }
+}
+
+/// The built system named by `nix build --json`: a directory in `store`, or
+/// why not.
 pub(super) fn built_path(stdout: &str, store: &Path) -> Result<PathBuf, String> {
-    let line = stdout
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .ok_or("nix build printed no store path")?;
+    let line = json_out_path(stdout)?;
+    let line = line.as_str();
     let path = PathBuf::from(line);
     let inside = path.strip_prefix(store).ok().filter(|rest| {
         let mut parts = rest.components();
@@ -75,14 +92,13 @@ impl Run {
         let installable = system_installable(config.switch_tool, flake, &config.hostname);
         self.begin_system();
         let system = self.build_system(command, &installable).await?;
-        let home = self.inner().env.get("HOME").map(PathBuf::from);
+        let env = self.inner().env.clone();
         let (tool, current_link) = (config.switch_tool, config.current_system.clone());
-        let current = tokio::task::spawn_blocking(move || {
-            running_system(tool, &current_link, home.as_deref())
-        })
-        .await
-        .ok()
-        .flatten();
+        let current =
+            tokio::task::spawn_blocking(move || running_system(tool, &current_link, &env))
+                .await
+                .ok()
+                .flatten();
         let changes = self
             .show_preview(kind, plan, current.as_deref(), &system)
             .await;
@@ -137,7 +153,8 @@ impl Run {
         }
     }
 
-    /// `nix build` of `installable`, its output streamed: the built system.
+    /// `nix build` of `installable`, its output streamed (the build log is
+    /// on stderr; stdout holds only the JSON): the built system.
     async fn build_system(
         &mut self,
         command: CommandName,
@@ -150,7 +167,7 @@ impl Run {
             OsStr::new("--extra-experimental-features"),
             OsStr::new("nix-command flakes"),
             OsStr::new("build"),
-            OsStr::new("--print-out-paths"),
+            OsStr::new("--json"),
             OsStr::new("--out-link"),
             link.as_os_str(),
         ];
@@ -182,10 +199,14 @@ impl Run {
         .await?;
         let stdout = built.stdout.text();
         let store = config.guard.nix_store.clone();
-        tokio::task::spawn_blocking(move || built_path(&stdout, &store))
+        let system = tokio::task::spawn_blocking(move || built_path(&stdout, &store))
             .await
             .unwrap_or_else(|e| Err(e.to_string()))
-            .map_err(|why| Report::error(NOT_RUN, format!("{what} failed: {why}")))
+            .map_err(|why| Report::error(NOT_RUN, format!("{what} failed: {why}")))?;
+        self.sink
+            .note(format!("[nixfleet-agent] built {}", system.display()))
+            .await;
+        Ok(system)
     }
 
     /// Refuses a NixOS switch whose new kernel and initrd do not fit in a
@@ -250,24 +271,43 @@ mod tests {
         let store = tmp.path().join("store");
         let system = store.join("aaaa-nixos-system-web");
         std::fs::create_dir_all(&system).unwrap();
-        let out = format!("{}\n", system.display());
+        // what Nix 2.8 prints, and what Nix 2.26 adds (times)
+        let json = |out: &str| {
+            serde_json::json!([{"drvPath": "/nix/store/x.drv", "outputs": {"out": out}}])
+                .to_string()
+        };
+        let out = json(&system.display().to_string());
         assert_eq!(built_path(&out, &store).unwrap(), system);
-        assert!(built_path("", &store).is_err());
-        assert!(built_path("/etc\n", &store).is_err());
-        let escape = format!("{}/../x\n", store.display());
+        let timed = format!(
+            "[{{\"drvPath\":\"/nix/store/x.drv\",\"outputs\":{{\"out\":\"{}\"}},\"startTime\":1,\"stopTime\":2}}]\n",
+            system.display()
+        );
+        assert_eq!(built_path(&timed, &store).unwrap(), system);
+        let err = built_path("", &store).unwrap_err();
+        assert!(err.contains("nix build --json"), "{err}");
+        // a plain path (what --print-out-paths printed) is not the JSON
+        assert!(built_path(&format!("{}\n", system.display()), &store).is_err());
+        assert!(built_path("[]", &store).is_err());
+        // two derivations built: not one system
+        let one = serde_json::json!({"drvPath": "/nix/store/x.drv", "outputs": {"out": system}});
+        let two = serde_json::json!([one, one]).to_string();
+        assert!(built_path(&two, &store).is_err());
+        assert!(built_path(r#"[{"outputs": {"dev": "/x"}}]"#, &store).is_err());
+        assert!(built_path(&json("/etc"), &store).is_err());
+        let escape = json(&format!("{}/../x", store.display()));
         assert!(built_path(&escape, &store).is_err());
-        let parent = format!("{}/..\n", store.display());
+        let parent = json(&format!("{}/..", store.display()));
         assert!(built_path(&parent, &store).is_err());
         // a name may hold dots
         let dotted = store.join("cccc-hello..2");
         std::fs::create_dir_all(&dotted).unwrap();
         assert_eq!(
-            built_path(&format!("{}\n", dotted.display()), &store).unwrap(),
+            built_path(&json(&dotted.display().to_string()), &store).unwrap(),
             dotted
         );
-        let missing = format!("{}/bbbb-gone\n", store.display());
+        let missing = json(&format!("{}/bbbb-gone", store.display()));
         assert!(built_path(&missing, &store).is_err());
-        let nested = format!("{}/sub\n", system.display());
+        let nested = json(&format!("{}/sub", system.display()));
         assert!(built_path(&nested, &store).is_err());
     }
 }

@@ -442,6 +442,12 @@ impl Commands {
             test_dots: None,
             verified: None,
         };
+        if command.needs_nix()
+            && let Err(report) = run.require_nix(command).await
+        {
+            run.finish(report).await;
+            return;
+        }
         let report = match command {
             CommandName::Pull => run.pull().await.map(Report::ok),
             CommandName::Switch | CommandName::ForceRebuild => {

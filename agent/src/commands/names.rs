@@ -105,6 +105,21 @@ impl CommandName {
         }
     }
 
+    /// Whether it runs Nix (`nix`, `nix-env`, an activation that does): it
+    /// fails at once, before anything else, on a host without a supported
+    /// Nix.
+    pub fn needs_nix(self) -> bool {
+        matches!(
+            self,
+            CommandName::Switch
+                | CommandName::PullSwitch
+                | CommandName::Update
+                | CommandName::Rollback
+                | CommandName::ForceRebuild
+                | CommandName::RefreshSystem
+        )
+    }
+
     /// The busy rule (upstream `commands.go`: stop, restart and reboot work
     /// while busy; the UI's Kill is a stop).
     pub fn busy(self) -> Busy {

@@ -43,18 +43,24 @@ pub fn system_installable(tool: SwitchTool, flake: &str, hostname: &str) -> Stri
     format!("{repo}#{}", attr.strip_suffix(".outPath").unwrap_or(&attr))
 }
 
-/// The store path the host runs now: `current_system`'s target, or for Home
-/// Manager the current generation of `~/.local/state/nix/profiles/home-manager`.
-pub fn running_system(
+/// The link that names the system the host runs: `current_system`, or for
+/// Home Manager its profile where Home Manager keeps it
+/// ([`crate::host::home_manager_profile`], read from the operations'
+/// environment `env`).
+pub fn running_link(
     tool: SwitchTool,
     current_system: &Path,
-    home: Option<&Path>,
-) -> Option<PathBuf> {
-    let link = match tool {
-        SwitchTool::HomeManager => home?.join(".local/state/nix/profiles/home-manager"),
-        _ => current_system.to_path_buf(),
-    };
-    std::fs::canonicalize(link).ok()
+    env: &ChildEnv,
+) -> Result<PathBuf, String> {
+    match tool {
+        SwitchTool::HomeManager => crate::host::home_manager_profile(&|n| env.var(n)),
+        _ => Ok(current_system.to_path_buf()),
+    }
+}
+
+/// The store path the host runs now: [`running_link`]'s target.
+pub fn running_system(tool: SwitchTool, current_system: &Path, env: &ChildEnv) -> Option<PathBuf> {
+    std::fs::canonicalize(running_link(tool, current_system, env).ok()?).ok()
 }
 
 fn short_path(p: &str) -> &str {
@@ -103,8 +109,7 @@ impl Run {
             &config.repo_dir,
         )
         .await;
-        let home = inner.env.get("HOME").map(PathBuf::from);
-        let running = running_system(config.switch_tool, &config.current_system, home.as_deref());
+        let running = running_system(config.switch_tool, &config.current_system, &inner.env);
         let check = match (&wanted, &running) {
             (Err(r), _) => Check::now(Level::Error, r.message.clone()),
             (Ok(out), Some(running)) => {
@@ -134,11 +139,8 @@ impl Run {
                 Level::Error,
                 format!(
                     "cannot read the running system ({})",
-                    match config.switch_tool {
-                        SwitchTool::HomeManager =>
-                            "~/.local/state/nix/profiles/home-manager".to_string(),
-                        _ => config.current_system.display().to_string(),
-                    }
+                    running_link(config.switch_tool, &config.current_system, &inner.env)
+                        .map_or_else(|why| why, |link| link.display().to_string())
                 ),
             ),
         };

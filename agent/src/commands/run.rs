@@ -67,6 +67,32 @@ pub(super) struct Run {
 }
 
 impl Run {
+    /// The Nix the operations run, named in the output; `Err` (nothing
+    /// run) when there is none on `PATH`, it fails, prints no version, or is
+    /// older than [`crate::host::NIX_MINIMUM`].
+    pub(super) async fn require_nix(&mut self, command: CommandName) -> Result<(), Report> {
+        let env = self.inner().env.clone();
+        let found = tokio::task::spawn_blocking(move || crate::host::require_nix(env.vars()))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match found {
+            Ok(nix) => {
+                self.sink
+                    .note(format!(
+                        "[nixfleet-agent] {} (Nix {})",
+                        nix.line,
+                        nix.number()
+                    ))
+                    .await;
+                Ok(())
+            }
+            Err(why) => Err(Report::error(
+                NOT_RUN,
+                format!("{} refused: {why}", command.as_str()),
+            )),
+        }
+    }
+
     pub(super) fn inner(&self) -> &Inner {
         &self.commands.inner
     }

@@ -8,7 +8,8 @@
 //! `nixos-rebuild switch --rollback` and `darwin-rebuild switch --rollback`
 //! do) and that system is activated the one way every switch is
 //! (`deploy/activation.rs`); Home Manager runs the `activate` of the
-//! generation before the current one in `~/.local/state/nix/profiles`. Like a switch it exits
+//! generation before the current one in its profile directory (where Home
+//! Manager keeps it: [`crate::host::home_manager_profiles`]). Like a switch it exits
 //! [`EXIT_RESTART`](crate::config::EXIT_RESTART) after reporting success, so
 //! that the agent runs the rolled-back binary: the hub completes a `rollback`
 //! at the heartbeat after its status (its post-check wants System `ok`),
@@ -119,8 +120,9 @@ impl Run {
         let config = self.inner().config.clone();
         let argv = match config.switch_tool {
             SwitchTool::HomeManager => {
-                let home = self.inner().env.get("HOME").map(PathBuf::from);
-                let activate = previous_home_manager_generation(home.as_deref())
+                let env = &self.inner().env;
+                let activate = crate::host::home_manager_profiles(&|n| env.var(n))
+                    .and_then(|dir| previous_home_manager_generation(&dir))
                     .map_err(|why| Report::error(NOT_RUN, format!("Rollback failed: {why}")))?;
                 self.sink
                     .note(format!(
@@ -393,11 +395,9 @@ impl Commands {
     }
 }
 
-/// The `activate` of the Home Manager generation before the current one.
-pub fn previous_home_manager_generation(home: Option<&Path>) -> Result<PathBuf, String> {
-    let dir = home
-        .map(|h| h.join(".local/state/nix/profiles"))
-        .ok_or("HOME is not set: cannot find the Home Manager profile")?;
+/// The `activate` of the Home Manager generation before the current one in
+/// the profile directory `dir` ([`crate::host::home_manager_profiles`]).
+pub fn previous_home_manager_generation(dir: &Path) -> Result<PathBuf, String> {
     let number = |name: &str| -> Option<u64> {
         name.strip_prefix("home-manager-")?
             .strip_suffix("-link")?
@@ -408,7 +408,7 @@ pub fn previous_home_manager_generation(home: Option<&Path>) -> Result<PathBuf, 
         .ok()
         .and_then(|t| t.file_name().and_then(|n| number(&n.to_string_lossy())))
         .ok_or_else(|| format!("no Home Manager profile in {}", dir.display()))?;
-    let previous = std::fs::read_dir(&dir)
+    let previous = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
         .filter_map(Result::ok)
         .filter_map(|e| number(&e.file_name().to_string_lossy()))
@@ -434,7 +434,7 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let dir = home.path().join(".local/state/nix/profiles");
         std::fs::create_dir_all(&dir).unwrap();
-        assert!(previous_home_manager_generation(Some(home.path())).is_err());
+        assert!(previous_home_manager_generation(&dir).is_err());
         for n in [3, 7, 9] {
             let g = home.path().join(format!("gen{n}"));
             std::fs::create_dir_all(&g).unwrap();
@@ -442,12 +442,11 @@ mod tests {
             std::os::unix::fs::symlink(&g, dir.join(format!("home-manager-{n}-link"))).unwrap();
         }
         std::os::unix::fs::symlink("home-manager-9-link", dir.join("home-manager")).unwrap();
-        let prev = previous_home_manager_generation(Some(home.path())).unwrap();
+        let prev = previous_home_manager_generation(&dir).unwrap();
         assert!(
             prev.ends_with("home-manager-7-link/activate"),
             "{}",
             prev.display()
         );
-        assert!(previous_home_manager_generation(None).is_err());
     }
 }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::watchdog::{Kind, Watch};
@@ -48,11 +47,7 @@ pub fn watch_for(config: &Config, env: &ChildEnv) -> Result<Watch, String> {
     let kind = Kind::of(config.switch_tool);
     let current = match kind {
         Kind::NixOs | Kind::Darwin => config.current_system.clone(),
-        Kind::HomeManager => env
-            .get("HOME")
-            .map(PathBuf::from)
-            .ok_or("HOME is not set")?
-            .join(".local/state/nix/profiles/home-manager"),
+        Kind::HomeManager => crate::host::home_manager_profile(&|n| env.var(n))?,
     };
     let previous = std::fs::canonicalize(&current)
         .map_err(|e| format!("cannot resolve {}: {e}", current.display()))?;

@@ -45,6 +45,8 @@ pub const PASSED: &[&str] = &[
     "NIX_REMOTE",
     "NIX_CONF_DIR",
     "NIX_SSL_CERT_FILE",
+    "NIX_STATE_DIR",
+    "XDG_STATE_HOME",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
     "GIT_SSL_CAINFO",
@@ -196,6 +198,12 @@ impl ChildEnv {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_os_str())
+    }
+
+    /// The value of one variable, owned (for lookups such as
+    /// [`crate::host::home_manager_profile`]).
+    pub fn var(&self, name: &str) -> Option<OsString> {
+        self.get(name).map(OsStr::to_os_string)
     }
 
     /// Replaces a tokio command's environment with this one (and its user,

@@ -14,12 +14,15 @@
 //! - [`MetricsReader`] samples CPU, RAM, swap and load (StaSysMo files when fresh,
 //!   else measured directly);
 //! - [`binary_freshness`] and [`hash_running_binary`] identify the running agent
-//!   binary.
+//!   binary;
+//! - [`require_nix`] finds the Nix the operations run and checks its version;
+//!   [`home_manager_profile`] is where Home Manager keeps its generations.
 
 mod boot;
 mod freshness;
 mod git;
 mod metrics;
+mod nix;
 mod reboot;
 mod space;
 
@@ -37,6 +40,10 @@ pub use freshness::{
 };
 pub use git::{GENERATION_LEN, generation, git_head_commit, short_commit};
 pub use metrics::{Metrics, MetricsReader, MetricsSource};
+pub use nix::{
+    MINIMUM as NIX_MINIMUM, NixVersion, home_manager_profile, home_manager_profiles,
+    minimum as nix_minimum, require as require_nix,
+};
 pub use reboot::{NEXT_BOOT, RebootNeed, boot_identity, reboot_need};
 pub use space::{free_bytes, free_mib};
 

@@ -11,9 +11,12 @@ use super::Fixture;
 /// - `nix build --dry-run`: prints `nix.plan` (what Nix's `printMissing`
 ///   prints) and appends its argv to `nix-dry-run.argv`, or fails with
 ///   `nix.plan.fail`.
-/// - `nix build --print-out-paths --out-link L …`: appends its argv to
-///   `nix-build.argv`, prints a build line on stderr, links `L` and prints the
-///   built system's store path ([`Fakes::system`], or the path in `nix.out`);
+/// - `nix --version`: prints `nix.version` (default `nix (Nix) 2.34.0`, as
+///   Nix 2.34 prints it).
+/// - `nix build --json --out-link L …`: appends its argv to
+///   `nix-build.argv`, prints a build line on stderr, links `L` and prints
+///   Nix's JSON naming the built system's store path ([`Fakes::system`], or
+///   the path in `nix.out`);
 ///   with `build.wait` it announces `build.waiting` and waits for
 ///   `build.go`; with `build.fail` it fails like an evaluation error (exit 1).
 /// - `nix store diff-closures`: prints `nix.diff`; `nix path-info
@@ -99,6 +102,10 @@ touch {d}/rebuild.done
             &bin.join("nix"),
             &format!(
                 r#"#!/bin/sh
+if [ "$1" = --version ]; then
+  if [ -e {d}/nix.version ]; then cat {d}/nix.version; else echo 'nix (Nix) 2.34.0'; fi
+  exit 0
+fi
 out_link=
 prev=
 for arg in "$@"; do
@@ -134,7 +141,7 @@ case " $* " in
     [ -e {d}/nix.out ] && out=$(cat {d}/nix.out)
     echo "building '/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-new-26.05.drv'..." >&2
     [ -n "$out_link" ] && ln -sfn "$out" "$out_link"
-    echo "$out"
+    printf '[{{"drvPath":"/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-new-26.05.drv","outputs":{{"out":"%s"}},"startTime":0,"stopTime":0}}]\n' "$out"
     exit 0 ;;
 esac
 printf '%s\n' "$@" > {d}/nix.argv

@@ -85,6 +85,10 @@ esac
 /// `/twin/next-system` (its out-link, its path on stdout), and the
 /// preview's `store diff-closures` and `path-info --closure-size`.
 pub const FAKE_NIX: &str = r#"#!/bin/sh
+if [ "$1" = --version ]; then
+  echo 'nix (Nix) 2.34.0'
+  exit 0
+fi
 prev=
 building=
 for arg in "$@"; do
@@ -97,7 +101,7 @@ for arg in "$@"; do
   case "$prev $arg" in
     "store diff-closures") echo "twin-config: 1 → 2, +0.1 KiB"; exit 0 ;;
     "path-info --closure-size") exit 0 ;;
-    "build --print-out-paths") building=1 ;;
+    "build --json") building=1 ;;
   esac
   prev="$arg"
 done
@@ -105,7 +109,7 @@ if [ -n "$building" ]; then
   new=$(cat /twin/next-system) || { echo "error: nothing to build" >&2; exit 1; }
   echo "building '/nix/store/00000000000000000000000000000000-$(basename "$new" | cut -d- -f2-).drv'..." >&2
   [ -n "$out_link" ] && ln -sfn "$new" "$out_link"
-  echo "$new"
+  printf '[{"drvPath":"/nix/store/00000000000000000000000000000000-x.drv","outputs":{"out":"%s"}}]\n' "$new"
   exit 0
 fi
 echo "nix (twin fake): unsupported: $*" >&2

@@ -61,6 +61,10 @@ pub(super) fn nix(previous: &Path, built: &Path) -> String {
     );
     format!(
         r#"#!/bin/sh
+if [ "$1" = --version ]; then
+  echo 'nix (Nix) 2.34.0'
+  exit 0
+fi
 prev=
 building=
 for arg in "$@"; do
@@ -84,13 +88,13 @@ EOF
     "path-info --closure-size")
       printf '%s\t%s\n' {previous} 1073741824 {built} 1090519040
       exit 0 ;;
-    "build --print-out-paths") building=1 ;;
+    "build --json") building=1 ;;
   esac
   prev="$arg"
 done
 if [ -n "$building" ]; then
   echo "building '/nix/store/0i8lx7xq5vq4n5jqm3pw6a2dz1zc9m8y-nixos-system-demo-host-26.05.drv'..." >&2
-  echo {built}
+  printf '[{{"drvPath":"/nix/store/0i8lx7xq5vq4n5jqm3pw6a2dz1zc9m8y-nixos-system-demo-host-26.05.drv","outputs":{{"out":"%s"}}}}]\n' {built}
   exit 0
 fi
 echo 'nix (demo fake): nothing to do' >&2
