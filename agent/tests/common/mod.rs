@@ -15,6 +15,7 @@ use nixfleet_mock_dashboard::{MockDashboard, Options};
 
 pub mod cmdhost;
 mod fakes;
+pub mod realnix;
 #[allow(unused_imports)]
 pub use fakes::{Fakes, write_exec};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -152,6 +153,8 @@ impl Fixture {
 /// empty environment plus exactly these variables.
 pub struct AgentBuilder {
     env: BTreeMap<String, String>,
+    /// Run inside this real-Nix root, with this directory bound in.
+    root: Option<(realnix::NixRoot, PathBuf)>,
 }
 
 impl AgentBuilder {
@@ -177,7 +180,15 @@ impl AgentBuilder {
         set("NIXFLEET_HOST_TYPE", "nixos");
         set("PATH", &std::env::var("PATH").unwrap_or_default());
         set("HOME", path_str(fx.tmp.path()));
-        AgentBuilder { env }
+        AgentBuilder { env, root: None }
+    }
+
+    /// Runs the agent inside `root` (`common/realnix.rs`), with `dir` (the
+    /// test's directory, under `/tmp`) bound in at its own path and the
+    /// root's `PATH`.
+    pub fn in_root(mut self, root: &realnix::NixRoot, dir: &Path) -> AgentBuilder {
+        self.root = Some((root.clone(), dir.to_path_buf()));
+        self.env("PATH", realnix::ROOT_PATH)
     }
 
     /// Sets a variable.
@@ -203,7 +214,16 @@ impl AgentBuilder {
 
     /// The command, for tests that run it to completion themselves.
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixfleet-agent"));
+        let binary = Path::new(env!("CARGO_BIN_EXE_nixfleet-agent"));
+        let mut cmd = match &self.root {
+            None => Command::new(binary),
+            Some((root, dir)) => {
+                let mut cmd = Command::new("/usr/bin/unshare");
+                let inside = Path::new(realnix::AGENT_IN_ROOT);
+                cmd.args(root.args(&[(binary, inside), (dir, dir)], inside.as_os_str(), &[]));
+                cmd
+            }
+        };
         cmd.env_clear().envs(&self.env).stdin(Stdio::null());
         cmd
     }

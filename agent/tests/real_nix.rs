@@ -1,0 +1,637 @@
+//! End-to-end against REAL Nix, on every version the tests have a root for
+//! (`common/realnix.rs`: Debian bookworm's Nix 2.8, trixie's 2.26, sid's
+//! 2.34). The real agent binary runs inside the root against the mock
+//! dashboard on loopback; the configuration is a flake the test makes, with
+//! no inputs, whose systems are real derivations (`builtins.derivation`,
+//! `/bin/sh` as builder, an explicit `PATH`, no nixpkgs): a package
+//! `hello-<version>` and a system holding it, with an activation program
+//! that does what NixOS's `switch-to-configuration` does to the host where
+//! the agent looks (it points the running-system link at its system, prints
+//! its `dry-activate` lines, exits with its code), and for Home Manager a
+//! generation whose `activate` sets its profile with the real `nix-env`, in
+//! the directory Home Manager's own activation picks.
+//!
+//! Everything else is the real tool: `nix build --dry-run`, `nix build
+//! --json --out-link`, `nix store diff-closures`, `nix path-info
+//! --closure-size`, `nix-env --set` / `--rollback` / `--list-generations`,
+//! the store, the profiles, the GC roots. The tests assert on what the real
+//! store and profiles hold afterwards.
+//!
+//! docs/testing.md lists what each test covers.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::cmdhost::{command, status};
+use common::realnix::{NixRoot, nix_system};
+use common::*;
+use nixfleet_mock_dashboard::{Frame, MockDashboard};
+use serde_json::Value;
+
+const HOST: &str = "cmdhost";
+/// Home Manager's configuration name: `<user>@<host>`.
+const HM_USER: &str = "alice";
+const FEATURES: &str = "--extra-experimental-features 'nix-command flakes'";
+
+/// A host with real Nix: the root, the dashboard, and a configuration
+/// repository whose flake builds real systems.
+struct Host {
+    root: NixRoot,
+    dash: MockDashboard,
+    fx: Fixture,
+    /// The system profile (`NIXFLEET_SYSTEM_PROFILE`).
+    profile: PathBuf,
+    /// What `/run/current-system` is on NixOS (`NIXFLEET_CURRENT_SYSTEM`).
+    current: PathBuf,
+    /// Each activation appends `<action> <system>` here.
+    activations: PathBuf,
+    /// The system the host booted (built before the agent starts).
+    booted: String,
+    /// What makes this host's derivations its own.
+    salt: String,
+}
+
+/// The flake: `hello-<hello>` and the systems holding it; the NixOS
+/// system's activation exits with `exit`. `salt` makes every derivation
+/// this host's own: nothing another test (or an earlier run) built is in
+/// the store already.
+fn flake(salt: &str, hello: &str, exit: i32) -> String {
+    let system = nix_system();
+    format!(
+        r#"{{
+  outputs = {{ self }}:
+    let
+      sh = name: script: deps: builtins.derivation {{
+        inherit name deps;
+        system = "{system}";
+        builder = "/bin/sh";
+        args = [ "-c" script ];
+        PATH = "/usr/bin:/bin";
+        salt = "{salt}";
+      }};
+      hello = sh "hello-{hello}" ''
+        mkdir -p $out/bin
+        printf '#!/bin/sh\necho hello {hello}\n' > $out/bin/hello
+        chmod +x $out/bin/hello
+      '' [ ];
+      toplevel = sh "nixos-system-{HOST}-26.05" ''
+        mkdir -p $out/bin
+        ln -s ${{hello}} $out/sw
+        echo 26.05 > $out/nixos-version
+        cp ${{./nixos/switch-to-configuration}} $out/bin/switch-to-configuration
+        chmod +x $out/bin/switch-to-configuration
+        echo {exit} > $out/exit-code
+      '' [ hello ];
+      home = sh "home-manager-generation" ''
+        mkdir -p $out
+        ln -s ${{hello}} $out/home-path
+        cp ${{./home/activate}} $out/activate
+        chmod +x $out/activate
+      '' [ hello ];
+    in
+    {{
+      nixosConfigurations.{HOST}.config.system.build.toplevel = toplevel;
+      homeConfigurations."{HM_USER}@{HOST}".activationPackage = home;
+    }};
+}}
+"#
+    )
+}
+
+/// The stand-in for NixOS's `switch-to-configuration`: what the real one
+/// does where the agent looks.
+fn switch_to_configuration(current: &Path, log: &Path) -> String {
+    format!(
+        r#"#!/bin/sh
+sys=$(cd "$(dirname "$0")/.." && pwd -P)
+case "$1" in
+  dry-activate)
+    echo "would restart the following units: hello.service" >&2
+    exit 0 ;;
+  switch|test)
+    echo "activating the configuration..." >&2
+    ln -sfn "$sys" '{current}'
+    echo "$1 $sys" >> '{log}'
+    echo "the following new units were started: hello.service" >&2
+    exit $(cat "$sys/exit-code") ;;
+  boot)
+    echo "boot $sys" >> '{log}'
+    exit 0 ;;
+  *)
+    echo "Usage: switch-to-configuration [switch|boot|test|dry-activate]" >&2
+    exit 1 ;;
+esac
+"#,
+        current = current.display(),
+        log = log.display()
+    )
+}
+
+/// A Home Manager generation's `activate`, as Home Manager's does it: Nix
+/// makes its profile directory (`nix-env -q`), the profile goes where Home
+/// Manager's `setupVars` puts it, and the generation is set with `nix-env`.
+fn home_activate(log: &Path) -> String {
+    format!(
+        r#"#!/bin/sh
+set -e
+gen=$(cd "$(dirname "$0")" && pwd -P)
+nix-env -q >/dev/null 2>&1 || true
+state=${{XDG_STATE_HOME:-$HOME/.local/state}}
+global=${{NIX_STATE_DIR:-/nix/var/nix}}/profiles/per-user/$USER
+if [ -d "$state/nix/profiles" ]; then dir=$state/nix/profiles
+elif [ -d "$global" ]; then dir=$global
+else echo "Could not find suitable profile directory, tried $state/nix/profiles and $global" >&2; exit 1
+fi
+nix-env --profile "$dir/home-manager" --set "$gen"
+echo "activate $gen" >> '{log}'
+echo "Activating home-manager configuration done"
+"#,
+        log = log.display()
+    )
+}
+
+impl Host {
+    /// The host on `suite`'s Nix, booted into the flake's first system
+    /// (hello 1.0): built with the real Nix, generation 1 of the system
+    /// profile, and the running system. `None` when the root is missing
+    /// (skipped with a message).
+    async fn new(suite: &'static str) -> Option<Host> {
+        let root = NixRoot::get(suite)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("nixfleet-realnix-")
+            .tempdir_in("/tmp")
+            .expect("tempdir in /tmp");
+        let dir = tmp.path().to_path_buf();
+        let repo = dir.join("repo");
+        let profile = dir.join("profiles/system");
+        let current = dir.join("current-system");
+        let activations = dir.join("activations");
+        std::fs::create_dir_all(profile.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(&repo).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        write_exec(
+            &repo.join("nixos/switch-to-configuration"),
+            &switch_to_configuration(&current, &activations),
+        );
+        write_exec(&repo.join("home/activate"), &home_activate(&activations));
+        std::fs::write(
+            repo.join("flake.lock"),
+            "{\"nodes\":{\"root\":{}},\"root\":\"root\",\"version\":7}\n",
+        )
+        .unwrap();
+        let salt = dir.file_name().unwrap().to_str().unwrap().to_string();
+        std::fs::write(repo.join("flake.nix"), flake(&salt, "1.0", 0)).unwrap();
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "-m", "hello 1.0"]);
+        let head = git(&repo, &["rev-parse", "HEAD"]);
+        let booted_link = dir.join("booted");
+        root.sh(
+            &dir,
+            &format!(
+                "nix {FEATURES} build --out-link {booted} '{repo}#nixosConfigurations.{HOST}.config.system.build.toplevel' && nix-env -p {profile} --set $(readlink {booted}) && ln -s $(readlink {booted}) {current}",
+                booted = booted_link.display(),
+                repo = repo.display(),
+                profile = profile.display(),
+                current = current.display()
+            ),
+        );
+        let booted = root.resolve(&dir, &booted_link);
+        let state = dir.join("state");
+        let stasysmo = dir.join("stasysmo");
+        std::fs::create_dir_all(&stasysmo).unwrap();
+        let fx = Fixture {
+            tmp,
+            repo,
+            state,
+            stasysmo,
+            head,
+        };
+        Some(Host {
+            root,
+            dash: dashboard().await,
+            fx,
+            profile,
+            current,
+            activations,
+            booted,
+            salt,
+        })
+    }
+
+    fn dir(&self) -> &Path {
+        self.fx.tmp.path()
+    }
+
+    /// The agent inside the root, on this host's profile and running system.
+    fn agent(&self) -> AgentBuilder {
+        AgentBuilder::new(&self.dash.ws_url(), HOST, &self.fx)
+            .in_root(&self.root, self.dir())
+            .env("USER", "root")
+            .env("NIXFLEET_STOP_GRACE_MS", "2000")
+            .env("NIXFLEET_CURRENT_SYSTEM", self.current.to_str().unwrap())
+            .env("NIXFLEET_SYSTEM_PROFILE", self.profile.to_str().unwrap())
+    }
+
+    /// Commits the flake with `hello` and the activation's exit code.
+    fn commit(&self, hello: &str, exit: i32) -> String {
+        commit_file(&self.fx.repo, "flake.nix", &flake(&self.salt, hello, exit))
+    }
+
+    /// Runs `script` in the root (as the test's host), returns stdout.
+    fn sh(&self, script: &str) -> String {
+        self.root.sh(self.dir(), script)
+    }
+
+    /// The store path `link` names.
+    fn resolve(&self, link: &Path) -> String {
+        self.root.resolve(self.dir(), link)
+    }
+
+    /// The system profile's generations (`nix-env --list-generations`):
+    /// their numbers, and the current one.
+    fn generations(&self, profile: &Path) -> (Vec<u32>, u32) {
+        let out = self.sh(&format!(
+            "nix-env -p '{}' --list-generations",
+            profile.display()
+        ));
+        let mut all = Vec::new();
+        let mut current = 0;
+        for line in out.lines() {
+            let n: u32 = line.split_whitespace().next().unwrap().parse().unwrap();
+            all.push(n);
+            if line.contains("(current)") {
+                current = n;
+            }
+        }
+        (all, current)
+    }
+
+    /// The store path the flake's NixOS system evaluates to now.
+    fn evaluated(&self) -> String {
+        self.sh(&format!(
+            "nix {FEATURES} eval --raw '{}#nixosConfigurations.{HOST}.config.system.build.toplevel.outPath'",
+            self.fx.repo.display()
+        ))
+    }
+
+    /// Whether the store holds `path` (a store path inside the root).
+    fn in_store(&self, path: &str) -> bool {
+        self.root.outside(Path::new(path)).exists()
+    }
+
+    /// The GC roots that keep `path` alive (`nix-store --query --roots`).
+    fn roots_of(&self, path: &str) -> String {
+        self.sh(&format!("nix-store --query --roots '{path}'"))
+    }
+
+    fn activations(&self) -> String {
+        std::fs::read_to_string(&self.activations).unwrap_or_default()
+    }
+
+    /// The output lines of the command between `after` and `until`.
+    fn output(&self, after: u64, until: u64) -> Vec<String> {
+        self.dash
+            .frames(HOST, Some("output"))
+            .into_iter()
+            .filter(|f| f.seq > after && f.seq < until)
+            .map(|f| f.payload["line"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The first output line after `after` containing `needle`.
+    async fn line(&self, after: u64, needle: &str) -> String {
+        let found = self
+            .dash
+            .wait_until(WAIT, |d| {
+                d.frames(HOST, Some("output"))
+                    .into_iter()
+                    .filter(|f| f.seq > after)
+                    .filter_map(|f| f.payload["line"].as_str().map(str::to_string))
+                    .find(|l| l.contains(needle))
+            })
+            .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "no output line with {needle:?} on Nix {}; output: {:#?}",
+                self.root.nix,
+                self.output(after, u64::MAX)
+            )
+        })
+    }
+
+    /// Sends `name`, lets the agent exit for its restart (101), starts the
+    /// next agent process as systemd would, and returns the command's
+    /// status.
+    async fn restarted(&self, agent: &mut Agent, after: u64) -> (Frame, Agent) {
+        let exit = agent.wait_exit(WAIT * 3).await;
+        assert_eq!(
+            exit.code(),
+            Some(101),
+            "the agent restarts into the new system (Nix {}); output: {:#?}",
+            self.root.nix,
+            self.output(after, u64::MAX)
+        );
+        let next = self.agent().spawn();
+        let st = self
+            .dash
+            .wait_frame(HOST, "status", after, WAIT * 3)
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "no status on Nix {}; output: {:#?}",
+                    self.root.nix,
+                    self.output(after, u64::MAX)
+                )
+            });
+        (st, next)
+    }
+}
+
+fn text(p: &Value, key: &str) -> String {
+    p[key].as_str().unwrap_or_default().to_string()
+}
+
+/// Runs `$scenario(suite)` on each Nix the tests have a root for.
+macro_rules! on_every_nix {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test]
+            async fn nix_2_8_bookworm() {
+                super::$scenario("bookworm").await
+            }
+            #[tokio::test]
+            async fn nix_2_26_trixie() {
+                super::$scenario("trixie").await
+            }
+            #[tokio::test]
+            async fn nix_2_34_sid() {
+                super::$scenario("sid").await
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------- switch
+
+/// `switch`: the Nix found is named; the dry run, the preview (real
+/// `diff-closures`, real closure sizes, the activation's dry run), the
+/// build into a GC-rooted out-link, the profile's new generation, the
+/// activation of exactly the built path, the restart, and the new
+/// generation's confirmation.
+async fn switch(suite: &'static str) {
+    let Some(h) = Host::new(suite).await else {
+        return;
+    };
+    let mut agent = h.agent().spawn();
+    wait_register(&h.dash, HOST, 0).await;
+    h.commit("2.0", 0);
+    let wanted = h.evaluated();
+    assert!(!h.in_store(&wanted), "not built before the switch");
+    let after = command(&h.dash, "switch").await;
+    let named = h.line(after, "[nixfleet-agent] nix (Nix) ").await;
+    assert!(
+        named.contains(&format!("(Nix {}.", h.root.nix)),
+        "names the Nix it runs: {named}"
+    );
+    // the preview, from the real tools
+    h.line(after, "[nixfleet-agent] dry run: builds 2 derivations")
+        .await;
+    h.line(after, "hello: 1.0 → 2.0").await;
+    h.line(after, "closure size:").await;
+    h.line(after, "would restart the following units: hello.service")
+        .await;
+    let (st, _next) = h.restarted(&mut agent, after).await;
+    let p = &st.payload;
+    assert_eq!(text(p, "status"), "ok", "{p}");
+    assert!(text(p, "message").contains("confirmed"), "{p}");
+    // what the store and the profile hold now
+    let built = h.resolve(&h.fx.state.join("built-system"));
+    assert_eq!(built, wanted, "the configuration's system was built");
+    assert!(h.in_store(&built));
+    assert_eq!(h.resolve(&h.profile), built, "the profile names it");
+    assert_eq!(h.generations(&h.profile), (vec![1, 2], 2));
+    assert_eq!(h.resolve(&h.current), built, "it runs");
+    assert_eq!(
+        h.activations(),
+        format!("switch {built}\n"),
+        "activated once"
+    );
+    let roots = h.roots_of(&built);
+    assert!(
+        roots.contains(&format!(
+            "{} -> {built}",
+            h.fx.state.join("built-system").display()
+        )),
+        "the out-link is a GC root: {roots}"
+    );
+    assert_ne!(built, h.booted);
+    assert_no_violations(&h.dash);
+}
+on_every_nix!(switch);
+
+/// `force-rebuild`: the same switch with the cache bypass, which every Nix
+/// version takes as an option (`--option narinfo-cache-negative-ttl 0`).
+async fn force_rebuild(suite: &'static str) {
+    let Some(h) = Host::new(suite).await else {
+        return;
+    };
+    let mut agent = h.agent().spawn();
+    wait_register(&h.dash, HOST, 0).await;
+    h.commit("2.0", 0);
+    let after = command(&h.dash, "force-rebuild").await;
+    h.line(
+        after,
+        "force rebuild: --option narinfo-cache-negative-ttl 0",
+    )
+    .await;
+    let (st, _next) = h.restarted(&mut agent, after).await;
+    let p = &st.payload;
+    assert_eq!(text(p, "status"), "ok", "{p}");
+    assert_eq!(text(p, "command"), "force-rebuild");
+    let built = h.resolve(&h.fx.state.join("built-system"));
+    assert_eq!(built, h.evaluated());
+    assert_eq!(h.resolve(&h.current), built);
+    assert_eq!(h.generations(&h.profile), (vec![1, 2], 2));
+}
+on_every_nix!(force_rebuild);
+
+/// The guards on real Nix output: a substitute-only host refuses a switch
+/// whose real dry run plans local builds; nothing is built, the profile
+/// and the running system stay.
+async fn guard_refuses_local_builds(suite: &'static str) {
+    let Some(h) = Host::new(suite).await else {
+        return;
+    };
+    let _agent = h.agent().env("NIXFLEET_BUILD_ON_HOST", "0").spawn();
+    wait_register(&h.dash, HOST, 0).await;
+    h.commit("3.0", 0);
+    let wanted = h.evaluated();
+    let after = command(&h.dash, "switch").await;
+    let st = status(&h.dash, after).await;
+    let p = &st.payload;
+    assert_eq!(text(p, "status"), "error", "{p}");
+    let message = text(p, "message");
+    assert!(message.contains("refused"), "{message}");
+    assert!(
+        message.contains("hello-3.0"),
+        "names what it would build: {message}"
+    );
+    assert!(!h.in_store(&wanted), "nothing built");
+    assert_eq!(h.generations(&h.profile), (vec![1], 1));
+    assert_eq!(h.resolve(&h.current), h.booted);
+    assert_eq!(h.activations(), "");
+}
+on_every_nix!(guard_refuses_local_builds);
+
+/// The dashboard's `rollback` after a switch: real `nix-env --rollback`
+/// takes the profile back one generation, and that system is activated.
+async fn rollback(suite: &'static str) {
+    let Some(h) = Host::new(suite).await else {
+        return;
+    };
+    let mut agent = h.agent().spawn();
+    wait_register(&h.dash, HOST, 0).await;
+    h.commit("2.0", 0);
+    let after = command(&h.dash, "switch").await;
+    let (st, mut agent2) = h.restarted(&mut agent, after).await;
+    assert_eq!(text(&st.payload, "status"), "ok", "{}", st.payload);
+    let switched = h.resolve(&h.current);
+    // the new generation's agent sent the status: it is registered; the
+    // rollback is watched like a switch
+    let after = command(&h.dash, "rollback").await;
+    let (st, _agent3) = h.restarted(&mut agent2, after).await;
+    let p = &st.payload;
+    assert_eq!(text(p, "status"), "ok", "{p}");
+    assert_eq!(text(p, "command"), "rollback");
+    assert_eq!(h.resolve(&h.profile), h.booted, "the profile is back");
+    assert_eq!(h.generations(&h.profile), (vec![1, 2], 1));
+    assert_eq!(h.resolve(&h.current), h.booted, "the booted system runs");
+    assert_eq!(
+        h.activations(),
+        format!("switch {switched}\nswitch {}\n", h.booted)
+    );
+}
+on_every_nix!(rollback);
+
+/// The watchdog's rollback: the new generation's health check fails, so
+/// the host goes back to the recorded system through the real `nix-env
+/// --set`; the status says so.
+async fn watchdog_rolls_back(suite: &'static str) {
+    let Some(h) = Host::new(suite).await else {
+        return;
+    };
+    host_test_dir(
+        &h.fx.repo,
+        "health",
+        "broken.sh",
+        "echo 'hello is broken' >&2\nexit 1",
+    );
+    let mut agent = h.agent().spawn();
+    wait_register(&h.dash, HOST, 0).await;
+    h.commit("2.0", 0);
+    let after = command(&h.dash, "switch").await;
+    let (st, _next) = h.restarted(&mut agent, after).await;
+    let p = &st.payload;
+    assert_eq!(text(p, "status"), "error", "{p}");
+    let message = text(p, "message");
+    assert!(message.contains("rolled back"), "{message}");
+    let built = h.resolve(&h.fx.state.join("built-system"));
+    assert_eq!(h.resolve(&h.current), h.booted, "the old system runs again");
+    assert_eq!(h.resolve(&h.profile), h.booted, "the profile names it");
+    let (gens, current) = h.generations(&h.profile);
+    assert_eq!(gens.len(), 3, "set, then set back: {gens:?}");
+    assert_eq!(current, 3);
+    assert_eq!(
+        h.activations(),
+        format!("switch {built}\nswitch {}\n", h.booted)
+    );
+}
+on_every_nix!(watchdog_rolls_back);
+
+/// Home Manager: the profile is where Home Manager puts it (Nix makes the
+/// per-user directory for root on every version; the agent looked only in
+/// `~/.local/state/nix/profiles` before), so the switch is watched and
+/// confirmed, and `rollback` goes to the generation before.
+async fn home_manager(suite: &'static str) {
+    let Some(h) = Host::new(suite).await else {
+        return;
+    };
+    // one Home Manager test per root uses root's per-user profile: start clean
+    h.sh("rm -f /nix/var/nix/profiles/per-user/root/home-manager*");
+    let agent = || {
+        h.agent()
+            .env("NIXFLEET_SWITCH_TOOL", "home-manager")
+            .env("NIXFLEET_HOME_MANAGER_USER", HM_USER)
+    };
+    // the first generation, activated as `home-manager switch` would
+    let first = h.sh(&format!(
+        "nix {FEATURES} build --out-link {dir}/hm1 '{repo}#homeConfigurations.\"{HM_USER}@{HOST}\".activationPackage' && {dir}/hm1/activate >/dev/null && readlink -f {dir}/hm1",
+        dir = h.dir().display(),
+        repo = h.fx.repo.display()
+    ));
+    let profiles = PathBuf::from("/nix/var/nix/profiles/per-user/root");
+    let profile = profiles.join("home-manager");
+    assert_eq!(h.resolve(&profile), first);
+    let mut a = agent().spawn();
+    wait_register(&h.dash, HOST, 0).await;
+    h.commit("2.0", 0);
+    let after = command(&h.dash, "switch").await;
+    h.line(after, "hello: 1.0 → 2.0").await;
+    let exit = a.wait_exit(WAIT * 3).await;
+    assert_eq!(exit.code(), Some(101), "{:#?}", h.output(after, u64::MAX));
+    let mut b = agent().spawn();
+    let st = status(&h.dash, after).await;
+    let p = &st.payload;
+    assert_eq!(text(p, "status"), "ok", "{p}");
+    assert!(text(p, "message").contains("confirmed"), "watched: {p}");
+    let second = h.resolve(&profile);
+    assert_ne!(second, first);
+    assert_eq!(h.resolve(&h.fx.state.join("built-system")), second);
+    assert_eq!(h.generations(&profile), (vec![1, 2], 2));
+    // rollback: the generation before (the agent that sent the status is
+    // registered)
+    let after = command(&h.dash, "rollback").await;
+    let (st, _c) = h.restarted(&mut b, after).await;
+    assert_eq!(text(&st.payload, "status"), "ok", "{}", st.payload);
+    assert_eq!(
+        h.resolve(&profile),
+        first,
+        "the first generation is active again"
+    );
+}
+on_every_nix!(home_manager);
+
+/// A host test directory's script: `hosts/<HOST>/<dir>/<name>`.
+fn host_test_dir(repo: &Path, dir: &str, name: &str, body: &str) {
+    let path = repo.join("hosts").join(HOST).join(dir).join(name);
+    write_exec(&path, &format!("#!/bin/sh\n{body}\n"));
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", name]);
+}
+
+/// `--check` on the host names the real Nix it found.
+async fn check_names_the_real_nix(suite: &'static str) {
+    let Some(h) = Host::new(suite).await else {
+        return;
+    };
+    let out = h
+        .agent()
+        .command()
+        .arg("--check")
+        .output()
+        .await
+        .expect("run --check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("  nix:"))
+        .unwrap_or_else(|| panic!("no nix line: {stdout}"));
+    assert!(
+        line.contains(&format!("nix (Nix) {}.", h.root.nix))
+            && line.ends_with("the agent needs 2.8 or later)"),
+        "{line}"
+    );
+}
+on_every_nix!(check_names_the_real_nix);
