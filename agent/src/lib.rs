@@ -165,6 +165,11 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         code = state.exit_requested() => Stop { code, reason: "restart" },
     };
     tracing::info!("stopping ({})", stop.reason);
+    // the running command first, while the socket is still open: its status
+    // (a switch stopped before its activation: an error) reaches the
+    // dashboard before the agent leaves, not from the next process, whose
+    // reconnect the hub would take for the switch's success
+    commands.shutdown(stop.code == config::EXIT_RESTART).await;
     let _ = stop_tx.send(Some(stop));
     let stop = match connection.await {
         Ok(s) => s,
@@ -173,7 +178,6 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
             stop
         }
     };
-    commands.shutdown(stop.code == config::EXIT_RESTART).await;
     write_state_on_exit(&state, &out, &config.state_dir).await;
     stop.code
 }

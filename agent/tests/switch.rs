@@ -452,3 +452,50 @@ async fn sigterm_leaves_a_running_switch_alone() {
     assert_eq!(s(&st.payload, "command"), "switch");
     assert_no_violations(&dash);
 }
+
+/// The agent stopped (SIGTERM: `systemctl restart`, a deploy of the agent)
+/// while a dispatched switch still builds: nothing was activated, and the
+/// hub's operation is ERROR before the process exits — not SUCCESS at the
+/// next process's reconnect (lifecycle.go completes a switch cut off while
+/// EXECUTING at the next register, and ignores a status after it).
+#[tokio::test]
+async fn a_switch_stopped_while_it_builds_is_an_error_at_the_hub_before_the_agent_exits() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    fakes.touch("build.wait");
+    let mut agent = agent(&dash, &fx, &fakes).spawn();
+    registered(&dash).await;
+    let d = dash.dispatch(HOST, "switch", false);
+    assert_eq!(d.status, "EXECUTING", "{d:?}");
+    let id = d.command_id.expect("id");
+    file_appears(&fakes.file("build.waiting")).await;
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(WAIT).await.code(), Some(0));
+    // the process is gone: what the hub shows now is what it keeps
+    let op = dash.op(&id).expect("op");
+    assert_eq!(op.status, "ERROR", "{op:?}");
+    let st = dash
+        .frames(HOST, Some("status"))
+        .into_iter()
+        .find(|f| f.payload["command"] == "switch")
+        .expect("the status came from this process");
+    assert!(
+        s(&st.payload, "message").starts_with("Stopped: the agent is shutting down"),
+        "{}",
+        st.payload
+    );
+    assert!(!fakes.file("nix-env.argv").exists(), "nothing activated");
+    assert!(!fakes.file("rebuild.argv").exists(), "nothing activated");
+    // the next process reconnects: the op stays ERROR, no second status
+    let _b = agent_again(&dash, &fx, &fakes);
+    wait_register(&dash, HOST, st.seq).await;
+    assert_eq!(dash.op(&id).expect("op").status, "ERROR");
+    let statuses = dash
+        .frames(HOST, Some("status"))
+        .into_iter()
+        .filter(|f| f.payload["command"] == "switch")
+        .count();
+    assert_eq!(statuses, 1, "reported once");
+    assert_no_violations(&dash);
+}

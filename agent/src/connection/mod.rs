@@ -48,6 +48,14 @@ const OUTPUT_BATCH: usize = 256;
 /// How long a shutdown spends delivering what is already in the outbox (and
 /// waiting for the dashboard's pong that confirms it).
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
+/// How long the socket stays open after a `status` before a clean close.
+/// The hub queues an agent's frames (`agentMessages`, buffered) but not its
+/// disconnect (`unregister`), and its loop may take the disconnect first:
+/// a switch's status handled after it is dropped and, in lifecycle.go's
+/// `HandleCommandComplete`, panics the hub's loop (a closed channel closed
+/// again). Nothing the hub sends tells that it handled a status; the
+/// dashboard's pong says it read it, this grace lets its loop take it.
+pub const STATUS_GRACE: Duration = Duration::from_millis(500);
 
 /// The parts of `register` that do not change while the agent runs.
 #[derive(Debug, Clone)]
@@ -74,6 +82,8 @@ pub struct Connection {
     token: crate::config::Token,
     token_read: Instant,
     unauthorized: bool,
+    /// When the last `status` was written to the socket.
+    status_written: Option<Instant>,
 }
 
 /// How long a token read from a file is used before it is read again (at
@@ -100,6 +110,7 @@ impl Connection {
             token: config.token.clone(),
             token_read: Instant::now(),
             unauthorized: false,
+            status_written: None,
             config,
         }
     }
@@ -327,6 +338,10 @@ impl Connection {
                 biased;
                 s = wait_stop(stop) => {
                     self.drain(&mut sink, &mut events, &deadline).await;
+                    if let Some(written) = self.status_written {
+                        // bounded: STATUS_GRACE after the last status
+                        tokio::time::sleep_until(written + STATUS_GRACE).await;
+                    }
                     close(&mut sink, &mut events, s.reason).await;
                     self.out.set_connected(false);
                     return SessionEnd::Stopped(s);
@@ -367,6 +382,7 @@ impl Connection {
                     {
                         self.out.outbox_done(*id);
                         if let Outgoing::Status(st) = frame {
+                            self.status_written = Some(Instant::now());
                             tracing::debug!(
                                 "status of {} written; it counts once the dashboard confirms it",
                                 st.command
@@ -431,6 +447,7 @@ impl Connection {
                     guarded(sink.send(text(&frame)), deadline, events).await?;
                     self.out.outbox_done(id);
                     if matches!(frame, Outgoing::Status(_)) {
+                        self.status_written = Some(Instant::now());
                         let beat = self.heartbeat_frame();
                         guarded(sink.send(text(&beat)), deadline, events).await?;
                     }
