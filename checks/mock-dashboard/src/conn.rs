@@ -47,6 +47,7 @@ pub(crate) async fn run(dash: MockDashboard, socket: WebSocket, peer: SocketAddr
         peer,
         host: None,
         registered: false,
+        switch_status_at: std::cell::Cell::new(None),
     };
     let why = reader.read_loop(stream).await;
     handle.kill.send_replace(true);
@@ -63,6 +64,19 @@ pub(crate) async fn run(dash: MockDashboard, socket: WebSocket, peer: SocketAddr
         h.conn = None;
         // hub.go handleUnregister (P1920): a switch cut off mid-run awaits a reconnect
         awaiting = st.op_disconnect(name).map(|op| (name.to_owned(), op));
+        if let Some(at) = reader.switch_status_at.get()
+            && at.elapsed() < STATUS_CLOSE_RACE
+        {
+            let seq = st.seq;
+            st.push_violation(
+                Some(name),
+                seq,
+                format!(
+                    "the connection closed {} ms after a switch's status: the real hub may take the disconnect first and then panic on the status (hub.go: agentMessages is buffered, unregister is not; lifecycle.go HandleCommandComplete closes cancelTimeout twice); keep the socket open a moment after a final status",
+                    at.elapsed().as_millis()
+                ),
+            );
+        }
     }
     st.push_event("disconnected", host.as_deref(), None, Some(why.clone()));
     drop(st);
@@ -137,7 +151,18 @@ struct Reader {
     host: Option<String>,
     /// Whether a `register` arrived (even one without a usable host name).
     registered: bool,
+    /// When a `status` moved a switch (`switch`, `pull-switch`) that was
+    /// `EXECUTING`, on this connection.
+    switch_status_at: std::cell::Cell<Option<std::time::Instant>>,
 }
+
+/// A connection closed sooner than this after a switch's `status` races the
+/// hub: hub.go queues an agent's frames (`agentMessages`, buffered) but not
+/// its disconnect (`unregister`), and its loop may take the disconnect
+/// first (P1920: the switch then awaits the reconnect), then the status,
+/// whose `HandleCommandComplete` (lifecycle.go) closes the op's
+/// `cancelTimeout` a second time and panics the hub's loop.
+pub const STATUS_CLOSE_RACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Reader {
     /// Read until the socket ends; returns why it ended.
@@ -300,7 +325,7 @@ impl Reader {
                 log.push(f);
             }
             if let (Some(kind), Some(payload), Some(name)) = (kind, &acted_on, self.host.clone()) {
-                awaiting = self.act(st, &name, &kind, payload);
+                awaiting = self.act(st, &name, &kind, payload, seq);
             }
         }
         for problem in checked.problems {
@@ -323,7 +348,14 @@ impl Reader {
     /// The hub's rules for one frame of the live connection of `host`
     /// (`hub.go` `handleHeartbeat`, `handleStatus`, command_rejected). Returns
     /// an operation that now awaits a reconnect.
-    fn act(&self, st: &mut State, host: &str, kind: &str, payload: &Value) -> Option<String> {
+    fn act(
+        &self,
+        st: &mut State,
+        host: &str,
+        kind: &str,
+        payload: &Value,
+        seq: u64,
+    ) -> Option<String> {
         let version = &self.dash.inner().dashboard_version;
         let current = st
             .hosts
@@ -346,6 +378,26 @@ impl Reader {
                     .get("exit_code")
                     .and_then(Value::as_i64)
                     .unwrap_or(1);
+                let command = crate::hub::text(payload, "command");
+                if let Some(op) = st.active(host).filter(|o| o.op == command) {
+                    if op.status == "AWAITING_RECONNECT" || op.deferred {
+                        // lifecycle.go HandleCommandComplete: the op's
+                        // cancelTimeout was closed already (by the exit-0
+                        // status, or the disconnect that made it await the
+                        // reconnect); closing it again panics the hub's loop,
+                        // which restarts with the op unchanged
+                        let problem = format!(
+                            "a second status for the operation {} ({}, {}): the real hub panics on it (lifecycle.go HandleCommandComplete closes cancelTimeout again) and keeps the operation as it was",
+                            op.id, op.op, op.status
+                        );
+                        st.push_violation(Some(host), seq, problem);
+                        return None;
+                    }
+                    if (command == "switch" || command == "pull-switch") && op.status == "EXECUTING"
+                    {
+                        self.switch_status_at.set(Some(std::time::Instant::now()));
+                    }
+                }
                 st.op_status(
                     host,
                     &crate::hub::text(payload, "command"),

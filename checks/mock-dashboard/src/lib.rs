@@ -65,6 +65,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+pub use crate::conn::STATUS_CLOSE_RACE;
 pub use crate::hub::{Check, Compartments, Remote};
 use crate::link::{ConnHandle, Outgoing};
 pub use crate::op::{Dispatched, Op};

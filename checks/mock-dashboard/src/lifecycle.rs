@@ -14,6 +14,11 @@
 //!   heartbeat**: `SUCCESS`, or `PARTIAL` when the post-check fails.
 //! - A disconnect while `switch`/`pull-switch` is `EXECUTING` →
 //!   `AWAITING_RECONNECT` (P1920).
+//! - A second status for an op whose `cancelTimeout` is closed already
+//!   (`AWAITING_RECONNECT`, or a deferred post-check) panics the real hub's
+//!   loop in `HandleCommandComplete`: the mock records a violation and keeps
+//!   the op as it is (`conn.rs`, with the close right after a switch's
+//!   status that races the same panic through `hub.go`'s queues).
 //! - The reconnect completes it with `SUCCESS` without a freshness
 //!   comparison: `HandleAgentReconnect`'s `STALE_BINARY`/`SUSPICIOUS` verdicts
 //!   need a pre-switch freshness that 3.1.5's `getAgentFreshness` never

@@ -142,6 +142,9 @@ async fn operations_follow_the_hubs_lifecycle() {
     assert_eq!(recv_command(&mut ws).await, "switch");
     send(&mut ws, &status_frame("switch", "ok", 0)).await;
     op_state(&dash, &sw, "AWAITING_RECONNECT").await;
+    // an agent keeps the socket open a moment after a switch's status (the
+    // rule of the next test); this is that moment, not a synchronisation
+    tokio::time::sleep(nixfleet_mock_dashboard::STATUS_CLOSE_RACE).await;
     drop(ws);
     let mut ws = agent(&dash, "ops").await;
     op_state(&dash, &sw, "SUCCESS").await;
@@ -185,4 +188,50 @@ async fn operations_follow_the_hubs_lifecycle() {
     .await;
     op_state(&dash, forced.command_id.as_deref().expect("id"), "TIMEOUT").await;
     assert!(dash.violations().is_empty(), "{:#?}", dash.violations());
+}
+
+/// What makes the real hub panic is a violation, and the operation stays
+/// as the hub keeps it: a second status for an operation whose timeout was
+/// cancelled (lifecycle.go `HandleCommandComplete`), and a connection that
+/// closes right after a switch's status (hub.go: the disconnect may be
+/// handled first, then the status panics).
+#[tokio::test]
+async fn what_panics_the_real_hub_is_a_violation() {
+    let dash = MockDashboard::start(Options::default())
+        .await
+        .expect("start");
+    let mut ws = agent(&dash, "racy").await;
+    let d = dash.dispatch("racy", "switch", true);
+    let sw = d.command_id.expect("id");
+    assert_eq!(recv_command(&mut ws).await, "switch");
+    send(&mut ws, &status_frame("switch", "ok", 0)).await;
+    op_state(&dash, &sw, "AWAITING_RECONNECT").await;
+    assert!(dash.violations().is_empty(), "{:#?}", dash.violations());
+    send(&mut ws, &status_frame("switch", "error", 1)).await;
+    let v = dash
+        .wait_until(WAIT, |d| d.violations().into_iter().next())
+        .await
+        .expect("a violation");
+    assert!(
+        v.message.contains("a second status for the operation"),
+        "{v:?}"
+    );
+    assert_eq!(dash.op(&sw).expect("op").status, "AWAITING_RECONNECT");
+    drop(ws);
+
+    let mut ws = agent(&dash, "racy2").await;
+    let d = dash.dispatch("racy2", "switch", true);
+    let sw = d.command_id.expect("id");
+    assert_eq!(recv_command(&mut ws).await, "switch");
+    send(&mut ws, &status_frame("switch", "error", 4)).await;
+    op_state(&dash, &sw, "ERROR").await;
+    drop(ws);
+    let v = dash
+        .wait_until(WAIT, |d| {
+            d.violations()
+                .into_iter()
+                .find(|v| v.message.contains("after a switch's status"))
+        })
+        .await;
+    assert!(v.is_some(), "{:#?}", dash.violations());
 }
