@@ -183,9 +183,18 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
     let st = status_for(&dash, HOST, "switch", sent).await;
     assert_eq!(
         st.payload["message"],
-        "Switch succeeded; confirmed by the new generation",
+        "Switch succeeded; the new generation passed its health checks",
         "{}\n{}",
         st.payload,
+        twin.journal()
+    );
+    // the hub's op: awaiting the reconnect, then SUCCESS when the new
+    // generation's agent registers
+    let op = dash.wait_op(d.command_id.as_deref().unwrap(), SLOW).await;
+    assert_eq!(
+        op.as_ref().map(|o| o.status),
+        Some("SUCCESS"),
+        "{op:?}\n{}",
         twin.journal()
     );
     let lines: Vec<String> = dash
@@ -276,6 +285,10 @@ async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_faile
         twin.system_with_agent_settings("broken", "[Service]\nExecStart=\nExecStart=/bin/false\n");
     write(&twin.exchange.join("next-system"), &broken);
     dash.send_command(HOST, "switch").await.unwrap();
+    // the activation restarts the agent's changed unit, which fails (exit
+    // 4): the agent that ran the switch is gone before it could check
+    // anything, so the supervisor rolls back at the deadline and the old
+    // generation's agent, started again, reports the one status
     let st = status_for(&dash, HOST, "switch", reg.seq).await;
     assert_eq!(st.payload["status"], "error", "{}", st.payload);
     let message = st.payload["message"].as_str().unwrap_or_default();
@@ -311,6 +324,7 @@ async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_faile
             twin.journal()
         );
     };
+
     // what an earlier process could not deliver comes right after the
     // register: by the second heartbeat it is here
     let first = dash.wait_frame(HOST, "heartbeat", back.seq, SLOW).await;
@@ -404,6 +418,17 @@ async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_faile
         );
         let current = twin.exec(&["readlink", "/run/current-system"]);
         assert_eq!(String::from_utf8_lossy(&current.stdout).trim(), flaky);
+        // reported before the agent restarted onto the new generation
+        if dash
+            .wait_frame(HOST, "register", st.seq, SLOW)
+            .await
+            .is_none()
+        {
+            panic!(
+                "no register after the restart; journal:\n{}",
+                twin.journal()
+            );
+        }
 
         // `rollback`: the profile's previous generation (the one installed
         // for the boot above), activated the same way, confirmed once (the
@@ -415,7 +440,7 @@ async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_faile
         let st = status_for(&dash, HOST, "rollback", sent).await;
         assert_eq!(
             st.payload["message"],
-            "Rollback succeeded; confirmed by the new generation",
+            "Rollback succeeded; the new generation passed its health checks",
             "{}\n{}",
             st.payload,
             twin.journal()

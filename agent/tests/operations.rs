@@ -184,16 +184,28 @@ async fn home_manager_rollback_activates_the_previous_generation() {
     wait_register(&dash, HOST, 0).await;
     let sent = send(&dash, "rollback").await;
     // the rollback is watched (the current generation is on record): the
-    // agent restarts, and the next one confirms and reports it
-    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101));
-    assert_eq!(fakes.read("activated"), "4\n");
-    let _b = hm().spawn();
+    // agent checks the generation it activated, reports, then restarts;
+    // the next one only has to reach the dashboard
     let st = status_of(&dash, "rollback", sent).await;
     assert_eq!(s(&st.payload, "status"), "ok", "{}", st.payload);
     assert_eq!(
         s(&st.payload, "message"),
-        "Rollback succeeded; confirmed by the new generation"
+        "Rollback succeeded; the new generation passed its health checks"
     );
+    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101));
+    assert_eq!(fakes.read("activated"), "4\n");
+    let b = hm().spawn();
+    assert!(
+        b.log
+            .wait_for("rollback (reported before the restart) ended: Ok", WAIT)
+            .await
+    );
+    let statuses = dash
+        .frames(HOST, Some("status"))
+        .into_iter()
+        .filter(|f| f.payload["command"] == "rollback")
+        .count();
+    assert_eq!(statuses, 1, "reported once");
     assert_no_violations(&dash);
 }
 

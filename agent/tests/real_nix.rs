@@ -50,6 +50,8 @@ struct Host {
     booted: String,
     /// What makes this host's derivations its own.
     salt: String,
+    /// Its agents switch Home Manager generations (`alice@cmdhost`).
+    home_manager: std::cell::Cell<bool>,
 }
 
 /// The flake: `hello-<hello>` and the systems holding it; the NixOS
@@ -216,6 +218,7 @@ impl Host {
             activations,
             booted,
             salt,
+            home_manager: std::cell::Cell::new(false),
         })
     }
 
@@ -225,12 +228,19 @@ impl Host {
 
     /// The agent inside the root, on this host's profile and running system.
     fn agent(&self) -> AgentBuilder {
-        AgentBuilder::new(&self.dash.ws_url(), HOST, &self.fx)
+        let agent = AgentBuilder::new(&self.dash.ws_url(), HOST, &self.fx)
             .in_root(&self.root, self.dir())
             .env("USER", "root")
             .env("NIXFLEET_STOP_GRACE_MS", "2000")
             .env("NIXFLEET_CURRENT_SYSTEM", self.current.to_str().unwrap())
-            .env("NIXFLEET_SYSTEM_PROFILE", self.profile.to_str().unwrap())
+            .env("NIXFLEET_SYSTEM_PROFILE", self.profile.to_str().unwrap());
+        if self.home_manager.get() {
+            agent
+                .env("NIXFLEET_SWITCH_TOOL", "home-manager")
+                .env("NIXFLEET_HOME_MANAGER_USER", HM_USER)
+        } else {
+            agent
+        }
     }
 
     /// Commits the flake with `hello` and the activation's exit code.
@@ -320,9 +330,10 @@ impl Host {
         })
     }
 
-    /// Sends `name`, lets the agent exit for its restart (101), starts the
-    /// next agent process as systemd would, and returns the command's
-    /// status.
+    /// After the command sent at `after`: lets the agent exit for its
+    /// restart (101), starts the next agent process as systemd would, and
+    /// returns the command's status (sent before the restart) once the next
+    /// agent registered.
     async fn restarted(&self, agent: &mut Agent, after: u64) -> (Frame, Agent) {
         let exit = agent.wait_exit(WAIT * 3).await;
         assert_eq!(
@@ -344,6 +355,7 @@ impl Host {
                     self.output(after, u64::MAX)
                 )
             });
+        wait_register(&self.dash, HOST, st.seq).await;
         (st, next)
     }
 }
@@ -404,7 +416,10 @@ async fn switch(suite: &'static str) {
     let (st, _next) = h.restarted(&mut agent, after).await;
     let p = &st.payload;
     assert_eq!(text(p, "status"), "ok", "{p}");
-    assert!(text(p, "message").contains("confirmed"), "{p}");
+    assert!(
+        text(p, "message").ends_with("succeeded; the new generation passed its health checks"),
+        "{p}"
+    );
     // what the store and the profile hold now
     let built = h.resolve(&h.fx.state.join("built-system"));
     assert_eq!(built, wanted, "the configuration's system was built");
@@ -514,9 +529,10 @@ async fn rollback(suite: &'static str) {
 }
 on_every_nix!(rollback);
 
-/// The watchdog's rollback: the new generation's health check fails, so
-/// the host goes back to the recorded system through the real `nix-env
-/// --set`; the status says so.
+/// The watchdog's rollback: the new generation's health check fails (the
+/// agent that ran the switch checks it before it leaves), so the host goes
+/// back to the recorded system through the real `nix-env --set`; the status
+/// says so.
 async fn watchdog_rolls_back(suite: &'static str) {
     let Some(h) = Host::new(suite).await else {
         return;
@@ -527,15 +543,20 @@ async fn watchdog_rolls_back(suite: &'static str) {
         "broken.sh",
         "echo 'hello is broken' >&2\nexit 1",
     );
-    let mut agent = h.agent().spawn();
+    let _agent = h.agent().spawn();
     wait_register(&h.dash, HOST, 0).await;
     h.commit("2.0", 0);
     let after = command(&h.dash, "switch").await;
-    let (st, _next) = h.restarted(&mut agent, after).await;
+    // checked before the agent leaves: rolled back, reported, no restart
+    let st = status(&h.dash, after).await;
     let p = &st.payload;
     assert_eq!(text(p, "status"), "error", "{p}");
     let message = text(p, "message");
-    assert!(message.contains("rolled back"), "{message}");
+    assert!(
+        message.starts_with("rolled back to ")
+            && message.ends_with(": health check broken.sh failed (exit 1)"),
+        "{message}"
+    );
     let built = h.resolve(&h.fx.state.join("built-system"));
     assert_eq!(h.resolve(&h.current), h.booted, "the old system runs again");
     assert_eq!(h.resolve(&h.profile), h.booted, "the profile names it");
@@ -559,11 +580,7 @@ async fn home_manager(suite: &'static str) {
     };
     // one Home Manager test per root uses root's per-user profile: start clean
     h.sh("rm -f /nix/var/nix/profiles/per-user/root/home-manager*");
-    let agent = || {
-        h.agent()
-            .env("NIXFLEET_SWITCH_TOOL", "home-manager")
-            .env("NIXFLEET_HOME_MANAGER_USER", HM_USER)
-    };
+    h.home_manager.set(true);
     // the first generation, activated as `home-manager switch` would
     let first = h.sh(&format!(
         "nix {FEATURES} build --out-link {dir}/hm1 '{repo}#homeConfigurations.\"{HM_USER}@{HOST}\".activationPackage' && {dir}/hm1/activate >/dev/null && readlink -f {dir}/hm1",
@@ -573,18 +590,18 @@ async fn home_manager(suite: &'static str) {
     let profiles = PathBuf::from("/nix/var/nix/profiles/per-user/root");
     let profile = profiles.join("home-manager");
     assert_eq!(h.resolve(&profile), first);
-    let mut a = agent().spawn();
+    let mut a = h.agent().spawn();
     wait_register(&h.dash, HOST, 0).await;
     h.commit("2.0", 0);
     let after = command(&h.dash, "switch").await;
     h.line(after, "hello: 1.0 → 2.0").await;
-    let exit = a.wait_exit(WAIT * 3).await;
-    assert_eq!(exit.code(), Some(101), "{:#?}", h.output(after, u64::MAX));
-    let mut b = agent().spawn();
-    let st = status(&h.dash, after).await;
+    let (st, mut b) = h.restarted(&mut a, after).await;
     let p = &st.payload;
     assert_eq!(text(p, "status"), "ok", "{p}");
-    assert!(text(p, "message").contains("confirmed"), "watched: {p}");
+    assert!(
+        text(p, "message").ends_with("the new generation passed its health checks"),
+        "watched: {p}"
+    );
     let second = h.resolve(&profile);
     assert_ne!(second, first);
     assert_eq!(h.resolve(&h.fx.state.join("built-system")), second);

@@ -5,9 +5,12 @@
 //! records what it was asked to activate. A fake `nix-env` records how the
 //! system profile is set back; a fake `systemctl` lists units.
 //!
-//! The agent of the "new generation" is simply the next agent process, as
-//! systemd would start it after exit 101; one that "cannot reach the
-//! dashboard" is given a port nobody listens on.
+//! The agent that ran the switch checks the new generation before it
+//! leaves and sends the switch's one status then; the agent of the "new
+//! generation" is simply the next agent process, as systemd would start it
+//! after exit 101, which only has to reach the dashboard; one that "cannot
+//! reach the dashboard" is given a port nobody listens on. Every outcome
+//! is also asserted as the hub's operation log would show it.
 
 mod common;
 
@@ -18,6 +21,9 @@ use nixfleet_mock_dashboard::MockDashboard;
 use serde_json::Value;
 
 const HOST: &str = "watchhost";
+/// The status of a watched switch whose health checks passed before the
+/// agent restarted.
+const OK_MESSAGE: &str = "Switch succeeded; the new generation passed its health checks";
 /// Nobody listens here: an agent that cannot reach its dashboard.
 const NOWHERE: &str = "ws://127.0.0.1:9/ws";
 
@@ -73,17 +79,17 @@ impl Setup {
             .env("NIXFLEET_ROLLBACK_DEADLINE", &deadline_secs.to_string())
     }
 
-    /// Sends `switch` to the registered agent `a`, which exits 101 without a
-    /// status (the next agent process reports it).
+    /// Sends `switch` to the registered agent `a`, which checks the new
+    /// generation, reports `ok` and only then exits 101 for its restart.
     async fn switch_and_restart(&self, a: &mut Agent) -> u64 {
         wait_register(&self.dash, HOST, 0).await;
         let sent = self.dash.last_seq();
         self.dash.send_command(HOST, "switch").await.unwrap();
         assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
-        assert!(
-            self.statuses().is_empty(),
-            "no status before the confirmation"
-        );
+        let statuses = self.statuses();
+        assert_eq!(statuses.len(), 1, "reported before the restart");
+        assert_eq!(statuses[0]["status"], "ok", "{}", statuses[0]);
+        assert_eq!(statuses[0]["message"], OK_MESSAGE);
         sent
     }
 
@@ -152,34 +158,41 @@ async fn a_switch_confirmed_in_time_is_not_rolled_back() {
     let s = setup().await;
     let mut a = s.agent(&s.dash.ws_url(), 60).spawn();
     wait_register(&s.dash, HOST, 0).await;
-    // through the dashboard's lifecycle: the agent exits 101 without a status
+    // through the dashboard's lifecycle: the status comes before the restart
     let sent = s.dash.last_seq();
     let d = s.dash.dispatch(HOST, "switch", false);
     assert_eq!(d.status, "EXECUTING", "{d:?}");
-    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
-    assert!(s.statuses().is_empty(), "no status before the confirmation");
-    let supervisor = supervisor_pid(&s.record());
-    let _b = s.agent(&s.dash.ws_url(), 60).spawn();
+    let id = d.command_id.as_deref().unwrap();
     let st = status_for(&s.dash, HOST, "switch", sent).await;
     assert_eq!(st.payload["status"], "ok", "{}", st.payload);
-    assert_eq!(
-        st.payload["message"],
-        "Switch succeeded; confirmed by the new generation"
-    );
+    assert_eq!(st.payload["message"], OK_MESSAGE);
+    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
+    // lifecycle.go: a switch's exit 0 awaits the reconnect
+    assert_eq!(s.dash.op(id).unwrap().status, "AWAITING_RECONNECT");
+    let record = s.record();
+    let supervisor = supervisor_pid(&record);
+    let b = s.agent(&s.dash.ws_url(), 60).spawn();
     assert!(
         pid_gone(supervisor).await,
-        "the supervisor ends once confirmed"
+        "the supervisor ends once the new generation reached the dashboard"
     );
-    // the hub completed the op when the new generation reconnected
-    // (lifecycle.go); the status after it is the agent's own verdict
-    let op = s
-        .dash
-        .wait_op(d.command_id.as_deref().unwrap(), WAIT)
-        .await
-        .unwrap();
+    assert!(
+        b.log
+            .wait_for("switch (reported before the restart) ended: Ok", WAIT)
+            .await
+    );
+    // the new generation's verdict is in its output, not in a status
+    let said = s.dash.wait_until(WAIT, |d| {
+        d.frames(HOST, Some("output")).into_iter().find(|f| {
+            f.payload["line"]
+                == "[nixfleet-agent] switch, reported before the restart: Switch succeeded; confirmed by the new generation"
+        })
+    });
+    assert!(said.await.is_some());
+    let op = s.dash.wait_op(id, WAIT).await.unwrap();
     assert_eq!(op.status, "SUCCESS", "{op:?}");
     assert_eq!(
-        std::fs::read_to_string(s.record().join("verdict")).unwrap(),
+        std::fs::read_to_string(record.join("verdict")).unwrap(),
         "confirmed\n"
     );
     assert!(!s.fakes.file("activated").exists(), "nothing rolled back");
@@ -190,7 +203,8 @@ async fn a_switch_confirmed_in_time_is_not_rolled_back() {
 /// `force-rebuild` (upstream's registry: "Rebuild with cache bypass", its
 /// `force-update` pipeline's first op): a switch with
 /// `--option narinfo-cache-negative-ttl 0`, with everything a switch has:
-/// detached, watched, the agent restarted on the new system, one status.
+/// detached, watched, checked, reported, the agent restarted on the new
+/// system.
 #[tokio::test]
 async fn force_rebuild_is_a_watched_switch_that_bypasses_the_negative_cache() {
     let s = setup().await;
@@ -199,6 +213,12 @@ async fn force_rebuild_is_a_watched_switch_that_bypasses_the_negative_cache() {
     let sent = s.dash.last_seq();
     let d = s.dash.dispatch(HOST, "force-rebuild", false);
     assert_eq!(d.status, "EXECUTING", "{d:?}");
+    let st = status_for(&s.dash, HOST, "force-rebuild", sent).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    assert_eq!(
+        st.payload["message"],
+        "Force rebuild succeeded; the new generation passed its health checks"
+    );
     assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
     assert!(
         s.fakes.read("nix-build.argv").contains(&format!(
@@ -211,18 +231,12 @@ async fn force_rebuild_is_a_watched_switch_that_bypasses_the_negative_cache() {
     assert_eq!(s.fakes.read("rebuild.argv"), "switch\n");
     let supervisor = supervisor_pid(&s.record());
     let _b = s.agent(&s.dash.ws_url(), 60).spawn();
-    let st = status_for(&s.dash, HOST, "force-rebuild", sent).await;
-    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
-    assert_eq!(
-        st.payload["message"],
-        "Force rebuild succeeded; confirmed by the new generation"
-    );
     assert!(
         pid_gone(supervisor).await,
         "the supervisor ends once confirmed"
     );
-    // not a switch to the hub: the op waits for the status (no
-    // AWAITING_RECONNECT), then its post-check (agent not outdated) passes
+    // not a switch to the hub: its exit 0 defers the post-check to the next
+    // heartbeat (no AWAITING_RECONNECT), which passes
     let op = s
         .dash
         .wait_op(d.command_id.as_deref().unwrap(), WAIT)
@@ -242,11 +256,11 @@ async fn force_rebuild_is_a_watched_switch_that_bypasses_the_negative_cache() {
 
 /// A switch tool that activates the new system and then exits non-zero, as
 /// switch-to-configuration does when some units fail to start (exit 4): the
-/// switch happened, so it is watched like one that succeeded and the agent
-/// restarts onto the new generation; the one status says what failed and
-/// what the watchdog decided.
+/// switch happened and its checks pass, so the new generation stays and the
+/// agent restarts onto it; the one status, sent before the restart, is the
+/// tool's failure: the hub's op is ERROR with the real exit code.
 #[tokio::test]
-async fn a_switch_that_activated_but_exited_non_zero_is_watched_and_reported_once() {
+async fn a_switch_that_activated_but_exited_non_zero_is_an_error_before_the_restart() {
     let s = setup().await;
     let next = s.fx.tmp.path().join("store/nixos-system-watchhost-2");
     let current = s.fx.tmp.path().join("current-system");
@@ -261,11 +275,10 @@ async fn a_switch_that_activated_but_exited_non_zero_is_watched_and_reported_onc
         ),
     );
     std::fs::write(s.fakes.file("nix.out"), next.to_str().unwrap()).unwrap();
-    // 1. the new generation passes its checks: it stays, and the status is
-    // the tool's failure
     let mut a = s.agent(&s.dash.ws_url(), 60).spawn();
-    let sent = s.switch_and_restart(&mut a).await;
-    let _b = s.agent(&s.dash.ws_url(), 60).spawn();
+    wait_register(&s.dash, HOST, 0).await;
+    let sent = s.dash.last_seq();
+    let d = s.dash.dispatch(HOST, "switch", false);
     let st = status_for(&s.dash, HOST, "switch", sent).await;
     assert_eq!(st.payload["status"], "error", "{}", st.payload);
     assert_eq!(st.payload["exit_code"], 4, "{}", st.payload);
@@ -275,25 +288,43 @@ async fn a_switch_that_activated_but_exited_non_zero_is_watched_and_reported_onc
             + &format!("{} {}", s.profile.display(), next.display())
             + "` exited 4 after activating the new generation (warning: the following units failed: flaky.service); the new generation passed its checks and stays",
     );
+    // the hub's verdict, before the agent leaves
+    let op = s.dash.op(d.command_id.as_deref().unwrap()).unwrap();
+    assert_eq!(op.status, "ERROR", "{op:?}");
+    assert_eq!(op.exit_code, Some(4));
+    assert_eq!(
+        a.wait_exit(WAIT).await.code(),
+        Some(101),
+        "onto the new generation"
+    );
+    let b = s.agent(&s.dash.ws_url(), 60).spawn();
+    assert!(
+        b.log
+            .wait_for("(reported before the restart) ended", WAIT)
+            .await
+    );
     assert!(!s.fakes.file("activated").exists(), "nothing rolled back");
+    let op = s.dash.op(d.command_id.as_deref().unwrap()).unwrap();
+    assert_eq!(op.status, "ERROR", "the reconnect changes nothing: {op:?}");
     assert_eq!(s.statuses().len(), 1, "reported once");
     assert_no_violations(&s.dash);
 }
 
+/// The net outside the agent: the new generation's agent never reaches the
+/// dashboard, the supervisor rolls back at the deadline. The switch was
+/// reported (its checks passed); what happened after goes to the System
+/// compartment, not to a second status.
 #[tokio::test]
 async fn a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once() {
     let s = setup().await;
     let mut a = s.agent(&s.dash.ws_url(), 2).spawn();
     let sent = s.switch_and_restart(&mut a).await;
-    // the new generation's agent cannot reach the dashboard: the deadline
-    // passes, the supervisor rolls back; this agent reports (into its outbox)
-    // and exits to run the rolled-back binary
+    // the deadline passes, the supervisor rolls back; this agent says so
+    // (output, log, System) and exits to run the rolled-back binary
     let mut b = s.agent(NOWHERE, 2).spawn();
     assert_eq!(b.wait_exit(WAIT).await.code(), Some(101));
     s.assert_rolled_back();
-    // the old generation's agent reaches the dashboard and delivers it
     let _c = s.agent(&s.dash.ws_url(), 2).spawn();
-    let st = status_for(&s.dash, HOST, "switch", sent).await;
     // whoever saw the window end first says so: the supervisor (the whole
     // window), or the agent itself, which waits for what was left of the
     // window when it started (the 2 s window's rest: 1 or 2 s)
@@ -302,46 +333,63 @@ async fn a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once() {
         "the new generation's agent did not reach the dashboard within 2 s",
         "the new generation's agent did not reach the dashboard within 1 s",
     ];
-    assert_eq!(st.payload["status"], "error", "{}", st.payload);
-    let message = st.payload["message"].as_str().unwrap();
+    let (_, reg) = wait_register(&s.dash, HOST, sent).await;
+    let (_, hb) = heartbeat_where(&s.dash, HOST, reg, "System error", |p| {
+        p["update_status"]["system"]["status"] == "error"
+    })
+    .await;
+    let message = hb["update_status"]["system"]["message"].as_str().unwrap();
     assert!(
         reasons
             .iter()
             .any(|r| message == rolled_back_message(&s, r)),
         "{message}"
     );
-    let (_, hb_seq) = wait_register(&s.dash, HOST, sent).await;
-    let hb = s
-        .dash
-        .wait_frame(HOST, "heartbeat", st.seq.max(hb_seq), WAIT)
-        .await
-        .unwrap();
-    assert_eq!(hb.payload["update_status"]["system"]["status"], "error");
-    assert_eq!(hb.payload["update_status"]["system"]["message"], message);
-    assert_eq!(s.statuses().len(), 1, "reported once");
+    assert_eq!(s.statuses().len(), 1, "reported once, before the restart");
     s.record();
     assert_no_violations(&s.dash);
 }
 
+/// A health check that fails right after the activation: the agent that
+/// ran the switch rolls back and reports the error before it goes
+/// anywhere (it runs the generation the host is back on: no restart); the
+/// hub's op is ERROR, never SUCCESS.
 #[tokio::test]
-async fn a_failed_health_check_rolls_back_at_once() {
+async fn a_failed_health_check_rolls_back_and_is_an_error_before_the_agent_leaves() {
     let s = setup().await;
     write_exec(
         &s.fx.repo.join("hosts").join(HOST).join("health/10-web.sh"),
         "#!/bin/sh\necho 'web: connection refused' >&2\nexit 3\n",
     );
-    let mut a = s.agent(&s.dash.ws_url(), 600).spawn();
-    let sent = s.switch_and_restart(&mut a).await;
-    let mut b = s.agent(&s.dash.ws_url(), 600).spawn();
+    let a = s.agent(&s.dash.ws_url(), 600).spawn();
+    wait_register(&s.dash, HOST, 0).await;
+    let sent = s.dash.last_seq();
+    let d = s.dash.dispatch(HOST, "switch", false);
     let st = status_for(&s.dash, HOST, "switch", sent).await;
     assert_eq!(st.payload["status"], "error", "{}", st.payload);
-    assert_eq!(
-        st.payload["message"],
-        rolled_back_message(&s, "health check 10-web.sh failed (exit 3)").as_str()
-    );
+    let message = rolled_back_message(&s, "health check 10-web.sh failed (exit 3)");
+    assert_eq!(st.payload["message"], message.as_str());
     s.assert_rolled_back();
-    // it ran the rolled-back generation's binary: restart
-    assert_eq!(b.wait_exit(WAIT).await.code(), Some(101));
+    let op = s.dash.op(d.command_id.as_deref().unwrap()).unwrap();
+    assert_eq!(op.status, "ERROR", "{op:?}");
+    assert_eq!(op.error.as_deref(), Some(message.as_str()));
+    // the same agent goes on: a heartbeat after the status, System error
+    heartbeat_where(&s.dash, HOST, st.seq, "System error", |p| {
+        p["update_status"]["system"]["message"] == message.as_str()
+    })
+    .await;
+    assert!(
+        s.dash
+            .frames(HOST, Some("output"))
+            .iter()
+            .any(|f| f.payload["line"]
+                == "[nixfleet-agent] rolling back: health check 10-web.sh failed (exit 3)"),
+        "the output says it"
+    );
+    assert!(
+        a.log.text().contains("switch ended: Error"),
+        "the agent goes on"
+    );
     assert_eq!(s.statuses().len(), 1, "reported once");
     assert_no_violations(&s.dash);
 }
@@ -357,15 +405,16 @@ async fn a_unit_that_was_active_and_failed_after_the_switch_rolls_back() {
     assert!(active.len() > 96 * 1024);
     active.push_str("nginx.service loaded active running nginx\n");
     std::fs::write(s.fakes.file("units.active"), active).unwrap();
-    let mut a = s.agent(&s.dash.ws_url(), 600).spawn();
-    let sent = s.switch_and_restart(&mut a).await;
     // after the switch: nginx failed, and a unit that was never active too
     std::fs::write(
         s.fakes.file("units.failed"),
         "nginx.service loaded failed failed nginx\nflaky.service loaded failed failed x\n",
     )
     .unwrap();
-    let _b = s.agent(&s.dash.ws_url(), 600).spawn();
+    let _a = s.agent(&s.dash.ws_url(), 600).spawn();
+    wait_register(&s.dash, HOST, 0).await;
+    let sent = s.dash.last_seq();
+    s.dash.send_command(HOST, "switch").await.unwrap();
     let st = status_for(&s.dash, HOST, "switch", sent).await;
     assert_eq!(
         st.payload["message"],
@@ -400,15 +449,17 @@ async fn the_window_survives_a_reboot_of_the_supervisor() {
     assert_eq!(b.wait_exit(WAIT).await.code(), Some(101));
     s.assert_rolled_back();
     let _c = s.agent(&s.dash.ws_url(), 3).spawn();
-    let st = status_for(&s.dash, HOST, "switch", sent).await;
-    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    let (_, reg) = wait_register(&s.dash, HOST, sent).await;
+    let (_, hb) = heartbeat_where(&s.dash, HOST, reg, "System error", |p| {
+        p["update_status"]["system"]["status"] == "error"
+    })
+    .await;
     assert!(
-        st.payload["message"]
+        hb["update_status"]["system"]["message"]
             .as_str()
             .unwrap()
             .starts_with(&rolled_back_message(&s, "")),
-        "{}",
-        st.payload
+        "{hb}"
     );
     assert_eq!(s.statuses().len(), 1, "reported once");
     assert_no_violations(&s.dash);

@@ -126,7 +126,7 @@ mkTest {
         pull(target, "the next system")
         done, lines = switch()
         assert done["payload"]["status"] == "ok", done
-        assert done["payload"]["message"].endswith("confirmed by the new generation"), done
+        assert done["payload"]["message"].endswith("the new generation passed its health checks"), done
 
         def at(prefix):
             return next(i for i, l in enumerate(lines) if l.startswith(prefix))

@@ -44,12 +44,14 @@ mkTest {
         assert op["status"] == "EXECUTING", result
         done = wait_frame("status", after, '.payload.command == "pull-switch"', timeout=600)
         assert done["payload"]["status"] == "ok", done
-        # reported by the new generation's agent once it confirmed the switch
-        assert done["payload"]["message"].endswith("confirmed by the new generation"), done
-        assert agent.succeed("cat /var/lib/nixfleet-agent/switch/*/verdict").strip() == "confirmed"
+        # reported by the agent that ran it, once the new generation passed
+        # its health checks, before it restarted
+        assert done["payload"]["message"].endswith("the new generation passed its health checks"), done
         agent.wait_until_succeeds(f"test $(systemctl show --property NRestarts --value {UNIT}) -gt {before}", timeout=60)
-        # the new generation registers first, then confirms and reports
-        wait_frame("register", after)
+        # the new generation's agent registers (the hub's op: SUCCESS), which
+        # confirms the switch to the watchdog
+        wait_frame("register", done["seq"])
+        agent.wait_until_succeeds("grep -qx confirmed /var/lib/nixfleet-agent/switch/*/verdict", timeout=60)
         wait_api("/api/ops?host=agent", f'any(.[]; .id == "{op["command_id"]}" and .status == "SUCCESS")')
         wait_frame("heartbeat", done["seq"], '.payload.update_status.system.status == "ok"')
         assert agent.succeed("cat /etc/nixfleet-generation").strip() == "next"

@@ -1,17 +1,29 @@
 //! The agent's side of the rollback watchdog (`deploy/watchdog.rs`):
 //! preparing a watched switch, and confirming it from the new generation.
 //!
-//! The agent that starts after a watched switch (the new generation's, or
-//! the old one's after a rollback) finds the record at start. Without a
-//! verdict yet it makes sure a supervisor guards the window (after a reboot
-//! it starts one for the rest of it), waits until the dashboard has
-//! registered it, runs the health checks (every executable
-//! `hosts/<host>/health/*.sh`, and on NixOS "no unit that was active before
-//! the switch has failed") and decides. Then it reports the one status of the
-//! original command: `ok` when confirmed, else `error` `rolled back to
-//! <generation>: <reason>` once the supervisor's rollback ended (System
-//! `error` with the same words), and exits for a restart when it runs the
-//! binary of the generation that was rolled back.
+//! **Before the agent leaves** (the process that ran the switch, which the
+//! activation leaves running: the NixOS unit is never restarted by a
+//! switch): it runs the health checks of the new generation at once (every
+//! executable `hosts/<host>/health/*.sh`, and on NixOS "no unit that was
+//! active before the switch has failed"). Failed: the supervisor rolls back
+//! and the one status is `error` `rolled back to <generation>: <reason>`,
+//! sent before the agent goes anywhere; passed: the status is `ok` (or the
+//! activation's own failure, `error` with its exit code), sent before the
+//! agent exits for its restart into the new generation. The dashboard gets
+//! the true outcome while it still listens for it (its lifecycle calls any
+//! reconnect after a switch a success, and ignores a status after that).
+//!
+//! **After** (the agent that starts next, the new generation's, or the old
+//! one's after a rollback) finds the record at start. Without a verdict yet
+//! it makes sure a supervisor guards the window (after a reboot it starts
+//! one for the rest of it), waits until the dashboard has registered it
+//! and, unless the old process ran them, runs the health checks; then
+//! decides. The watchdog outside the agent stays the net: a new generation
+//! whose agent never reaches the dashboard is rolled back at the deadline.
+//! A switch that was not reported yet (its process died on the way) gets
+//! its one status here; one that was gets none: its verdict goes to the
+//! output and the System compartment. It exits for a restart when it runs
+//! the binary of the generation that was rolled back.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -65,9 +77,61 @@ impl Run {
         }
     }
 
-    /// The new generation's checks: registered, health scripts, failed units.
-    async fn check_new_generation(&self, record: &Record, window: Duration) -> Verdict {
-        let started = Instant::now();
+    /// A watched switch activated (`command`, its `record` and `watch`):
+    /// the new generation's health checks run in this process, before it
+    /// leaves, and the outcome is the switch's one status (module docs):
+    /// `Ok` with the message of a success (the agent then restarts).
+    pub(super) async fn check_before_leaving(
+        &mut self,
+        command: CommandName,
+        record: &Record,
+        watch: &Watch,
+    ) -> Result<String, Report> {
+        let what = switch_word(command);
+        self.sink
+            .note("[nixfleet-agent] activated; checking the new generation before the agent restarts into it".to_string())
+            .await;
+        let window = confirm::window(record, watch);
+        let mine = self.health(record, window).await;
+        let verdict = match mine {
+            Verdict::Confirmed => {
+                if let Err(e) = confirm::mark_checked(record) {
+                    // the next agent runs the checks again
+                    tracing::warn!("cannot mark the switch as checked: {e}");
+                }
+                Verdict::Confirmed
+            }
+            // the supervisor may have decided first (its deadline)
+            rollback => confirm::decide(record, &rollback),
+        };
+        match confirm::settle(record, verdict, what) {
+            Settled::Confirmed(_) => {
+                self.sink
+                    .note(format!(
+                        "[nixfleet-agent] the agent restarts into the new generation; the watchdog rolls back unless its agent reaches the dashboard within {} s",
+                        confirm::window(record, watch).as_secs()
+                    ))
+                    .await;
+                Ok(format!(
+                    "{what} succeeded; the new generation passed its health checks"
+                ))
+            }
+            // the activation's own failure; the new generation stays
+            Settled::Failed(code, message) => Err(Report::error(code, message).with_restart()),
+            Settled::RollBack(why) => {
+                self.sink
+                    .note(format!("[nixfleet-agent] rolling back: {why}"))
+                    .await;
+                let mut report = self.rolled_back(record, watch, &why).await;
+                // this process runs the generation the host is back on
+                report.restart = false;
+                Err(report)
+            }
+        }
+    }
+
+    /// The new generation's agent reached the dashboard within `window`.
+    async fn reach_dashboard(&self, window: Duration) -> Verdict {
         let state = self.inner().state.clone();
         if tokio::time::timeout(window, state.wait_registered())
             .await
@@ -83,6 +147,32 @@ impl Run {
                 "[nixfleet-agent] registered with the dashboard on the new generation".to_string(),
             )
             .await;
+        Verdict::Confirmed
+    }
+
+    /// The new generation's checks: registered, health scripts, failed units.
+    async fn check_new_generation(&self, record: &Record, window: Duration) -> Verdict {
+        let started = Instant::now();
+        if let Verdict::RollBack(why) = self.reach_dashboard(window).await {
+            return Verdict::RollBack(why);
+        }
+        if confirm::checked(record) {
+            self.sink
+                .note(
+                    "[nixfleet-agent] its health checks passed before the agent restarted"
+                        .to_string(),
+                )
+                .await;
+            return Verdict::Confirmed;
+        }
+        self.health(record, window.saturating_sub(started.elapsed()))
+            .await
+    }
+
+    /// The new generation's health: the health scripts and, on NixOS, the
+    /// units that were active before the switch; within `window`.
+    async fn health(&self, record: &Record, window: Duration) -> Verdict {
+        let started = Instant::now();
         let config = self.inner().config.clone();
         let dir = config
             .repo_dir
@@ -186,7 +276,12 @@ impl Run {
                 self.rolled_back(&record, &watch, &why).await
             }
         };
-        self.finish(report).await;
+        if record.is_reported() {
+            // the process that ran the switch sent its one status
+            self.finish_quietly(report).await;
+        } else {
+            self.finish(report).await;
+        }
     }
 
     /// The report after the supervisor's rollback (waited for), with the
@@ -228,17 +323,25 @@ impl Commands {
     /// docs). False when another command holds the slot.
     pub(super) fn confirm_switch(&self, record: Record, watch: Watch) -> bool {
         let command = Self::record_command(&record);
-        let Some(ctl) = self.claim(command) else {
-            return false;
+        let ctl = if record.is_reported() {
+            // reported, its checks passed: only the registration is left,
+            // which comes before any command; the dashboard, which has seen
+            // the switch end, may send the next one at once: no slot held
+            runner::Control::new(command.as_str(), None)
+        } else {
+            let Some(ctl) = self.claim(command) else {
+                return false;
+            };
+            // heartbeats show the switch as running while it is confirmed
+            if let Some(pid) = record
+                .supervisor_pid()
+                .filter(|_| record.supervisor_alive())
+            {
+                ctl.publish_pid(pid);
+            }
+            ctl
         };
         ctl.set_detached();
-        // heartbeats show the switch as running while it is confirmed
-        if let Some(pid) = record
-            .supervisor_pid()
-            .filter(|_| record.supervisor_alive())
-        {
-            ctl.publish_pid(pid);
-        }
         let this = self.clone();
         tokio::spawn(async move {
             let run = this

@@ -180,6 +180,34 @@ impl Run {
         self.ctl.finish();
     }
 
+    /// Ends the confirmation of a watched switch whose one status the
+    /// process that ran it already sent: what the new generation came to
+    /// goes to the output, the command's log and the System compartment,
+    /// never to a second status; then a restart if it asks for one.
+    pub(super) async fn finish_quietly(self, report: Report) {
+        let inner = self.inner();
+        let command = self.ctl.name().to_string();
+        self.sink
+            .note(format!(
+                "[nixfleet-agent] {command}, reported before the restart: {}",
+                report.message
+            ))
+            .await;
+        tracing::info!(
+            "{command} (reported before the restart) ended: {:?}",
+            report.outcome
+        );
+        self.settle_row(&report);
+        if report.restart {
+            inner.exiting.store(true, Ordering::SeqCst);
+        }
+        self.commands.release(&self.ctl);
+        if report.restart {
+            inner.state.request_exit(EXIT_RESTART);
+        }
+        self.ctl.finish();
+    }
+
     /// Reports the run: the slot is released first, then the status queued;
     /// a switch's status is written to the undelivered statuses before its
     /// record is marked reported (a kill or power loss in between must leave

@@ -80,21 +80,18 @@ pub(super) fn switch_report(record: &Record, ended: Ended) -> Result<String, Rep
 /// How a switch that did not fail ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Switched {
-    /// Done and known: the message of its status.
+    /// Done and known: the message of its status (a watched switch's too:
+    /// its health checks ran before the agent leaves).
     Done(String),
-    /// Activated and watched: the agent of the new generation reports it
-    /// once it confirmed it (or after a rollback).
-    Watched,
 }
 
 impl Switched {
     /// The run's report: `before` (what came first, a pull's result) and the
-    /// switch; a watched switch's report carries no status of its own.
+    /// switch.
     pub(super) fn report(self, before: Option<&str>) -> Report {
         match (self, before) {
             (Switched::Done(m), None) => Report::ok(m).with_restart(),
             (Switched::Done(m), Some(b)) => Report::ok(format!("{b}; {m}")).with_restart(),
-            (Switched::Watched, before) => Report::watched(before),
         }
     }
 }
@@ -203,15 +200,21 @@ impl Run {
             self.ctl.publish_pid(pid);
         }
         let ended = deploy::follow(&record, &self.sink, &self.ctl, Some(child), false).await;
-        if self.watched(&record, ended).await {
-            return Ok(Switched::Watched);
+        if let Ended::Exit(code) = ended
+            && let Some(watch) = confirm::watched(&record, code)
+        {
+            return self
+                .check_before_leaving(command, &record, &watch)
+                .await
+                .map(Switched::Done);
         }
         switch_report(&record, ended).map(Switched::Done)
     }
 
-    /// Whether the switch that ended so is watched: it is reported by the
-    /// next agent process, once the new generation confirmed it (or it was
-    /// rolled back). Says so in the output.
+    /// Whether the switch that ended so (followed by an agent that did not
+    /// start it: the one that did died on the way) is watched: it is
+    /// reported by the next agent process, once the new generation confirmed
+    /// it (or it was rolled back). Says so in the output.
     async fn watched(&self, record: &Record, ended: Ended) -> bool {
         let Ended::Exit(code) = ended else {
             return false;
@@ -296,6 +299,16 @@ impl Commands {
                 }
             } else {
                 self.report_record(&record, Ended::Vanished);
+            }
+        }
+        // reported before the agent left, their checks passed: the new
+        // generation's agent has to reach the dashboard (no second status)
+        for (record, watch) in confirm::awaiting_new_agent(&root) {
+            if !self.confirm_switch(record.clone(), watch) {
+                tracing::warn!(
+                    "another switch is already followed; {} stays for the next start",
+                    record.dir().display()
+                );
             }
         }
         deploy::prune(&root, deploy::KEEP_RECORDS);

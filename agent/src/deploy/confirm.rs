@@ -57,6 +57,37 @@ pub fn watched(record: &Record, code: i32) -> Option<Watch> {
     Watch::load(record)
 }
 
+/// The mark of a watched switch whose health checks the old generation's
+/// agent ran and passed before it left, having reported the switch: the
+/// new generation's agent only has to reach the dashboard in the window.
+const CHECKED: &str = "checked";
+
+/// Marks `record`: its health checks passed in the process that ran the
+/// switch (before it reported it and left).
+pub fn mark_checked(record: &Record) -> std::io::Result<()> {
+    record.write_file(CHECKED, b"")
+}
+
+/// Whether the health checks of `record` passed before the switch was
+/// reported ([`mark_checked`]).
+pub fn checked(record: &Record) -> bool {
+    record.dir().join(CHECKED).exists()
+}
+
+/// Watched switches that were reported before the agent left (their checks
+/// passed in the old process) and still wait for the new generation's
+/// agent to reach the dashboard; with what each would roll back to.
+pub fn awaiting_new_agent(root: &std::path::Path) -> Vec<(Record, Watch)> {
+    super::record::all_records(root)
+        .into_iter()
+        .filter(|r| r.is_reported() && checked(r) && watchdog::verdict_of(r).is_none())
+        .filter_map(|r| {
+            let watch = watched(&r, r.exit_code()?)?;
+            Some((r, watch))
+        })
+        .collect()
+}
+
 /// Whether nobody guards the window any more (the host rebooted inside
 /// it): a supervisor must be started for the rest of it.
 pub fn unguarded(record: &Record) -> bool {

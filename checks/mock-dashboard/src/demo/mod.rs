@@ -327,7 +327,7 @@ impl Demo {
             }
         }
 
-        self.step("4. switch (dispatched): activate it; the agent restarts on the new system, which confirms it");
+        self.step("4. switch (dispatched): activate it, check it, report it; the agent restarts on the new system, whose agent reaching the dashboard confirms it");
         self.switch_and_restart().await;
 
         self.step("5. test (dispatched): the host's test scripts, with progress");

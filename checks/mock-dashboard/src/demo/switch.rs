@@ -1,8 +1,9 @@
 //! Step 4 of the demo: a switch dispatched as the dashboard's UI does, under
-//! the agent's rollback watchdog. The agent switches, exits 101 without a
-//! status, and is started again as systemd would; the new process registers,
-//! confirms the switch and reports its one status; the hub has completed the
-//! operation at the reconnect (`lifecycle.go`).
+//! the agent's rollback watchdog. The agent switches, checks the new
+//! generation and reports its one status (the hub's operation awaits the
+//! reconnect, `lifecycle.go`), exits 101 and is started again as systemd
+//! would; the new process registers, which completes the operation, and
+//! confirms the switch to the watchdog.
 
 use std::time::Duration;
 
@@ -15,10 +16,14 @@ impl Demo {
         let Some(id) = self.dispatch("4.", "switch") else {
             return;
         };
+        let Some(status) = self.answer("4.", "switch", 30, |_| ()).await else {
+            return;
+        };
+        self.expect_ok("4. switch", &status);
         let exit = self.wait_exit(Duration::from_secs(20)).await;
         match exit {
             Some(e) if e.code == Some(101) => self.note(&format!(
-                "the agent exited with {} (\"switched, restart me\") and no status yet: the new generation's agent confirms the switch, or the watchdog rolls it back; starting it again, as systemd would",
+                "the agent exited with {} (\"switched, restart me\") after its status: the new generation's agent has to reach the dashboard, or the watchdog rolls it back; starting it again, as systemd would",
                 e.how
             )),
             Some(e) => {
@@ -45,10 +50,6 @@ impl Demo {
                 return;
             }
         }
-        let Some(status) = self.answer("4.", "switch", 30, |_| ()).await else {
-            return;
-        };
-        self.expect_ok("4. switch", &status);
         self.op_end("4.", &id, 30).await;
     }
 }
