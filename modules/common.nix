@@ -283,7 +283,11 @@ in
         Seconds the new generation has to confirm a switch
         (`NIXFLEET_ROLLBACK_DEADLINE`), counted from the end of the switch.
         A reboot inside the window pauses it: the agent resumes the check
-        after the boot for the rest of it.
+        after the boot for the rest of it. At least 100: the dashboard
+        waits 90 s for a switched host's agent to come back and calls the
+        switch a success when any agent registers in that time, so a
+        rollback inside that window would show a rolled-back switch as
+        SUCCESS.
       '';
     };
 
@@ -477,6 +481,18 @@ in
 
     (lib.mkIf cfg.enable {
       assertions = [
+        {
+          # the hub's reconnect window (lifecycle.go: ReconnectTimeout for
+          # switch, 90 s) and a margin for the old agent's start
+          assertion = cfg.rollbackDeadline >= 100;
+          message = ''
+            services.nixfleet-agent.rollbackDeadline must be at least 100
+            seconds; got ${toString cfg.rollbackDeadline}. The dashboard waits
+            90 s for a switched host's agent and calls the switch a success when
+            any agent registers in that time: a watchdog rollback inside that
+            window would let the rolled-back agent turn it into SUCCESS.
+          '';
+        }
         {
           assertion = cfg.requireSignedCommits -> cfg.trustedSigners != [ ];
           message = ''

@@ -136,11 +136,12 @@ def main():
         "themeColor must be a colour",
         "hostname must be a short host name",
         "requireSignedCommits needs at least one key",
+        "rollbackDeadline must be at least 100",
     ):
         check(fragment in failed, f"invalid settings report {fragment!r}:\n{failed}")
     check(
-        len(facts["invalid"]["failedAssertions"]) == 5,
-        f"exactly five failed assertions: {facts['invalid']['failedAssertions']}",
+        len(facts["invalid"]["failedAssertions"]) == 6,
+        f"exactly six failed assertions: {facts['invalid']['failedAssertions']}",
     )
     check(
         facts["secretPathsRefused"] == [True] * 5,

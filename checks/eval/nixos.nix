@@ -51,6 +51,7 @@ let
     themeColor = "blue";
     hostname = "web-1.example.com";
     requireSignedCommits = true;
+    rollbackDeadline = 60;
   };
 
   # Secret paths the options' type (types.externalPath) refuses: inside the
