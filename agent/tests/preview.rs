@@ -409,6 +409,44 @@ async fn a_substitute_only_host_refuses_a_switch_that_would_build() {
     let (st, _) = switch(&dash).await;
     assert_eq!(st["status"], "ok", "{st}");
     assert!(fakes.file("rebuild.argv").exists());
+    // the dry run and the build alike: Nix may build nothing here, so a
+    // plan that turns out wrong fails instead of building
+    for file in ["nix-dry-run.argv", "nix-build.argv"] {
+        let argv = fakes.read(file);
+        let last = argv.lines().last().unwrap_or_default();
+        assert!(last.contains(" --max-jobs 0 "), "{file}: {last}");
+    }
+    assert_no_violations(&dash);
+}
+
+/// `force-rebuild`'s dry run makes its plan with the build's cache bypass:
+/// without it the plan trusts the cached "not in the binary cache" answers
+/// the operation exists to forget (and a substitute-only host refuses it).
+#[tokio::test]
+async fn force_rebuild_plans_with_the_cache_bypass_it_builds_with() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let _a = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
+        .with_fakes(&fakes)
+        .env("NIXFLEET_ROLLBACK_ON_FAILURE", "0")
+        .spawn();
+    wait_register(&dash, HOST, 0).await;
+    let after = dash.last_seq();
+    dash.send_command(HOST, "force-rebuild").await.unwrap();
+    let st = status_for(&dash, HOST, "force-rebuild", after).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    for file in ["nix-dry-run.argv", "nix-build.argv"] {
+        let argv = fakes.read(file);
+        assert!(
+            argv.contains(" --option narinfo-cache-negative-ttl 0 "),
+            "{file}: {argv}"
+        );
+        assert!(
+            !argv.contains("--max-jobs"),
+            "{file}: builds allowed: {argv}"
+        );
+    }
     assert_no_violations(&dash);
 }
 

@@ -59,7 +59,19 @@ struct Host {
 /// this host's own: nothing another test (or an earlier run) built is in
 /// the store already.
 fn flake(salt: &str, hello: &str, exit: i32) -> String {
+    flake_with(salt, hello, exit, true)
+}
+
+/// [`flake`], whose NixOS system has its activation program only when
+/// `activation` (without it, it is not a system `nixos-rebuild` would
+/// switch to).
+fn flake_with(salt: &str, hello: &str, exit: i32, activation: bool) -> String {
     let system = nix_system();
+    let install = if activation {
+        "cp ${./nixos/switch-to-configuration} $out/bin/switch-to-configuration\n        chmod +x $out/bin/switch-to-configuration"
+    } else {
+        "echo 'no activation program' > $out/README"
+    };
     format!(
         r#"{{
   outputs = {{ self }}:
@@ -81,8 +93,7 @@ fn flake(salt: &str, hello: &str, exit: i32) -> String {
         mkdir -p $out/bin
         ln -s ${{hello}} $out/sw
         echo 26.05 > $out/nixos-version
-        cp ${{./nixos/switch-to-configuration}} $out/bin/switch-to-configuration
-        chmod +x $out/bin/switch-to-configuration
+        {install}
         echo {exit} > $out/exit-code
       '' [ hello ];
       home = sh "home-manager-generation" ''
@@ -652,3 +663,64 @@ async fn check_names_the_real_nix(suite: &'static str) {
     );
 }
 on_every_nix!(check_names_the_real_nix);
+
+/// A built path that is not a system (no `bin/switch-to-configuration`):
+/// refused after the build and before anything points at it; the profile,
+/// the boot default and the running system stay (before, `nix-env --set`
+/// moved the profile first and the activation failed with 127).
+async fn not_a_system_is_refused_before_the_profile_moves(suite: &'static str) {
+    let Some(h) = Host::new(suite).await else {
+        return;
+    };
+    let _agent = h.agent().spawn();
+    wait_register(&h.dash, HOST, 0).await;
+    commit_file(
+        &h.fx.repo,
+        "flake.nix",
+        &flake_with(&h.salt, "2.0", 0, false),
+    );
+    let after = command(&h.dash, "switch").await;
+    let st = status(&h.dash, after).await;
+    let p = &st.payload;
+    assert_eq!(text(p, "status"), "error", "{p}");
+    let built = h.resolve(&h.fx.state.join("built-system"));
+    assert_eq!(
+        text(p, "message"),
+        format!(
+            "Switch refused: {built} is not a NixOS system: it has no bin/switch-to-configuration (executable); nothing was set or activated"
+        )
+    );
+    assert_eq!(h.generations(&h.profile), (vec![1], 1), "the profile stays");
+    assert_eq!(h.resolve(&h.current), h.booted);
+    assert_eq!(h.activations(), "");
+}
+on_every_nix!(not_a_system_is_refused_before_the_profile_moves);
+
+/// A substitute-only host (`buildOnHost = false`) whose new system is in
+/// the store already: the real dry run plans nothing to build, and the
+/// real build runs with `--max-jobs 0` (every version takes it) and
+/// switches.
+async fn substitute_only_host_switches_what_it_need_not_build(suite: &'static str) {
+    let Some(h) = Host::new(suite).await else {
+        return;
+    };
+    let mut agent = h.agent().env("NIXFLEET_BUILD_ON_HOST", "0").spawn();
+    wait_register(&h.dash, HOST, 0).await;
+    h.commit("2.0", 0);
+    // what a binary cache would have provided
+    let wanted = h.sh(&format!(
+        "nix {FEATURES} build --out-link {dir}/cached '{repo}#nixosConfigurations.{HOST}.config.system.build.toplevel' && readlink {dir}/cached",
+        dir = h.dir().display(),
+        repo = h.fx.repo.display()
+    ));
+    let after = command(&h.dash, "switch").await;
+    h.line(
+        after,
+        "substitute-only host (buildOnHost is off): --max-jobs 0",
+    )
+    .await;
+    let (st, _next) = h.restarted(&mut agent, after).await;
+    assert_eq!(text(&st.payload, "status"), "ok", "{}", st.payload);
+    assert_eq!(h.resolve(&h.current), wanted);
+}
+on_every_nix!(substitute_only_host_switches_what_it_need_not_build);

@@ -274,6 +274,7 @@ async fn a_switch_that_activated_but_exited_non_zero_is_an_error_before_the_rest
             current.display()
         ),
     );
+    std::fs::write(next.join("nixos-version"), "26.05.next\n").unwrap();
     std::fs::write(s.fakes.file("nix.out"), next.to_str().unwrap()).unwrap();
     let mut a = s.agent(&s.dash.ws_url(), 60).spawn();
     wait_register(&s.dash, HOST, 0).await;

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use super::preview::mib;
 use super::refresh::{running_system, system_installable};
-use super::switches::{CACHE_BYPASS, Switched, switch_word};
+use super::switches::{CACHE_BYPASS, NO_LOCAL_BUILDS, Switched, nix_options, switch_word};
 use super::*;
 use crate::deploy::{Action, Kind, Target, activate_argv};
 
@@ -92,6 +92,13 @@ impl Run {
         let installable = system_installable(config.switch_tool, flake, &config.hostname);
         self.begin_system();
         let system = self.build_system(command, &installable).await?;
+        // before anything points at it: the profile, the boot loader
+        kind.check_system(&system).map_err(|why| {
+            Report::error(
+                NOT_RUN,
+                format!("{what} refused: {why}; nothing was set or activated"),
+            )
+        })?;
         let env = self.inner().env.clone();
         let (tool, current_link) = (config.switch_tool, config.current_system.clone());
         let current =
@@ -174,7 +181,6 @@ impl Run {
         if command == CommandName::ForceRebuild {
             // A cached "not in the binary cache" answer can keep serving an
             // old build (upstream P7220): forget negative lookups for this run.
-            args.extend(CACHE_BYPASS.iter().map(OsStr::new));
             self.sink
                 .note(format!(
                     "[nixfleet-agent] force rebuild: {}",
@@ -182,6 +188,20 @@ impl Run {
                 ))
                 .await;
         }
+        if !config.guard.build_on_host {
+            self.sink
+                .note(format!(
+                    "[nixfleet-agent] substitute-only host (buildOnHost is off): {}",
+                    NO_LOCAL_BUILDS.join(" ")
+                ))
+                .await;
+        }
+        // the dry run's options too (switches::nix_options)
+        args.extend(
+            nix_options(command, config.guard.build_on_host)
+                .into_iter()
+                .map(OsStr::new),
+        );
         args.push(OsStr::new(installable));
         self.sink
             .note(format!("[nixfleet-agent] building {installable}…"))

@@ -153,17 +153,21 @@ impl Run {
         &mut self,
         what: &str,
         flake: &str,
+        options: &[&str],
     ) -> Result<Plan, Report> {
         let config = self.inner().config.clone();
         let installable = system_installable(config.switch_tool, flake, &config.hostname);
-        let args: [&OsStr; 6] = [
+        let mut args: Vec<&OsStr> = vec![
             OsStr::new("--extra-experimental-features"),
             OsStr::new("nix-command flakes"),
             OsStr::new("build"),
             OsStr::new("--dry-run"),
             OsStr::new("--no-link"),
-            OsStr::new(&installable),
         ];
+        // the build's own options: a plan made without force-rebuild's
+        // cache bypass would trust the very answers it exists to forget
+        args.extend(options.iter().map(OsStr::new));
+        args.push(OsStr::new(&installable));
         let spec = Spec {
             program: OsStr::new("nix"),
             args: &args,

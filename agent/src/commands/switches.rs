@@ -26,6 +26,24 @@ use crate::deploy::{Action, Kind, Target, activate_argv, confirm};
 /// `darwin-rebuild` and `home-manager` pass `--option` on to Nix).
 pub(super) const CACHE_BYPASS: [&str; 3] = ["--option", "narinfo-cache-negative-ttl", "0"];
 
+/// `--max-jobs 0`: Nix builds nothing here (a substitute-only host: what is
+/// missing must come from a binary cache, or the build fails).
+pub(super) const NO_LOCAL_BUILDS: [&str; 2] = ["--max-jobs", "0"];
+
+/// The Nix options of `command`'s dry run and build alike, so that the plan
+/// is made with what the build will use: `force-rebuild`'s cache bypass,
+/// and on a substitute-only host (`buildOnHost = false`) no local builds.
+pub(super) fn nix_options(command: CommandName, build_on_host: bool) -> Vec<&'static str> {
+    let mut options = Vec::new();
+    if command == CommandName::ForceRebuild {
+        options.extend(CACHE_BYPASS);
+    }
+    if !build_on_host {
+        options.extend(NO_LOCAL_BUILDS);
+    }
+    options
+}
+
 /// How the System compartment names a command's system phase.
 pub(super) fn system_label(command: CommandName) -> &'static str {
     match command {
@@ -108,7 +126,11 @@ impl Run {
             .and_then(pin)
             .unwrap_or_else(|| config.flake.clone());
         let plan = self
-            .preview_and_guard(system_label(command), &flake)
+            .preview_and_guard(
+                system_label(command),
+                &flake,
+                &nix_options(command, config.guard.build_on_host),
+            )
             .await?;
         self.build_and_activate(command, &flake, &plan).await
     }

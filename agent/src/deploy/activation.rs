@@ -66,6 +66,47 @@ impl Kind {
         }
     }
 
+    /// What a built `system` of this kind must hold, as the rebuild tools
+    /// expect it (a system `nixos-rebuild` would switch to: its
+    /// `nixos-version` and activation program; nix-darwin's `darwin-version`
+    /// and `activate`; a Home Manager generation's `activate`); `Err` names
+    /// what is missing. Checked before the profile is touched.
+    pub fn check_system(self, system: &Path) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let (what, marker) = match self {
+            Kind::NixOs => ("a NixOS system", Some("nixos-version")),
+            Kind::Darwin => ("a nix-darwin system", Some("darwin-version")),
+            Kind::HomeManager => ("a Home Manager generation", None),
+        };
+        let activator = self.activator(system);
+        let executable = fs::metadata(&activator)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        let mut missing: Vec<String> = Vec::new();
+        if let Some(marker) = marker
+            && !system.join(marker).exists()
+        {
+            missing.push(marker.to_string());
+        }
+        if !executable {
+            missing.push(format!(
+                "{} (executable)",
+                activator
+                    .strip_prefix(system)
+                    .unwrap_or(&activator)
+                    .display()
+            ));
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} is not {what}: it has no {}",
+                system.display(),
+                missing.join(" and no ")
+            ))
+        }
+    }
+
     /// The program that activates `system` of this kind.
     pub fn activator(self, system: &Path) -> PathBuf {
         match self {
@@ -364,4 +405,53 @@ fn on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(name))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn exec(path: &Path) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn a_built_path_must_be_a_system_of_its_kind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let system = tmp.path().join("system");
+        fs::create_dir_all(&system).unwrap();
+        let err = Kind::NixOs.check_system(&system).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "{} is not a NixOS system: it has no nixos-version and no bin/switch-to-configuration (executable)",
+                system.display()
+            )
+        );
+        fs::write(system.join("nixos-version"), "26.05").unwrap();
+        // present but not executable
+        fs::create_dir_all(system.join("bin")).unwrap();
+        fs::write(system.join("bin/switch-to-configuration"), "").unwrap();
+        assert!(Kind::NixOs.check_system(&system).is_err());
+        exec(&system.join("bin/switch-to-configuration"));
+        assert_eq!(Kind::NixOs.check_system(&system), Ok(()));
+        // nix-darwin: darwin-version and activate
+        let err = Kind::Darwin.check_system(&system).unwrap_err();
+        assert!(
+            err.contains("is not a nix-darwin system: it has no darwin-version and no activate"),
+            "{err}"
+        );
+        exec(&system.join("activate"));
+        fs::write(system.join("darwin-version"), "{}").unwrap();
+        assert_eq!(Kind::Darwin.check_system(&system), Ok(()));
+        // Home Manager: activate
+        let generation = tmp.path().join("generation");
+        fs::create_dir_all(&generation).unwrap();
+        assert!(Kind::HomeManager.check_system(&generation).is_err());
+        exec(&generation.join("activate"));
+        assert_eq!(Kind::HomeManager.check_system(&generation), Ok(()));
+    }
 }

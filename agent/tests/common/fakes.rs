@@ -97,6 +97,12 @@ touch {d}/rebuild.done
         let system = store.join(BUILT);
         write_exec(&system.join("bin/switch-to-configuration"), &activate);
         write_exec(&system.join("activate"), &activate);
+        std::fs::write(system.join("nixos-version"), "26.05.fake\n").unwrap();
+        std::fs::write(
+            system.join("darwin-version"),
+            "{\"darwinLabel\":\"26.05.fake\"}\n",
+        )
+        .unwrap();
         let sys = system.display();
         write_exec(
             &bin.join("nix"),
@@ -199,6 +205,13 @@ exit 1
     pub fn system_at(&self, dir: &Path) {
         write_exec(&dir.join("bin/switch-to-configuration"), &self.activate);
         write_exec(&dir.join("activate"), &self.activate);
+        // what a NixOS system and a nix-darwin system hold beside them
+        std::fs::write(dir.join("nixos-version"), "26.05.fake\n").unwrap();
+        std::fs::write(
+            dir.join("darwin-version"),
+            "{\"darwinLabel\":\"26.05.fake\"}\n",
+        )
+        .unwrap();
     }
 
     /// The system profile with one generation per system, in order, as

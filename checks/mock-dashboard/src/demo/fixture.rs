@@ -136,6 +136,7 @@ pub(super) fn current_system(dir: &Path, bin: &Path) -> std::io::Result<System> 
         BUILT_ACTIVATION,
     )?;
     write_script(&built.join("activate"), BUILT_ACTIVATION)?;
+    std::fs::write(built.join("nixos-version"), "26.05.demo\n")?;
     write_script(&bin.join("nix"), &nix(&system, &built))?;
     std::fs::create_dir_all(system.join("bin"))?;
     let fake = "#!/bin/sh\necho \"$(basename \"$0\") (demo fake: the watchdog rolls back) $*\"\n";
