@@ -724,3 +724,46 @@ async fn substitute_only_host_switches_what_it_need_not_build(suite: &'static st
     assert_eq!(h.resolve(&h.current), wanted);
 }
 on_every_nix!(substitute_only_host_switches_what_it_need_not_build);
+
+/// A garbage collection during the new generation's probation cannot take
+/// the system the watchdog would roll back to: its profile generation is
+/// deleted (as `nix-collect-garbage -d` does to the system profile) and the
+/// store collected while the health check runs, then the check fails; the
+/// rollback finds the booted system in the store because the agent held a
+/// GC root on it from before the activation (and dropped it after).
+async fn a_garbage_collection_during_probation_keeps_the_rollback_target(suite: &'static str) {
+    let Some(h) = Host::new(suite).await else {
+        return;
+    };
+    let dir = h.dir().display().to_string();
+    // nothing but the profile's generation keeps the booted system
+    std::fs::remove_file(h.dir().join("booted")).unwrap();
+    host_test_dir(
+        &h.fx.repo,
+        "health",
+        "gc.sh",
+        &format!(
+            "nix-env -p {dir}/profiles/system --delete-generations old >&2\nnix-store --gc >/dev/null 2>&1\necho 'collected; the service is broken' >&2\nexit 1"
+        ),
+    );
+    let _agent = h.agent().spawn();
+    wait_register(&h.dash, HOST, 0).await;
+    h.commit("2.0", 0);
+    let after = command(&h.dash, "switch").await;
+    let st = status(&h.dash, after).await;
+    let p = &st.payload;
+    assert_eq!(text(p, "status"), "error", "{p}");
+    let message = text(p, "message");
+    assert!(
+        message.starts_with("rolled back to ")
+            && message.ends_with(": health check gc.sh failed (exit 1)"),
+        "the rollback succeeded: {message}"
+    );
+    assert!(h.in_store(&h.booted), "the booted system was kept");
+    assert_eq!(h.resolve(&h.current), h.booted, "and runs again");
+    assert_eq!(h.resolve(&h.profile), h.booted);
+    // settled: the agent's root is gone (the profile holds it now)
+    let roots = h.roots_of(&h.booted);
+    assert!(!roots.contains("rollback-target"), "{roots}");
+}
+on_every_nix!(a_garbage_collection_during_probation_keeps_the_rollback_target);

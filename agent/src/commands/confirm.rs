@@ -51,7 +51,11 @@ impl Run {
                 .await
                 .unwrap_or_else(|e| Err(format!("the preparation did not finish: {e}")));
         match prepared {
-            Ok(confirm::Prepared { watch, units_note }) => {
+            Ok(confirm::Prepared {
+                watch,
+                units_note,
+                root_note,
+            }) => {
                 self.sink
                     .note(format!(
                         "[nixfleet-agent] rollback watchdog: back to {} unless the new generation registers and passes its health checks within {} s",
@@ -63,6 +67,14 @@ impl Run {
                     self.sink
                         .note(format!(
                             "[nixfleet-agent] no failed-units check after this switch: {why}"
+                        ))
+                        .await;
+                }
+                if let Some(why) = root_note {
+                    self.sink
+                        .note(format!(
+                            "[nixfleet-agent] no GC root holds {} while the switch is watched: {why}",
+                            watch.previous_name()
                         ))
                         .await;
                 }

@@ -22,6 +22,8 @@ pub struct Prepared {
     pub watch: Watch,
     /// Why the failed-units check will not run, if it will not.
     pub units_note: Option<String>,
+    /// Why no GC root holds the system to roll back to, if none does.
+    pub root_note: Option<String>,
 }
 
 /// Makes `record` a watched switch (blocking): the system before it and,
@@ -31,6 +33,7 @@ pub fn prepare(config: &Config, env: &ChildEnv, record: &Record) -> Result<Prepa
     watch
         .save(record)
         .map_err(|e| format!("cannot write the watch file: {e}"))?;
+    let root_note = watchdog::hold_target(record, &watch, env.vars()).err();
     let units_note = if watch.kind == Kind::NixOs {
         match units("active", env.vars()) {
             Ok(active) => {
@@ -45,7 +48,11 @@ pub fn prepare(config: &Config, env: &ChildEnv, record: &Record) -> Result<Prepa
     } else {
         None
     };
-    Ok(Prepared { watch, units_note })
+    Ok(Prepared {
+        watch,
+        units_note,
+        root_note,
+    })
 }
 
 /// The watch of a switch that ended with `code`, when the watchdog guards

@@ -127,6 +127,61 @@ impl Watch {
     }
 }
 
+/// The record's GC root on the system the watchdog would roll back to.
+const TARGET_ROOT: &str = "rollback-target";
+
+/// How long `nix-store --add-root` may take.
+const ROOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Holds a GC root on `watch.previous` from before the activation until
+/// the switch is settled ([`release_target`]): once the switch moved the
+/// profile, the system to roll back to may be referenced by nothing else
+/// (its profile generation deleted by `nix-collect-garbage -d`, no longer
+/// booted nor current), and a garbage collection would take it away from
+/// under the rollback. `nix-store --realise <path> --add-root
+/// <record>/rollback-target --indirect`, through the host's Nix (its
+/// daemon where `NIX_REMOTE=daemon`), with the operations' environment
+/// `env`.
+pub fn hold_target(
+    record: &Record,
+    watch: &Watch,
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> Result<(), String> {
+    let link = record.dir().join(TARGET_ROOT);
+    let args = [
+        OsStr::new("--realise"),
+        watch.previous.as_os_str(),
+        OsStr::new("--add-root"),
+        link.as_os_str(),
+        OsStr::new("--indirect"),
+    ];
+    let out = crate::bounded::run("nix-store", &args, env, ROOT_TIMEOUT)
+        .map_err(|e| format!("cannot run nix-store: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`nix-store --realise … --add-root …` failed ({}): {}",
+            out.status,
+            crate::util::clip(String::from_utf8_lossy(&out.stderr).trim(), 300)
+        ))
+    }
+}
+
+/// Drops the GC root of [`hold_target`] (the switch is confirmed, or the
+/// host is back on the system it held: its profile generation keeps it).
+pub fn release_target(record: &Record) {
+    let link = record.dir().join(TARGET_ROOT);
+    match fs::remove_file(&link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!(
+            "nixfleet-agent: cannot drop the GC root {}: {e}",
+            link.display()
+        ),
+    }
+}
+
 /// The record's marker of a switch whose tool failed after it had activated
 /// the new system (its content: the tool's exit code).
 const ACTIVATED_MARKER: &str = "activated.exit";
@@ -259,7 +314,10 @@ pub fn guard(record: &Record, watch: &Watch) -> i32 {
         std::thread::sleep(POLL);
     };
     match verdict {
-        Verdict::Confirmed => 0,
+        Verdict::Confirmed => {
+            release_target(record);
+            0
+        }
         Verdict::RollBack(why) => {
             eprintln!(
                 "nixfleet-agent: rolling back to {}: {why}",
@@ -268,6 +326,12 @@ pub fn guard(record: &Record, watch: &Watch) -> i32 {
             let code = roll_back(record, watch);
             if let Err(e) = record.write_file("rollback.exit", code.to_string().as_bytes()) {
                 eprintln!("nixfleet-agent: cannot record the rollback's exit code {code}: {e}");
+            }
+            if code == 0 {
+                // the profile's generation and the running system hold it
+                // now; after a failed rollback the root stays with the record
+                // (pruned with it) for a rollback by hand
+                release_target(record);
             }
             code
         }
