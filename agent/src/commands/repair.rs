@@ -4,14 +4,15 @@
 //!   a full disk) leaves `index.lock`, `HEAD.lock`, a ref's `.lock` or
 //!   `shallow.lock`, and every later git in the repository fails with
 //!   "Unable to create '…/index.lock': File exists". Before a pull, in the
-//!   agent's own clone only, the agent removes a lock file that is older than
-//!   [`STALE_AGE`] and that no running process holds open (on Linux it looks
-//!   at every process's open files in `/proc`; elsewhere it asks `lsof`, and
-//!   without `lsof` only a lock older than [`UNHELD_AGE`] counts). Age
-//!   matters because git does not always keep its lock open: `git commit -a`
-//!   holds `index.lock` closed while the editor runs. In a checkout the agent
-//!   does not own (legacy mode) it never deletes a lock: it says which ones
-//!   it found and how to remove them. A `.git` that is not a real directory
+//!   agent's own clone only, the agent removes a lock file that no running
+//!   process holds open (on Linux it looks at every process's open files in
+//!   `/proc`; elsewhere it asks `lsof`, and without `lsof` only a lock older
+//!   than [`UNHELD_AGE`] counts): in its own clone no git runs but the
+//!   agent's, one at a time, so after a crash the next pull goes through at
+//!   once. In a checkout the agent does not own (legacy mode), where a
+//!   person's git may hold a lock closed for a while (`git commit -a` while
+//!   the editor runs), it never deletes a lock: it says which ones it found
+//!   and how to remove them. A `.git` that is not a real directory
 //!   (a link, or a worktree's `gitdir:` file) is left alone. Each removal or
 //!   finding is logged and shown in the command's output.
 //! - **A broken repository.** When a pull fails and the repository itself
@@ -26,9 +27,6 @@ use std::time::Duration;
 
 /// Without a way to see open files, a lock this old is taken for stale.
 pub const UNHELD_AGE: Duration = Duration::from_secs(10 * 60);
-/// A lock younger than this may belong to a git that is just starting, or to
-/// one that keeps it closed for a while: never removed.
-pub const STALE_AGE: Duration = Duration::from_secs(2 * 60);
 /// Lock files looked at under `.git` (besides `refs/**/*.lock`).
 const TOP_LOCKS: [&str; 7] = [
     "index.lock",
@@ -141,8 +139,9 @@ pub struct Locks {
 }
 
 /// Deals with the lock files of `repo` (blocking): in the agent's own clone
-/// (`own`) the ones older than [`STALE_AGE`] that nobody holds are removed;
-/// in another checkout the unheld ones are only reported.
+/// (`own`, where no git but the agent's runs, and none while it repairs)
+/// the ones nobody holds are removed, however recent; in another checkout
+/// the unheld ones are only reported.
 pub fn stale_locks(repo: &Path, env: &[(OsString, OsString)], own: bool) -> Locks {
     let mut locks = Locks::default();
     for lock in lock_files(repo) {
@@ -159,15 +158,6 @@ pub fn stale_locks(repo: &Path, env: &[(OsString, OsString)], own: bool) -> Lock
                 lock.display()
             );
             locks.reported.push(lock);
-            continue;
-        }
-        let young = std::fs::symlink_metadata(&lock)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_none_or(|age| age < STALE_AGE);
-        if young {
-            tracing::info!("{} is recent; left alone", lock.display());
             continue;
         }
         match std::fs::remove_file(&lock) {
@@ -222,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_top_and_ref_locks_and_only_removes_old_unheld_ones() {
+    fn finds_top_and_ref_locks_and_removes_the_unheld_ones() {
         let dir = tempfile::tempdir().unwrap();
         let git = dir.path().join(".git");
         std::fs::create_dir_all(git.join("refs/heads/feature")).unwrap();
@@ -235,7 +225,8 @@ mod tests {
         let held_lock = git.join("HEAD.lock");
         std::fs::write(&held_lock, "").unwrap();
         aged(&held_lock, old);
-        // an editor open under `git commit -a`: recent, closed, not stale
+        // left a moment ago by a git that was killed: no git runs in the
+        // agent's own clone but its own, so it is stale at once
         let fresh = git.join("config.lock");
         std::fs::write(&fresh, "").unwrap();
         let names: Vec<String> = lock_files(dir.path())
@@ -254,9 +245,9 @@ mod tests {
         // this process holds HEAD.lock open, as a running git would
         let _open = std::fs::File::open(&held_lock).unwrap();
         let locks = stale_locks(dir.path(), &[], true);
-        assert_eq!(locks.removed.len(), 2, "{locks:?}");
+        assert_eq!(locks.removed.len(), 3, "{locks:?}");
         assert!(held_lock.exists(), "a held lock stays");
-        assert!(fresh.exists(), "a recent lock stays");
+        assert!(!fresh.exists(), "a recent unheld lock goes too");
         assert!(!git.join("index.lock").exists());
     }
 
