@@ -291,6 +291,47 @@ async fn changed_switch_inhibitors_install_the_system_for_the_next_boot() {
     assert_no_violations(&dash);
 }
 
+/// A new system whose init interface differs from the running one's
+/// (`init-interface-version`): switch-to-configuration would install its
+/// boot entry and then refuse the switch with exit 100, a failure; the
+/// agent sees it in the preview and installs it for the next boot, as for
+/// changed switch inhibitors.
+#[tokio::test]
+async fn a_changed_init_interface_installs_the_system_for_the_next_boot() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    let (previous, current) = running(&fx, &fakes, INHIBITORS_1);
+    std::fs::write(previous.join("init-interface-version"), "systemd 2\n").unwrap();
+    system_parts(&fakes, &fakes.system, "22", 1000, INHIBITORS_1);
+    std::fs::write(fakes.system.join("init-interface-version"), "systemd 3\n").unwrap();
+    let _a = AgentBuilder::new(&dash.ws_url(), HOST, &fx)
+        .with_fakes(&fakes)
+        .env("NIXFLEET_CURRENT_SYSTEM", current.to_str().unwrap())
+        .env("NIXFLEET_BOOTED_SYSTEM", previous.to_str().unwrap())
+        .spawn();
+    wait_register(&dash, HOST, 0).await;
+    let (st, lines) = switch(&dash).await;
+    assert_eq!(st["status"], "ok", "{st}");
+    assert_eq!(
+        st["message"],
+        "Switch installed for the next boot: init-interface-version : systemd 2 -> systemd 3; reboot to activate it"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "[nixfleet-agent] the init interface changed (init-interface-version : systemd 2 -> systemd 3)"
+        )),
+        "{lines:?}"
+    );
+    assert_eq!(fakes.read("rebuild.argv"), "boot\n");
+    assert_eq!(
+        std::fs::canonicalize(&current).unwrap(),
+        previous,
+        "still running"
+    );
+    assert_no_violations(&dash);
+}
+
 #[tokio::test]
 async fn a_switch_is_refused_when_the_new_kernel_does_not_fit_in_boot() {
     let dash = dashboard().await;

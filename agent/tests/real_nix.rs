@@ -767,3 +767,39 @@ async fn a_garbage_collection_during_probation_keeps_the_rollback_target(suite: 
     assert!(!roots.contains("rollback-target"), "{roots}");
 }
 on_every_nix!(a_garbage_collection_during_probation_keeps_the_rollback_target);
+
+/// An activation that exits 4 after activating (a unit failed to start):
+/// the new generation passes its checks and stays; the status, sent before
+/// the agent restarts, is ERROR with exit code 4 and its meaning — as the
+/// dashboard's operation log shows it.
+async fn an_activation_that_exits_4_is_an_error_with_its_meaning(suite: &'static str) {
+    let Some(h) = Host::new(suite).await else {
+        return;
+    };
+    let mut agent = h.agent().spawn();
+    wait_register(&h.dash, HOST, 0).await;
+    h.commit("2.0", 4);
+    let after = h.dash.last_seq();
+    let d = h.dash.dispatch(HOST, "switch", true);
+    assert_eq!(d.status, "EXECUTING", "{d:?}");
+    let id = d.command_id.expect("id");
+    let (st, _next) = h.restarted(&mut agent, after).await;
+    let p = &st.payload;
+    assert_eq!(text(p, "status"), "error", "{p}");
+    assert_eq!(p["exit_code"], 4, "{p}");
+    let message = text(p, "message");
+    assert!(
+        message.contains("exited 4 after activating the new generation (nixfleet-agent: switch-to-configuration switch exited 4: some units failed to start or to restart); the new generation passed its checks and stays"),
+        "{message}"
+    );
+    let op = h.dash.op(&id).expect("op");
+    assert_eq!(
+        op.status, "ERROR",
+        "the reconnect did not make it a success: {op:?}"
+    );
+    assert_eq!(op.exit_code, Some(4));
+    let built = h.resolve(&h.fx.state.join("built-system"));
+    assert_eq!(h.resolve(&h.current), built, "the new generation stays");
+    assert_no_violations(&h.dash);
+}
+on_every_nix!(an_activation_that_exits_4_is_an_error_with_its_meaning);

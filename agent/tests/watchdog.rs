@@ -287,7 +287,7 @@ async fn a_switch_that_activated_but_exited_non_zero_is_an_error_before_the_rest
         st.payload["message"],
         "Switch failed: `nixfleet-agent --activate nixos switch ".to_string()
             + &format!("{} {}", s.profile.display(), next.display())
-            + "` exited 4 after activating the new generation (warning: the following units failed: flaky.service); the new generation passed its checks and stays",
+            + "` exited 4 after activating the new generation (nixfleet-agent: switch-to-configuration switch exited 4: some units failed to start or to restart); the new generation passed its checks and stays",
     );
     // the hub's verdict, before the agent leaves
     let op = s.dash.op(d.command_id.as_deref().unwrap()).unwrap();

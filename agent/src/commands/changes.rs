@@ -62,6 +62,17 @@ pub fn inhibitor_changes(old: &str, new: &str) -> Vec<String> {
         .collect()
 }
 
+/// The change of the init interface between the running system `old` and
+/// the new one (`init-interface-version` of each, e.g. `systemd 2`), as
+/// switch-to-configuration compares them: it refuses to switch into a
+/// system whose interface differs, with exit 100, after the boot loader
+/// was installed. A missing file on either side is no change.
+pub fn init_interface_change(old: &str, new: &str) -> Option<String> {
+    let (old, new) = (old.trim(), new.trim());
+    (!old.is_empty() && !new.is_empty() && old != new)
+        .then(|| format!("init-interface-version : {old} -> {new}"))
+}
+
 /// `text` without ANSI escape sequences (Nix colours diff-closures' sizes).
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -239,16 +250,30 @@ impl Run {
         let config = self.inner().config.clone();
         let booted = config.booted_system.clone();
         let (old, new) = (current.map(Path::to_path_buf), system.to_path_buf());
-        let (need, inhibited) = tokio::task::spawn_blocking(move || {
-            let read = |dir: &Path| {
-                crate::util::read_capped(&dir.join("switch-inhibitors"), INHIBITORS_CAP)
-                    .unwrap_or_default()
+        let (need, inhibited, interface) = tokio::task::spawn_blocking(move || {
+            let read = |dir: &Path, name: &str| {
+                crate::util::read_capped(&dir.join(name), INHIBITORS_CAP).unwrap_or_default()
             };
             let inhibited = old
                 .as_deref()
-                .map(|old| inhibitor_changes(&read(old), &read(&new)))
+                .map(|old| {
+                    inhibitor_changes(
+                        &read(old, "switch-inhibitors"),
+                        &read(&new, "switch-inhibitors"),
+                    )
+                })
                 .unwrap_or_default();
-            (crate::host::reboot_need(&booted, &new, None), inhibited)
+            let interface = old.as_deref().and_then(|old| {
+                init_interface_change(
+                    &read(old, "init-interface-version"),
+                    &read(&new, "init-interface-version"),
+                )
+            });
+            (
+                crate::host::reboot_need(&booted, &new, None),
+                inhibited,
+                interface,
+            )
         })
         .await
         .unwrap_or_default();
@@ -265,6 +290,15 @@ impl Run {
                     .to_string(),
             );
             block.extend(inhibited.iter().map(|l| format!("  {l}")));
+        }
+        let mut inhibited = inhibited;
+        if let Some(change) = interface {
+            // switch-to-configuration would install it for the boot, then
+            // refuse the switch with exit 100: say so, and install it
+            block.push(format!(
+                "the init interface changed ({change}): the new system cannot be switched into while this one runs; installing for the next boot instead"
+            ));
+            inhibited.push(change);
         }
         changes.inhibited = inhibited;
     }
@@ -320,6 +354,17 @@ mod tests {
         assert!(inhibitor_changes("", new).is_empty());
         assert!(inhibitor_changes("not json", new).is_empty());
         assert!(inhibitor_changes("[1]", new).is_empty());
+    }
+
+    #[test]
+    fn an_init_interface_change_is_a_change_of_both_known_versions() {
+        assert_eq!(
+            init_interface_change("systemd 2\n", "systemd 3\n").as_deref(),
+            Some("init-interface-version : systemd 2 -> systemd 3")
+        );
+        assert_eq!(init_interface_change("systemd 2", "systemd 2\n"), None);
+        assert_eq!(init_interface_change("", "systemd 3"), None);
+        assert_eq!(init_interface_change("systemd 2", ""), None);
     }
 
     #[test]

@@ -202,6 +202,26 @@ pub fn activation(
     )
 }
 
+/// What an exit code of NixOS's `switch-to-configuration` means (nixpkgs
+/// `switch-to-configuration-ng`), and of `systemd-run --wait` around it
+/// (`via_systemd_run`: 255, the transient unit was killed by a signal).
+pub fn switch_exit_meaning(code: i32, via_systemd_run: bool) -> Option<&'static str> {
+    Some(match code {
+        1 => {
+            "the usage was wrong, the pre-switch check failed, or the boot loader could not be installed"
+        }
+        2 => "an activation script failed",
+        3 => "systemd could not reload its configuration",
+        4 => "some units failed to start or to restart",
+        11 => "another activation is running (switch-to-configuration's lock is held)",
+        100 => {
+            "the new system's init interface differs from the running one's: it is installed for the next boot; reboot to run it"
+        }
+        255 if via_systemd_run => "the activation's transient unit was killed by a signal",
+        _ => return None,
+    })
+}
+
 /// What the system profile is set to before the activation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -288,7 +308,16 @@ pub fn activate(
                 action.as_str()
             ));
             let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
-            run(&program, &args)
+            let code = run(&program, &args);
+            let via_systemd_run = program.file_name() == Some(OsStr::new("systemd-run"));
+            if let Some(meaning) = switch_exit_meaning(code, via_systemd_run) {
+                // the last line of the output: the status's words
+                note(&format!(
+                    "nixfleet-agent: switch-to-configuration {} exited {code}: {meaning}",
+                    action.as_str()
+                ));
+            }
+            code
         }
         Kind::Darwin | Kind::HomeManager => {
             note(&format!("nixfleet-agent: activating {}", system.display()));
@@ -416,6 +445,73 @@ mod tests {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, "#!/bin/sh\n").unwrap();
         fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn switch_to_configuration_exit_codes_in_words() {
+        assert_eq!(
+            switch_exit_meaning(4, false),
+            Some("some units failed to start or to restart")
+        );
+        assert!(
+            switch_exit_meaning(11, true)
+                .unwrap()
+                .contains("another activation is running")
+        );
+        assert!(
+            switch_exit_meaning(100, false)
+                .unwrap()
+                .contains("next boot")
+        );
+        assert!(
+            switch_exit_meaning(255, true)
+                .unwrap()
+                .contains("killed by a signal")
+        );
+        assert_eq!(switch_exit_meaning(255, false), None);
+        assert_eq!(switch_exit_meaning(0, true), None);
+        assert_eq!(switch_exit_meaning(42, true), None);
+    }
+
+    /// The words reach the output after the code, and nothing is said for
+    /// a step that succeeded.
+    #[test]
+    fn a_failed_activation_says_what_its_exit_code_means() {
+        let tmp = tempfile::tempdir().unwrap();
+        let system = tmp.path().join("system");
+        let said = std::cell::RefCell::new(Vec::new());
+        let note = |l: &str| said.borrow_mut().push(l.to_string());
+        let mut run = |program: &Path, _: &[&OsStr]| -> i32 {
+            if program.ends_with("nix-env") { 0 } else { 4 }
+        };
+        let code = activate(
+            Kind::NixOs,
+            Action::Switch,
+            &tmp.path().join("profile"),
+            &Target::System(system),
+            "unit",
+            &mut run,
+            &note,
+        );
+        assert_eq!(code, 4);
+        let said = said.borrow();
+        assert_eq!(
+            said.last().unwrap(),
+            "nixfleet-agent: switch-to-configuration switch exited 4: some units failed to start or to restart"
+        );
+        let mut ok = |_: &Path, _: &[&OsStr]| -> i32 { 0 };
+        let quiet = std::cell::RefCell::new(Vec::new());
+        let note = |l: &str| quiet.borrow_mut().push(l.to_string());
+        activate(
+            Kind::NixOs,
+            Action::Switch,
+            &tmp.path().join("profile"),
+            &Target::System(tmp.path().join("system")),
+            "unit",
+            &mut ok,
+            &note,
+        );
+        assert!(!quiet.borrow().iter().any(|l| l.contains("exited")));
     }
 
     #[test]
