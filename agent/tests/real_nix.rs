@@ -123,11 +123,17 @@ case "$1" in
     echo "would restart the following units: hello.service" >&2
     exit 0 ;;
   switch|test)
+    code=$(cat "$sys/exit-code")
+    if [ "$code" = 1 ]; then
+      # the boot loader is installed first: nothing switched
+      echo "Failed to install bootloader" >&2
+      exit 1
+    fi
     echo "activating the configuration..." >&2
     ln -sfn "$sys" '{current}'
     echo "$1 $sys" >> '{log}'
     echo "the following new units were started: hello.service" >&2
-    exit $(cat "$sys/exit-code") ;;
+    exit "$code" ;;
   boot)
     echo "boot $sys" >> '{log}'
     exit 0 ;;
@@ -170,6 +176,12 @@ impl Host {
     /// profile, and the running system. `None` when the root is missing
     /// (skipped with a message).
     async fn new(suite: &'static str) -> Option<Host> {
+        Host::booted_with(suite, 0).await
+    }
+
+    /// [`Host::new`], whose booted system's activation exits with `exit`
+    /// when it runs (1: its boot loader cannot be installed).
+    async fn booted_with(suite: &'static str, exit: i32) -> Option<Host> {
         let root = NixRoot::get(suite)?;
         let tmp = tempfile::Builder::new()
             .prefix("nixfleet-realnix-")
@@ -194,7 +206,7 @@ impl Host {
         )
         .unwrap();
         let salt = dir.file_name().unwrap().to_str().unwrap().to_string();
-        std::fs::write(repo.join("flake.nix"), flake(&salt, "1.0", 0)).unwrap();
+        std::fs::write(repo.join("flake.nix"), flake(&salt, "1.0", exit)).unwrap();
         git(&repo, &["add", "-A"]);
         git(&repo, &["commit", "-q", "-m", "hello 1.0"]);
         let head = git(&repo, &["rev-parse", "HEAD"]);
@@ -803,3 +815,37 @@ async fn an_activation_that_exits_4_is_an_error_with_its_meaning(suite: &'static
     assert_no_violations(&h.dash);
 }
 on_every_nix!(an_activation_that_exits_4_is_an_error_with_its_meaning);
+
+/// A rollback whose activation fails (the old system's boot loader step)
+/// leaves no split host: the new system still runs, so its profile and
+/// boot entry name it again, and the status says exactly what runs.
+async fn a_failed_rollback_leaves_profile_boot_and_running_system_agreeing(suite: &'static str) {
+    let Some(h) = Host::booted_with(suite, 1).await else {
+        return;
+    };
+    host_test_dir(&h.fx.repo, "health", "broken.sh", "exit 1");
+    let _agent = h.agent().spawn();
+    wait_register(&h.dash, HOST, 0).await;
+    h.commit("2.0", 0);
+    let after = command(&h.dash, "switch").await;
+    let st = status(&h.dash, after).await;
+    let p = &st.payload;
+    assert_eq!(text(p, "status"), "error", "{p}");
+    let built = h.resolve(&h.fx.state.join("built-system"));
+    let name = built.rsplit('/').next().unwrap();
+    let message = text(p, "message");
+    assert!(
+        message.contains(&format!(
+            "failed (exit 1): health check broken.sh failed (exit 1); the host runs {name}, which its profile and boot default name"
+        )),
+        "{message}"
+    );
+    assert_eq!(h.resolve(&h.current), built, "the new system still runs");
+    assert_eq!(h.resolve(&h.profile), built, "and the profile names it");
+    assert_eq!(
+        h.activations(),
+        format!("switch {built}\nboot {built}\n"),
+        "its boot entry is the default again"
+    );
+}
+on_every_nix!(a_failed_rollback_leaves_profile_boot_and_running_system_agreeing);

@@ -200,9 +200,17 @@ pub async fn rolled_back(
     let message = match exit {
         Some(0) => format!("rolled back to {generation}: {why}"),
         Some(code) => {
-            let mut message = format!(
-                "rollback to {generation} failed (exit {code}): {why}; the host may still run the new generation"
-            );
+            let runs = match watchdog::runs_after_failed_rollback(record) {
+                Some(runs) => format!(
+                    "the host runs {}, which its profile and boot default name",
+                    runs.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| runs.display().to_string())
+                ),
+                None => "the host may still run the new generation".to_string(),
+            };
+            let mut message =
+                format!("rollback to {generation} failed (exit {code}): {why}; {runs}");
             let tail = watchdog::rollback_tail(record);
             if !tail.is_empty() {
                 message.push_str(":\n");

@@ -383,12 +383,86 @@ fn roll_back(record: &Record, watch: &Watch) -> i32 {
         &mut run,
         &note,
     );
+    if code != 0 {
+        realign(record, watch, &mut run, &note);
+    }
     // the switch's output gets what the rollback printed
     if let Ok(text) = fs::read(&log_path) {
         use std::io::Write;
         let _ = std::io::stderr().write_all(&text[text.len().saturating_sub(64 * 1024)..]);
     }
     code
+}
+
+/// The record's note of the system a host runs after a rollback failed.
+const RUNS_AFTER_FAILED_ROLLBACK: &str = "rollback.runs";
+
+/// After a rollback whose activation failed: the profile already names the
+/// old system, but the host may still run the new one (a boot loader step
+/// that failed before anything switched), and the next boot would run
+/// another system than the one running now. When the running system is not
+/// the old one, the profile is set back to what runs and (NixOS) its boot
+/// entry made the default again (`switch-to-configuration boot`), so that
+/// profile, boot default and running system agree; what runs is kept in
+/// the record for the status ([`runs_after_failed_rollback`]).
+fn realign(
+    record: &Record,
+    watch: &Watch,
+    run: &mut dyn FnMut(&Path, &[&OsStr]) -> i32,
+    note: &dyn Fn(&str),
+) {
+    if watch.kind == Kind::HomeManager {
+        return;
+    }
+    let Some(runs) = watch
+        .current
+        .as_deref()
+        .and_then(|c| fs::canonicalize(c).ok())
+    else {
+        return;
+    };
+    if runs == watch.previous {
+        // the old system runs (it failed after switching): the profile
+        // already names it
+        let _ = record.write_file(
+            RUNS_AFTER_FAILED_ROLLBACK,
+            runs.as_os_str().as_encoded_bytes(),
+        );
+        return;
+    }
+    note(&format!(
+        "nixfleet-agent: the rollback failed and the host still runs {}: its profile and boot entry name it again",
+        runs.display()
+    ));
+    let code = activate(
+        watch.kind,
+        Action::Boot,
+        &watch.profile,
+        &Target::System(runs.clone()),
+        &unit_name(record, "realign"),
+        run,
+        note,
+    );
+    if code == 0 {
+        let _ = record.write_file(
+            RUNS_AFTER_FAILED_ROLLBACK,
+            runs.as_os_str().as_encoded_bytes(),
+        );
+    } else {
+        note(&format!(
+            "nixfleet-agent: the profile and the boot entry could not be set back to {} (exit {code})",
+            runs.display()
+        ));
+    }
+}
+
+/// The system a host runs after its rollback failed, with its profile and
+/// boot default agreeing, when the supervisor could tell and align them.
+pub fn runs_after_failed_rollback(record: &Record) -> Option<PathBuf> {
+    record
+        .read_small(RUNS_AFTER_FAILED_ROLLBACK)
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| PathBuf::from(s.trim()))
 }
 
 /// The last lines of the rollback's output.
