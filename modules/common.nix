@@ -404,6 +404,24 @@ in
       '';
     };
 
+    passEnvironment = mkOption {
+      type = types.listOf (types.strMatching "[A-Za-z_][A-Za-z0-9_]*");
+      default = [ ];
+      example = [
+        "AWS_PROFILE"
+        "CACHIX_AUTH_TOKEN"
+      ];
+      description = ''
+        Variables of the agent's environment that also reach the programs its
+        operations run (`NIXFLEET_PASS_ENV`), besides the ones that always do
+        (the locale, `NIX_CONFIG`, `NIX_REMOTE`, `HOME_MANAGER_BACKUP_EXT`,
+        proxies, CA bundles: docs/configuration.md). Set their values with
+        `environment`, or for secrets with an environment file of the service
+        (never in the Nix store). The agent's own variables (`NIXFLEET_*`, the
+        token among them) never pass.
+      '';
+    };
+
     environment = mkOption {
       type = types.attrsOf types.str;
       default = { };
@@ -467,6 +485,8 @@ in
         NIXFLEET_NIXPKGS_VERSION = cfg.nixpkgsVersion;
         NIXFLEET_LOG_LEVEL = cfg.logLevel;
         NIXFLEET_FLAKE = cfg.flake;
+        NIXFLEET_PASS_ENV =
+          if cfg.passEnvironment == [ ] then null else lib.concatStringsSep " " cfg.passEnvironment;
         NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS = if cfg.requireKnownHosts then "1" else null;
         NIXFLEET_TRUSTED_SIGNERS =
           if signerFiles == [ ] then null else lib.concatStringsSep ":" signerFiles;

@@ -105,6 +105,11 @@ async fn invalid_configuration_exits_78_naming_the_variable() {
         ),
         ("NIXFLEET_REPO_DIR", None, "NIXFLEET_REPO_URL"),
         ("NIXFLEET_THEME_COLOR", Some("blue"), "NIXFLEET_THEME_COLOR"),
+        (
+            "NIXFLEET_PASS_ENV",
+            Some("NIX_CONFIG NIXFLEET_TOKEN"),
+            "NIXFLEET_PASS_ENV",
+        ),
     ];
     for (var, value, blamed) in cases {
         let mut b = AgentBuilder::new("ws://127.0.0.1:9/ws", "bad", &fx);

@@ -164,6 +164,8 @@ else echo "Could not find suitable profile directory, tried $state/nix/profiles 
 fi
 nix-env --profile "$dir/home-manager" --set "$gen"
 echo "activate $gen" >> '{log}'
+# `home-manager switch -b <ext>`: files in the way are moved aside
+echo "backup-ext ${{HOME_MANAGER_BACKUP_EXT:-none}}" >> '{log}'
 echo "Activating home-manager configuration done"
 "#,
         log = log.display()
@@ -261,6 +263,7 @@ impl Host {
             agent
                 .env("NIXFLEET_SWITCH_TOOL", "home-manager")
                 .env("NIXFLEET_HOME_MANAGER_USER", HM_USER)
+                .env("HOME_MANAGER_BACKUP_EXT", "bak")
         } else {
             agent
         }
@@ -627,6 +630,13 @@ async fn home_manager(suite: &'static str) {
     );
     let second = h.resolve(&profile);
     assert_ne!(second, first);
+    // the agent's HOME_MANAGER_BACKUP_EXT reached the activation
+    assert!(
+        h.activations()
+            .ends_with(&format!("activate {second}\nbackup-ext bak\n")),
+        "{}",
+        h.activations()
+    );
     assert_eq!(h.resolve(&h.fx.state.join("built-system")), second);
     assert_eq!(h.generations(&profile), (vec![1, 2], 2));
     // rollback: the generation before (the agent that sent the status is

@@ -70,6 +70,8 @@ def main():
         "HOME": "/var/root",
         # the system's bundle (security.pki), not pkgs.cacert's
         "NIX_SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
+        # builds go through nix-daemon, as darwin-rebuild's do
+        "NIX_REMOTE": "daemon",
         "NIXFLEET_REQUIRE_SIGNED_COMMITS": "1",
         "NIXFLEET_ROLLBACK_DEADLINE": "300",
         "NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS": "1",

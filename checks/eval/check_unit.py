@@ -103,6 +103,7 @@ def main():
     check("NIXFLEET_REPO_DIR" not in env, "no NIXFLEET_REPO_DIR in isolated mode")
     for off in (
         "NIXFLEET_ROLLBACK_ON_FAILURE",
+        "NIXFLEET_PASS_ENV",
         "NIXFLEET_REQUIRE_SIGNED_COMMITS",
         "NIXFLEET_TRUSTED_SIGNERS",
         "NIXFLEET_ALLOW_FORCE_PUSH",

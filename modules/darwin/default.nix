@@ -45,6 +45,9 @@ let
   platformEnvironment = lib.filterAttrs (_: value: value != null) {
     HOME = "/var/root";
     PATH = searchPath;
+    # Builds of a switch go through nix-daemon, as darwin-rebuild's do (and
+    # the NixOS module's).
+    NIX_REMOTE = "daemon";
     # The system's bundle, which holds the CAs added with `security.pki`
     # (nix-darwin sets the same variable for every shell).
     NIX_SSL_CERT_FILE =

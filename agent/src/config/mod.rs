@@ -215,7 +215,7 @@ pub use deploy::{
     SshSettings, TrustSettings,
 };
 use deploy::{guard_settings, rollback_settings, trust_settings};
-pub use parse::ConfigError;
+pub use parse::{ConfigError, pass_names};
 use parse::{Env, absolute_path, err, flag, is_hex_color, millis, one_of};
 pub use secrets::{Token, TokenSource, parse_token_file, redact_repo_url, redact_url};
 use secrets::{token, url};
@@ -367,6 +367,16 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(SYSTEM_KNOWN_HOSTS)),
             require_known_hosts: flag(&env, "NIXFLEET_SSH_REQUIRE_KNOWN_HOSTS", false)?,
         };
+        if let Some(names) = env.get("NIXFLEET_PASS_ENV") {
+            parse::pass_names(&names).map_err(|why| {
+                err(
+                    "NIXFLEET_PASS_ENV",
+                    format!(
+                        "{why}; list variable names such as NIX_CONFIG HOME_MANAGER_BACKUP_EXT"
+                    ),
+                )
+            })?;
+        }
         let trust = trust_settings(&env)?;
         let rollback = rollback_settings(&env)?;
         let guard = guard_settings(&env)?;

@@ -41,6 +41,31 @@ impl Env<'_> {
     }
 }
 
+/// The names in `NIXFLEET_PASS_ENV` (separated by spaces or commas): more
+/// variables of the agent's environment that its operations' children get.
+/// A name must be a plain variable name; the agent's own (`NIXFLEET_*`,
+/// the token among them) and `CREDENTIALS_DIRECTORY` are refused.
+pub fn pass_names(value: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    for name in value
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|n| !n.is_empty())
+    {
+        let plain = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !plain {
+            return Err(format!("{name:?} is not a variable name"));
+        }
+        if name.starts_with("NIXFLEET_") || name == "CREDENTIALS_DIRECTORY" {
+            return Err(format!(
+                "{name} is the agent's own and never reaches its children"
+            ));
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
+}
+
 pub(super) fn one_of(
     env: &Env<'_>,
     var: &'static str,

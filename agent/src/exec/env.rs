@@ -46,6 +46,12 @@ pub const PASSED: &[&str] = &[
     "NIX_CONF_DIR",
     "NIX_SSL_CERT_FILE",
     "NIX_STATE_DIR",
+    // access tokens for private flake inputs, and any other Nix setting of
+    // the host's owner
+    "NIX_CONFIG",
+    // what `home-manager switch -b <ext>` sets: the first file in the way
+    // of a Home Manager activation is moved aside, not a failure
+    "HOME_MANAGER_BACKUP_EXT",
     "XDG_STATE_HOME",
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
@@ -96,6 +102,19 @@ impl ChildEnv {
         for name in PASSED {
             if let Some(value) = lookup(name) {
                 vars.push((OsString::from(name), value));
+            }
+        }
+        // the owner's additions (NIXFLEET_PASS_ENV, checked at start)
+        let extra = lookup("NIXFLEET_PASS_ENV")
+            .and_then(|v| crate::config::pass_names(&v.to_string_lossy()).ok())
+            .unwrap_or_default();
+        for name in extra {
+            let managed = ["PATH", "HOME", "GIT_TERMINAL_PROMPT", "GIT_SSH_COMMAND"];
+            if PASSED.contains(&name.as_str()) || managed.contains(&name.as_str()) {
+                continue;
+            }
+            if let Some(value) = lookup(&name) {
+                vars.push((OsString::from(&name), value));
             }
         }
         vars.push((OsString::from("PATH"), path_with_extras(lookup("PATH"))));
@@ -398,6 +417,52 @@ mod tests {
                 .unwrap()
                 .to_string_lossy()
                 .contains(" -i ")
+        );
+    }
+
+    /// Home Manager's backup extension and Nix's settings reach the
+    /// operations; the owner may name more, never the agent's own.
+    #[test]
+    fn nix_config_home_manager_backups_and_named_variables_pass() {
+        let env = build(
+            &[
+                ("NIX_CONFIG", "access-tokens = github.com=x"),
+                ("HOME_MANAGER_BACKUP_EXT", "bak"),
+                ("NIXFLEET_PASS_ENV", "AWS_PROFILE, CACHIX_AUTH_TOKEN"),
+                ("AWS_PROFILE", "fleet"),
+                ("CACHIX_AUTH_TOKEN", "c"),
+                ("OTHER", "no"),
+                ("NIXFLEET_TOKEN", "s3cret"),
+            ],
+            None,
+        );
+        assert_eq!(
+            env.get("NIX_CONFIG"),
+            Some(OsStr::new("access-tokens = github.com=x"))
+        );
+        assert_eq!(env.get("HOME_MANAGER_BACKUP_EXT"), Some(OsStr::new("bak")));
+        assert_eq!(env.get("AWS_PROFILE"), Some(OsStr::new("fleet")));
+        assert_eq!(env.get("CACHIX_AUTH_TOKEN"), Some(OsStr::new("c")));
+        assert_eq!(env.get("OTHER"), None);
+        assert_eq!(env.get("NIXFLEET_PASS_ENV"), None);
+        // a list naming the agent's own is refused whole (the configuration
+        // says so at start)
+        let env = build(
+            &[
+                ("NIXFLEET_PASS_ENV", "NIXFLEET_TOKEN AWS_PROFILE"),
+                ("AWS_PROFILE", "x"),
+                ("NIXFLEET_TOKEN", "s3cret"),
+            ],
+            None,
+        );
+        assert_eq!(env.get("NIXFLEET_TOKEN"), None);
+        assert_eq!(env.get("AWS_PROFILE"), None);
+        assert!(crate::config::pass_names("CREDENTIALS_DIRECTORY").is_err());
+        assert!(crate::config::pass_names("A=B").is_err());
+        assert!(crate::config::pass_names("1X").is_err());
+        assert_eq!(
+            crate::config::pass_names(" A,B  C ").unwrap(),
+            ["A", "B", "C"]
         );
     }
 
