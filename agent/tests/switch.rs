@@ -149,6 +149,41 @@ async fn a_darwin_switch_sets_the_profile_and_runs_the_built_systems_activate() 
     assert_no_violations(&dash);
 }
 
+/// A nix-darwin system built before 25.05 has a legacy `activate-user`,
+/// which darwin-rebuild runs as `$SUDO_USER` (and refuses without one);
+/// the agent cannot tell that user, so it refuses the switch before the
+/// profile moves, instead of skipping the per-user part in silence.
+#[tokio::test]
+async fn a_darwin_system_with_a_legacy_activate_user_is_refused_before_the_profile_moves() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    write_exec(
+        &fakes.system.join("activate-user"),
+        "#!/bin/sh\necho per-user defaults\n",
+    );
+    let _agent = agent(&dash, &fx, &fakes)
+        .env("NIXFLEET_HOST_TYPE", "macos")
+        .spawn();
+    registered(&dash).await;
+    let after = command(&dash, "switch").await;
+    let st = status(&dash, after).await;
+    assert_eq!(s(&st.payload, "status"), "error", "{}", st.payload);
+    let message = s(&st.payload, "message");
+    assert!(
+        message.starts_with("Switch refused: ")
+            && message.contains("legacy `activate-user`")
+            && message.ends_with("nothing was set or activated"),
+        "{message}"
+    );
+    assert!(
+        !fakes.file("nix-env.argv").exists(),
+        "the profile was not touched"
+    );
+    assert!(!fakes.file("rebuild.argv").exists(), "nothing activated");
+    assert_no_violations(&dash);
+}
+
 #[tokio::test]
 async fn switch_failure_reports_the_stderr_tail() {
     let dash = dashboard().await;

@@ -96,6 +96,21 @@ impl Kind {
                     .display()
             ));
         }
+        if !missing.is_empty() {
+            return Err(format!(
+                "{} is not {what}: it has no {}",
+                system.display(),
+                missing.join(" and no ")
+            ));
+        }
+        if self == Kind::Darwin && legacy_activate_user(system) {
+            // darwin-rebuild runs it as $SUDO_USER before `activate`, and
+            // refuses without one: the agent, started by launchd, has none
+            return Err(format!(
+                "{} was built by a nix-darwin older than 25.05: its legacy `activate-user` must run as the user who ran `sudo darwin-rebuild`, which the agent cannot tell; update nix-darwin in the configuration (25.05 or later), or switch once by hand with `sudo darwin-rebuild switch`",
+                system.display()
+            ));
+        }
         if missing.is_empty() {
             Ok(())
         } else {
@@ -200,6 +215,21 @@ pub fn activation(
         args,
         "in a transient unit (systemd-run), as nixos-rebuild does",
     )
+}
+
+/// Whether `system` (nix-darwin) has a legacy `activate-user` that
+/// darwin-rebuild would run: executable, and not the stub nix-darwin 25.05
+/// and later leave (`# nix-darwin: deprecated`).
+fn legacy_activate_user(system: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = system.join("activate-user");
+    let executable =
+        fs::metadata(&path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    executable
+        && !crate::util::read_capped(&path, 1024 * 1024)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == "# nix-darwin: deprecated")
 }
 
 /// What an exit code of NixOS's `switch-to-configuration` means (nixpkgs
@@ -543,6 +573,27 @@ mod tests {
         exec(&system.join("activate"));
         fs::write(system.join("darwin-version"), "{}").unwrap();
         assert_eq!(Kind::Darwin.check_system(&system), Ok(()));
+        // a legacy activate-user (nix-darwin before 25.05) is refused; the
+        // stub of later versions is not
+        fs::write(
+            system.join("activate-user"),
+            "#!/bin/sh\n# nix-darwin: deprecated\n",
+        )
+        .unwrap();
+        fs::set_permissions(
+            system.join("activate-user"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        assert_eq!(Kind::Darwin.check_system(&system), Ok(()));
+        exec(&system.join("activate-user"));
+        let err = Kind::Darwin.check_system(&system).unwrap_err();
+        assert!(err.contains("legacy `activate-user`"), "{err}");
+        assert_eq!(
+            Kind::NixOs.check_system(&system),
+            Ok(()),
+            "NixOS has no such thing"
+        );
         // Home Manager: activate
         let generation = tmp.path().join("generation");
         fs::create_dir_all(&generation).unwrap();
