@@ -243,6 +243,9 @@ impl Commands {
         tracing::info!("command {}", command.as_str());
         match (command.busy(), command) {
             (Busy::OnRunning, _) => match self.current() {
+                Some(ctl) if ctl.is_detached() => {
+                    self.reply_error(command.as_str(), activating_refusal(ctl.name()))
+                }
                 Some(ctl) => self.stop_run(ctl, StopCause::User, libc::SIGTERM),
                 None => self.reply_error(command.as_str(), "no command running".to_string()),
             },
@@ -270,6 +273,10 @@ impl Commands {
             self.reply_error("kill_command", "no command running".to_string());
             return;
         };
+        if ctl.is_detached() {
+            self.reply_error("kill_command", activating_refusal(ctl.name()));
+            return;
+        }
         if pid != 0 && !ctl.owns_pid(pid) {
             tracing::warn!(
                 "refusing kill_command for pid {pid}: not the running command ({})",
@@ -471,6 +478,18 @@ impl Commands {
         let report = report.unwrap_or_else(|r| r);
         run.finish(report).await;
     }
+}
+
+/// Why a switch is not stopped once its activation began: stopping it
+/// part-way leaves the host half-switched, and on NixOS it would not even
+/// stop it (`systemd-run --pipe` dies on SIGTERM while
+/// switch-to-configuration goes on in its transient unit, so the host
+/// switches anyway and a "stopped" status would lie). It ends on its own,
+/// and its checks and the rollback watchdog decide what the host runs.
+fn activating_refusal(name: &str) -> String {
+    format!(
+        "{name} is activating the new system and cannot be stopped part-way (on NixOS the activation runs on in a transient unit of systemd); it ends on its own, then its health checks and the rollback watchdog decide"
+    )
 }
 
 #[cfg(test)]
