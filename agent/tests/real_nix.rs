@@ -583,7 +583,12 @@ async fn watchdog_rolls_back(suite: &'static str) {
             && message.ends_with(": health check broken.sh failed (exit 1)"),
         "{message}"
     );
-    let built = h.resolve(&h.fx.state.join("built-system"));
+    let built = h.resolve(&h.dir().join("profiles/system-2-link"));
+    assert!(
+        !h.fx.state.join("built-system").exists(),
+        "the rolled-back system is not kept by the build's out-link"
+    );
+    assert!(!h.roots_of(&built).contains("built-system"));
     assert_eq!(h.resolve(&h.current), h.booted, "the old system runs again");
     assert_eq!(h.resolve(&h.profile), h.booted, "the profile names it");
     let (gens, current) = h.generations(&h.profile);
@@ -705,12 +710,16 @@ async fn not_a_system_is_refused_before_the_profile_moves(suite: &'static str) {
     let st = status(&h.dash, after).await;
     let p = &st.payload;
     assert_eq!(text(p, "status"), "error", "{p}");
-    let built = h.resolve(&h.fx.state.join("built-system"));
+    let built = h.evaluated();
     assert_eq!(
         text(p, "message"),
         format!(
             "Switch refused: {built} is not a NixOS system: it has no bin/switch-to-configuration (executable); nothing was set or activated"
         )
+    );
+    assert!(
+        !h.fx.state.join("built-system").exists(),
+        "the refused system is not kept by the build's out-link"
     );
     assert_eq!(h.generations(&h.profile), (vec![1], 1), "the profile stays");
     assert_eq!(h.resolve(&h.current), h.booted);

@@ -29,8 +29,7 @@ use super::switches::{CACHE_BYPASS, NO_LOCAL_BUILDS, Switched, nix_options, swit
 use super::*;
 use crate::deploy::{Action, Kind, Target, activate_argv};
 
-/// The GC root of the last built system, in the state directory.
-const BUILT_LINK: &str = "built-system";
+use crate::deploy::BUILT_LINK;
 
 /// The output `out` of the one derivation `nix build --json` built, as it
 /// prints it on every supported Nix: `[{"drvPath": …, "outputs": {"out":
@@ -93,12 +92,13 @@ impl Run {
         self.begin_system();
         let system = self.build_system(command, &installable).await?;
         // before anything points at it: the profile, the boot loader
-        kind.check_system(&system).map_err(|why| {
-            Report::error(
+        if let Err(why) = kind.check_system(&system) {
+            crate::deploy::drop_built_link(&config.state_dir);
+            return Err(Report::error(
                 NOT_RUN,
                 format!("{what} refused: {why}; nothing was set or activated"),
-            )
-        })?;
+            ));
+        }
         let env = self.inner().env.clone();
         let (tool, current_link) = (config.switch_tool, config.current_system.clone());
         let current =
@@ -109,8 +109,12 @@ impl Run {
         let changes = self
             .show_preview(kind, plan, current.as_deref(), &system)
             .await;
-        if kind == Kind::NixOs {
-            self.guard_boot(what, &system).await?;
+        if kind == Kind::NixOs
+            && let Err(refused) = self.guard_boot(what, &system).await
+        {
+            // a refused system is not kept from the garbage collector
+            crate::deploy::drop_built_link(&config.state_dir);
+            return Err(refused);
         }
         let action = if changes.inhibited.is_empty() {
             Action::Switch

@@ -33,4 +33,4 @@ pub use activation::{
 pub use record::{KEEP_RECORDS, POLL, Record, SUPERVISE_FLAG, pending, prune};
 pub use supervisor::{Ended, argv, follow, supervise_main};
 pub use watch::units;
-pub use watchdog::{Verdict, Watch};
+pub use watchdog::{BUILT_LINK, Verdict, Watch, drop_built_link};

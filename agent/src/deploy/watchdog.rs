@@ -168,6 +168,24 @@ pub fn hold_target(
     }
 }
 
+/// The GC root of the last built system, in the state directory.
+pub const BUILT_LINK: &str = "built-system";
+
+/// Drops the out-link of the last build (`<state_dir>/built-system`): a
+/// system refused after its build, or rolled back, is not kept from the
+/// garbage collector until the next build.
+pub fn drop_built_link(state_dir: &Path) {
+    let link = state_dir.join(BUILT_LINK);
+    match fs::remove_file(&link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!(
+            "nixfleet-agent: cannot drop the out-link {}: {e}",
+            link.display()
+        ),
+    }
+}
+
 /// Drops the GC root of [`hold_target`] (the switch is confirmed, or the
 /// host is back on the system it held: its profile generation keeps it).
 pub fn release_target(record: &Record) {
@@ -332,6 +350,11 @@ pub fn guard(record: &Record, watch: &Watch) -> i32 {
                 // now; after a failed rollback the root stays with the record
                 // (pruned with it) for a rollback by hand
                 release_target(record);
+                // the rolled-back system is not kept alive by the build's
+                // out-link until the next build (record: <state>/switch/<id>)
+                if let Some(state) = record.dir().parent().and_then(Path::parent) {
+                    drop_built_link(state);
+                }
             }
             code
         }
