@@ -570,5 +570,20 @@ async fn a_long_preview_is_cut_with_a_counted_marker_and_logged_whole() {
             "package-{i:03} of the block is not in the log"
         );
     }
+    // in order: the head, the middle cut from the output, the end; and the
+    // output's marker is not in the log (it has the lines themselves)
+    let at = |needle: &str| {
+        logs.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} is not in the log"))
+    };
+    let order = [
+        at("[nixfleet-agent] ── preview ──"),
+        at("[nixfleet-agent]   package-000: 1.0 → 1.1, +1.0 KiB"),
+        at("[nixfleet-agent]   package-195: 1.0 → 1.1, +1.0 KiB"),
+        at("[nixfleet-agent]   package-299: 1.0 → 1.1, +1.0 KiB"),
+        at("[nixfleet-agent] ── end of preview ──"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    assert!(!logs.contains("more lines of the preview"));
     assert_no_violations(&dash);
 }

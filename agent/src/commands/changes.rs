@@ -322,17 +322,14 @@ impl Run {
             "[nixfleet-agent] … {cut} more lines of the preview (the command's log has all of them)"
         ));
         sent.push(prefixed[prefixed.len() - 1].clone());
-        // one chunk, waiting for room in the log's queue (a note would be
-        // left out while it is full)
+        // the log gets every line, in order, as one chunk that waits for
+        // room in its queue (a note would be left out while it is full);
+        // the dashboard the cut block
         self.sink
             .log()
-            .write_lines(
-                prefixed[keep..prefixed.len() - 1]
-                    .iter()
-                    .map(|l| l.as_bytes()),
-            )
+            .write_lines(prefixed.iter().map(|l| l.as_bytes()))
             .await;
-        self.sink.note(sent.join("\n")).await;
+        self.sink.announce(&sent).await;
     }
 }
 

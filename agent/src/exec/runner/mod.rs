@@ -330,6 +330,14 @@ impl Sink {
         }
     }
 
+    /// Lines of the agent's own for the dashboard only, one `output` frame
+    /// each: the command's log got them (or more) another way, in order.
+    pub async fn announce(&self, lines: &[String]) {
+        for line in lines {
+            self.send(Stream::Stdout, line.clone()).await;
+        }
+    }
+
     async fn send(&self, stream: Stream, text: String) {
         match &self.out {
             Some(out) => {
