@@ -654,6 +654,18 @@ async fn home_manager(suite: &'static str) {
         first,
         "the first generation is active again"
     );
+    // that made generation 3, a copy of 1: a second rollback walks back
+    // from 1 (there is nothing before it) instead of toggling to 2
+    assert_eq!(h.generations(&profile), (vec![1, 2, 3], 3));
+    let after = command(&h.dash, "rollback").await;
+    let st = status(&h.dash, after).await;
+    assert_eq!(text(&st.payload, "status"), "error", "{}", st.payload);
+    assert!(
+        text(&st.payload, "message").contains("no Home Manager generation before 3"),
+        "{}",
+        st.payload
+    );
+    assert_eq!(h.resolve(&profile), first, "no toggle back to the second");
 }
 on_every_nix!(home_manager);
 

@@ -430,8 +430,14 @@ impl Commands {
     }
 }
 
-/// The `activate` of the Home Manager generation before the current one in
-/// the profile directory `dir` ([`crate::host::home_manager_profiles`]).
+/// The `activate` of the Home Manager generation a `rollback` goes to, in
+/// the profile directory `dir` ([`crate::host::home_manager_profiles`]):
+/// the newest generation before the current one that holds another
+/// configuration. A Home Manager activation always makes a new generation,
+/// so after a rollback the current generation is a copy of an older one;
+/// the next rollback walks back from that older one (as `nix-env
+/// --rollback` walks back a system profile) instead of toggling between
+/// the last two.
 pub fn previous_home_manager_generation(dir: &Path) -> Result<PathBuf, String> {
     let number = |name: &str| -> Option<u64> {
         name.strip_prefix("home-manager-")?
@@ -443,16 +449,31 @@ pub fn previous_home_manager_generation(dir: &Path) -> Result<PathBuf, String> {
         .ok()
         .and_then(|t| t.file_name().and_then(|n| number(&n.to_string_lossy())))
         .ok_or_else(|| format!("no Home Manager profile in {}", dir.display()))?;
-    let previous = std::fs::read_dir(dir)
+    let link = |n: u64| dir.join(format!("home-manager-{n}-link"));
+    // every generation with the configuration it holds (its store path)
+    let mut generations: Vec<(u64, Option<PathBuf>)> = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
         .filter_map(Result::ok)
         .filter_map(|e| number(&e.file_name().to_string_lossy()))
-        .filter(|n| *n < current)
-        .max()
+        .map(|n| (n, std::fs::read_link(link(n)).ok()))
+        .collect();
+    generations.sort();
+    let held = generations
+        .iter()
+        .find(|(n, _)| *n == current)
+        .and_then(|(_, p)| p.clone());
+    // the generation this one is a copy of (the oldest with its path), if any
+    let origin = generations
+        .iter()
+        .find(|(n, p)| *n < current && held.is_some() && *p == held)
+        .map_or(current, |(n, _)| *n);
+    let previous = generations
+        .iter()
+        .rev()
+        .find(|(n, p)| *n < origin && (held.is_none() || *p != held))
+        .map(|(n, _)| *n)
         .ok_or_else(|| format!("no Home Manager generation before {current}"))?;
-    let activate = dir
-        .join(format!("home-manager-{previous}-link"))
-        .join("activate");
+    let activate = link(previous).join("activate");
     if activate.is_file() {
         Ok(activate)
     } else {
@@ -483,5 +504,23 @@ mod tests {
             "{}",
             prev.display()
         );
+        // a rollback to 7 made generation 10, a copy of 7: the next rollback
+        // walks back to 3, never toggles to 9
+        std::os::unix::fs::symlink(home.path().join("gen7"), dir.join("home-manager-10-link"))
+            .unwrap();
+        std::fs::remove_file(dir.join("home-manager")).unwrap();
+        std::os::unix::fs::symlink("home-manager-10-link", dir.join("home-manager")).unwrap();
+        let prev = previous_home_manager_generation(&dir).unwrap();
+        assert!(
+            prev.ends_with("home-manager-3-link/activate"),
+            "{}",
+            prev.display()
+        );
+        // and from a copy of the oldest there is nothing before
+        std::os::unix::fs::symlink(home.path().join("gen3"), dir.join("home-manager-11-link"))
+            .unwrap();
+        std::fs::remove_file(dir.join("home-manager")).unwrap();
+        std::os::unix::fs::symlink("home-manager-11-link", dir.join("home-manager")).unwrap();
+        assert!(previous_home_manager_generation(&dir).is_err());
     }
 }
