@@ -291,6 +291,21 @@ in
       '';
     };
 
+    activationTimeout = mkOption {
+      type = types.ints.between 1 86400;
+      default = 900;
+      example = 1800;
+      description = ''
+        Seconds a switch's activation (`switch-to-configuration`, `activate`)
+        may run before it is stopped (`NIXFLEET_ACTIVATION_TIMEOUT`): a hung
+        activation (a unit whose start never ends) would otherwise hold the
+        switch, and the agent, forever. On NixOS its transient unit is
+        stopped with `systemctl stop`; what the host then runs decides the
+        outcome (a switched host is watched and checked as always), and the
+        status is an error with exit code 124.
+      '';
+    };
+
     minFreeSpace = mkOption {
       type = types.ints.unsigned;
       default = 2048;
@@ -494,6 +509,7 @@ in
         NIXFLEET_ALLOW_FORCE_PUSH = if cfg.allowForcePush then "1" else null;
         NIXFLEET_ROLLBACK_ON_FAILURE = if cfg.rollbackOnFailure then null else "0";
         NIXFLEET_ROLLBACK_DEADLINE = toString cfg.rollbackDeadline;
+        NIXFLEET_ACTIVATION_TIMEOUT = toString cfg.activationTimeout;
         NIXFLEET_MIN_FREE_SPACE = toString cfg.minFreeSpace;
         NIXFLEET_BUILD_ON_HOST = if cfg.buildOnHost then null else "0";
       };

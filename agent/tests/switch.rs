@@ -546,3 +546,42 @@ async fn a_switch_stopped_while_it_builds_is_an_error_at_the_hub_before_the_agen
     assert_eq!(statuses, 1, "reported once");
     assert_no_violations(&dash);
 }
+
+/// An activation that hangs (nixpkgs#378535: a unit whose start never
+/// ends) is stopped at its deadline (`NIXFLEET_ACTIVATION_TIMEOUT`) instead
+/// of holding the switch forever: the status is an error with timeout(1)'s
+/// 124 and says so; what the host runs decides the rest (here nothing was
+/// switched, so nothing is watched).
+#[tokio::test]
+async fn a_hung_activation_is_stopped_at_its_deadline() {
+    let dash = dashboard().await;
+    let fx = Fixture::new();
+    let fakes = Fakes::new(&fx);
+    fakes.touch("rebuild.wait");
+    let mut agent = agent(&dash, &fx, &fakes)
+        .env("NIXFLEET_ACTIVATION_TIMEOUT", "1")
+        .spawn();
+    registered(&dash).await;
+    let after = command(&dash, "switch").await;
+    let st = status(&dash, after).await;
+    let p = &st.payload;
+    assert_eq!(s(p, "status"), "error", "{p}");
+    assert_eq!(p["exit_code"], 124, "{p}");
+    let message = s(p, "message");
+    assert!(
+        message.contains("the activation did not end within 1 s: stopping it")
+            && message.ends_with(
+                "the activation was stopped after 1 s; what the host runs decides the outcome"
+            ),
+        "{message}"
+    );
+    // the label leaves the deadline out
+    assert!(
+        message.starts_with("Switch failed: `nixfleet-agent --activate nixos switch ")
+            && !message.contains("--timeout="),
+        "{message}"
+    );
+    assert!(!fakes.file("rebuild.done").exists());
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent stays");
+    assert_no_violations(&dash);
+}

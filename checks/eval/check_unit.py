@@ -95,6 +95,8 @@ def main():
         "NIX_REMOTE": "daemon",
         # the rollback watchdog is on by default, with its 120 s window
         "NIXFLEET_ROLLBACK_DEADLINE": "120",
+        # a hung activation is stopped after 15 minutes by default
+        "NIXFLEET_ACTIVATION_TIMEOUT": "900",
         # the space guard keeps 2 GiB free by default
         "NIXFLEET_MIN_FREE_SPACE": "2048",
     }

@@ -126,6 +126,7 @@ impl Run {
             action,
             &config.rollback.system_profile,
             &Target::System(system.clone()),
+            config.rollback.activation_timeout,
         )
         .map_err(|e| {
             Report::error(

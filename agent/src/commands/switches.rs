@@ -159,6 +159,7 @@ impl Run {
                 Action::Switch,
                 &config.rollback.system_profile,
                 &Target::PreviousGeneration,
+                config.rollback.activation_timeout,
             )
             .map_err(|e| {
                 Report::error(

@@ -105,6 +105,9 @@ pub struct RollbackSettings {
     pub deadline: Duration,
     /// The system profile set back on a rollback (`NIXFLEET_SYSTEM_PROFILE`).
     pub system_profile: PathBuf,
+    /// How long a switch's activation may run before it is stopped
+    /// (`NIXFLEET_ACTIVATION_TIMEOUT`, seconds, default 900).
+    pub activation_timeout: Duration,
 }
 
 impl Default for RollbackSettings {
@@ -113,6 +116,7 @@ impl Default for RollbackSettings {
             enabled: true,
             deadline: Duration::from_secs(120),
             system_profile: PathBuf::from(SYSTEM_PROFILE),
+            activation_timeout: Duration::from_secs(900),
         }
     }
 }
@@ -176,5 +180,19 @@ pub(super) fn rollback_settings(env: &Env<'_>) -> Result<RollbackSettings, Confi
         },
         system_profile: absolute_path(env, "NIXFLEET_SYSTEM_PROFILE")?
             .unwrap_or_else(|| PathBuf::from(SYSTEM_PROFILE)),
+        activation_timeout: match env.get("NIXFLEET_ACTIVATION_TIMEOUT") {
+            None => RollbackSettings::default().activation_timeout,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(secs) if (1..=86_400).contains(&secs) => Duration::from_secs(secs),
+                _ => {
+                    return Err(err(
+                        "NIXFLEET_ACTIVATION_TIMEOUT",
+                        format!(
+                            "{v:?} is not a number of seconds from 1 to 86400; unset it for 900"
+                        ),
+                    ));
+                }
+            },
+        },
     })
 }

@@ -17,6 +17,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 pub use super::record::ACTIVATE_FLAG;
 use super::record::{EXIT_NOT_STARTED, Record};
@@ -356,13 +357,22 @@ pub fn activate(
     }
 }
 
+/// `--activate`'s optional last argument: the activation's deadline in
+/// seconds.
+pub const TIMEOUT_ARG: &str = "--timeout=";
+
+/// What `--activate` exits with when the activation did not end within its
+/// deadline and was stopped (as timeout(1)).
+pub const EXIT_TIMED_OUT: i32 = 124;
+
 /// The command line of a switch's (or a rollback's) activation, run by the
-/// switch supervisor.
+/// switch supervisor; `timeout` bounds the activation.
 pub fn activate_argv(
     kind: Kind,
     action: Action,
     profile: &Path,
     target: &Target,
+    timeout: Duration,
 ) -> std::io::Result<Vec<OsString>> {
     Ok(vec![
         std::env::current_exe()?.into_os_string(),
@@ -374,15 +384,100 @@ pub fn activate_argv(
             Target::System(system) => system.as_os_str().to_owned(),
             Target::PreviousGeneration => PREVIOUS_GENERATION.into(),
         },
+        format!("{TIMEOUT_ARG}{}", timeout.as_secs().max(1)).into(),
     ])
+}
+
+/// Runs `program args` to its end, or stops it at `timeout`: a transient
+/// unit (`unit`, when `program` is systemd-run) with `systemctl stop`, which
+/// stops switch-to-configuration itself (killing the systemd-run client
+/// would not), then the process group. Returns the exit code, or
+/// [`EXIT_TIMED_OUT`]. What the host runs afterwards decides the outcome
+/// (the watchdog's [`super::Watch::activated`]), never this code: a unit
+/// stopped so makes `systemd-run --wait` exit 0.
+fn run_bounded(
+    program: &Path,
+    args: &[&OsStr],
+    timeout: Option<Duration>,
+    unit: &str,
+    note: &dyn Fn(&str),
+) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let mut child = match Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("nixfleet-agent: cannot run {}: {e}", program.display());
+            return EXIT_NOT_STARTED;
+        }
+    };
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return crate::exec::runner::exit_code(status),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("nixfleet-agent: cannot wait for {}: {e}", program.display());
+                return EXIT_NOT_STARTED;
+            }
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secs = timeout.map_or(0, |t| t.as_secs());
+    if program.file_name() == Some(OsStr::new("systemd-run")) {
+        note(&format!(
+            "nixfleet-agent: the activation did not end within {secs} s: stopping its unit {unit}"
+        ));
+        let stop = [OsStr::new("stop"), OsStr::new(unit)];
+        let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        if let Err(e) = crate::bounded::run("systemctl", &stop, &env, Duration::from_secs(120)) {
+            note(&format!("nixfleet-agent: cannot stop {unit}: {e}"));
+        }
+    } else {
+        note(&format!(
+            "nixfleet-agent: the activation did not end within {secs} s: stopping it"
+        ));
+    }
+    crate::exec::runner::signal_group(child.id() as i32, libc::SIGTERM);
+    let grace = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            return EXIT_TIMED_OUT;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    crate::exec::runner::signal_group(child.id() as i32, libc::SIGKILL);
+    let _ = child.wait();
+    EXIT_TIMED_OUT
 }
 
 /// Entry point of `nixfleet-agent --activate <kind> <action> <profile>
 /// <system>`: the switch's activation, its children's output on its own;
 /// returns the exit status.
 pub fn activate_main(args: &[String]) -> i32 {
+    let (args, timeout) = match args {
+        [rest @ .., last] if last.starts_with(TIMEOUT_ARG) => {
+            match last[TIMEOUT_ARG.len()..].parse::<u64>() {
+                Ok(secs) if secs > 0 => (rest, Some(Duration::from_secs(secs))),
+                _ => {
+                    eprintln!("nixfleet-agent: {ACTIVATE_FLAG}: {last:?} is not a timeout");
+                    return 2;
+                }
+            }
+        }
+        all => (all, None),
+    };
     let [kind, action, profile, system] = args else {
-        eprintln!("nixfleet-agent: {ACTIVATE_FLAG} needs <kind> <action> <profile> <system>");
+        eprintln!(
+            "nixfleet-agent: {ACTIVATE_FLAG} needs <kind> <action> <profile> <system> [{TIMEOUT_ARG}<seconds>]"
+        );
         return 2;
     };
     let (Some(kind), Some(action)) = (Kind::parse(kind), Action::parse(action)) else {
@@ -405,21 +500,21 @@ pub fn activate_main(args: &[String]) -> i32 {
         return 2;
     }
     let unit = transient_unit("switch");
-    let mut run = |program: &Path, args: &[&OsStr]| -> i32 {
-        match Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .status()
-        {
-            Ok(status) => crate::exec::runner::exit_code(status),
-            Err(e) => {
-                eprintln!("nixfleet-agent: cannot run {}: {e}", program.display());
-                EXIT_NOT_STARTED
-            }
-        }
-    };
     let note = |line: &str| eprintln!("{line}");
-    activate(kind, action, profile, &target, &unit, &mut run, &note)
+    // the deadline bounds the activation (its last step); setting the
+    // profile is quick
+    let mut run = |program: &Path, args: &[&OsStr]| -> i32 {
+        let bounded = program.file_name() != Some(OsStr::new("nix-env"));
+        run_bounded(program, args, timeout.filter(|_| bounded), &unit, &note)
+    };
+    let code = activate(kind, action, profile, &target, &unit, &mut run, &note);
+    if code == EXIT_TIMED_OUT {
+        note(&format!(
+            "nixfleet-agent: the activation was stopped after {} s; what the host runs decides the outcome",
+            timeout.map_or(0, |t| t.as_secs())
+        ));
+    }
+    code
 }
 
 /// A transient unit name used once: a stale unit of an earlier attempt

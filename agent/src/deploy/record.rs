@@ -180,6 +180,11 @@ impl Record {
                     && let Some(name) = Path::new(&argv[0]).file_name()
                 {
                     argv[0] = name.to_owned();
+                    // its deadline is a setting, not what it does
+                    argv.retain(|a| {
+                        !a.to_string_lossy()
+                            .starts_with(super::activation::TIMEOUT_ARG)
+                    });
                 }
                 argv.iter()
                     .map(|a| a.to_string_lossy().into_owned())
