@@ -109,15 +109,7 @@ impl CommandName {
     /// fails at once, before anything else, on a host without a supported
     /// Nix.
     pub fn needs_nix(self) -> bool {
-        matches!(
-            self,
-            CommandName::Switch
-                | CommandName::PullSwitch
-                | CommandName::Update
-                | CommandName::Rollback
-                | CommandName::ForceRebuild
-                | CommandName::RefreshSystem
-        )
+        self.switches() || self == CommandName::RefreshSystem
     }
 
     /// The busy rule (upstream `commands.go`: stop, restart and reboot work

@@ -162,37 +162,33 @@ pub(super) fn trust_settings(env: &Env<'_>) -> Result<TrustSettings, ConfigError
 }
 
 pub(super) fn rollback_settings(env: &Env<'_>) -> Result<RollbackSettings, ConfigError> {
+    let defaults = RollbackSettings::default();
     Ok(RollbackSettings {
         enabled: flag(env, "NIXFLEET_ROLLBACK_ON_FAILURE", true)?,
-        deadline: match env.get("NIXFLEET_ROLLBACK_DEADLINE") {
-            None => RollbackSettings::default().deadline,
-            Some(v) => match v.trim().parse::<u64>() {
-                Ok(secs) if (1..=86_400).contains(&secs) => Duration::from_secs(secs),
-                _ => {
-                    return Err(err(
-                        "NIXFLEET_ROLLBACK_DEADLINE",
-                        format!(
-                            "{v:?} is not a number of seconds from 1 to 86400; unset it for 120"
-                        ),
-                    ));
-                }
-            },
-        },
+        deadline: seconds(env, "NIXFLEET_ROLLBACK_DEADLINE", defaults.deadline)?,
         system_profile: absolute_path(env, "NIXFLEET_SYSTEM_PROFILE")?
             .unwrap_or_else(|| PathBuf::from(SYSTEM_PROFILE)),
-        activation_timeout: match env.get("NIXFLEET_ACTIVATION_TIMEOUT") {
-            None => RollbackSettings::default().activation_timeout,
-            Some(v) => match v.trim().parse::<u64>() {
-                Ok(secs) if (1..=86_400).contains(&secs) => Duration::from_secs(secs),
-                _ => {
-                    return Err(err(
-                        "NIXFLEET_ACTIVATION_TIMEOUT",
-                        format!(
-                            "{v:?} is not a number of seconds from 1 to 86400; unset it for 900"
-                        ),
-                    ));
-                }
-            },
-        },
+        activation_timeout: seconds(
+            env,
+            "NIXFLEET_ACTIVATION_TIMEOUT",
+            defaults.activation_timeout,
+        )?,
     })
+}
+
+/// A number of seconds from 1 to 86400 in `var`, or `default` when unset.
+fn seconds(env: &Env<'_>, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    match env.get(var) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(secs) if (1..=86_400).contains(&secs) => Ok(Duration::from_secs(secs)),
+            _ => Err(err(
+                var,
+                format!(
+                    "{v:?} is not a number of seconds from 1 to 86400; unset it for {}",
+                    default.as_secs()
+                ),
+            )),
+        },
+    }
 }

@@ -175,29 +175,23 @@ pub const BUILT_LINK: &str = "built-system";
 /// system refused after its build, or rolled back, is not kept from the
 /// garbage collector until the next build.
 pub fn drop_built_link(state_dir: &Path) {
-    let link = state_dir.join(BUILT_LINK);
-    match fs::remove_file(&link) {
+    remove_root(&state_dir.join(BUILT_LINK), "the out-link");
+}
+
+/// Removes the GC root `link` (`what` names it in an error); gone already
+/// is fine.
+fn remove_root(link: &Path, what: &str) {
+    match fs::remove_file(link) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => eprintln!(
-            "nixfleet-agent: cannot drop the out-link {}: {e}",
-            link.display()
-        ),
+        Err(e) => eprintln!("nixfleet-agent: cannot drop {what} {}: {e}", link.display()),
     }
 }
 
 /// Drops the GC root of [`hold_target`] (the switch is confirmed, or the
 /// host is back on the system it held: its profile generation keeps it).
 pub fn release_target(record: &Record) {
-    let link = record.dir().join(TARGET_ROOT);
-    match fs::remove_file(&link) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => eprintln!(
-            "nixfleet-agent: cannot drop the GC root {}: {e}",
-            link.display()
-        ),
-    }
+    remove_root(&record.dir().join(TARGET_ROOT), "the GC root");
 }
 
 /// The record's marker of a switch whose tool failed after it had activated
