@@ -20,6 +20,7 @@ pub mod host;
 pub mod logfile;
 pub mod outbound;
 pub mod protocol;
+pub mod register_hold;
 pub mod state;
 pub mod tls;
 pub mod undelivered;

@@ -60,6 +60,9 @@ pub struct AgentState {
     compartments: Arc<Store>,
     /// How many times this process was `registered` by the dashboard.
     registered: watch::Sender<u64>,
+    /// Holds that keep this process from registering (`register_hold.rs`:
+    /// a switch's health checks before the register).
+    register_holds: watch::Sender<u32>,
 }
 
 impl Default for AgentState {
@@ -79,7 +82,25 @@ impl AgentState {
             exit: watch::Sender::new(None),
             compartments: store,
             registered: watch::Sender::new(0),
+            register_holds: watch::Sender::new(0),
         }
+    }
+
+    /// Keeps the connection from registering until [`Self::release_register`].
+    pub fn hold_register(&self) {
+        self.register_holds.send_modify(|n| *n += 1);
+    }
+
+    /// Ends one [`Self::hold_register`].
+    pub fn release_register(&self) {
+        self.register_holds
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// Resolves once nothing holds the register back in this process.
+    pub async fn register_released(&self) {
+        let mut rx = self.register_holds.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// The dashboard answered a `register` with `registered`.

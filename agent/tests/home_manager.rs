@@ -60,8 +60,17 @@ struct Setup {
     bootstraps: usize,
 }
 
+/// The hub's reconnect window in these tests (NixFleet's is 90 s): the
+/// mock's, and the one the agent knows (NIXFLEET_HUB_RECONNECT_WINDOW_MS).
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn setup() -> Setup {
-    let dash = dashboard().await;
+    let dash = MockDashboard::start(nixfleet_mock_dashboard::Options {
+        reconnect_timeout: WINDOW,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let fx = Fixture::new();
     let fakes = Fakes::new(&fx);
     let profiles = fx.tmp.path().join(".local/state/nix/profiles");
@@ -97,6 +106,10 @@ impl Setup {
             .env("NIXFLEET_HOME_MANAGER_USER", "alice")
             .env("NIXFLEET_PID_FILE", self.pid_file.to_str().unwrap())
             .env("NIXFLEET_ROLLBACK_DEADLINE", "60")
+            .env(
+                "NIXFLEET_HUB_RECONNECT_WINDOW_MS",
+                &WINDOW.as_millis().to_string(),
+            )
     }
 
     /// Waits for the reload's bootout of `agent` and plays launchd's
@@ -191,10 +204,12 @@ async fn a_home_manager_generation_that_fails_its_health_check_is_rolled_back() 
     let mut a = s.agent().spawn();
     wait_for_pid_file(&s.pid_file, a.pid()).await;
     let (_, seq) = wait_register(&s.dash, HOST, 0).await;
-    s.dash.send_command(HOST, "switch").await.unwrap();
-    // the switch's activation reloads the agent; the new one fails its
-    // check, and the rollback's activation (the first generation's) reloads
-    // it again; the agent after that reports
+    let d = s.dash.dispatch(HOST, "switch", false);
+    assert_eq!(d.status, "EXECUTING", "{d:?}");
+    // the switch's activation reloads the agent; the new one checks before
+    // it registers, fails its check, and the rollback's activation (the
+    // first generation's) reloads it again; the agent after that reports,
+    // once the hub's reconnect window has passed
     let mut b = s.reloaded(&mut a).await;
     let _c = s.reloaded(&mut b).await;
     let st = status_for(&s.dash, HOST, "switch", seq).await;
@@ -210,6 +225,9 @@ async fn a_home_manager_generation_that_fails_its_health_check_is_rolled_back() 
         "{activated}"
     );
     assert_eq!(s.statuses().len(), 1, "reported once");
+    // the dashboard never took it for a success
+    let op = s.dash.op(d.command_id.as_deref().unwrap()).unwrap();
+    assert_eq!(op.status, "TIMEOUT", "{op:?}");
     assert_no_violations(&s.dash);
 }
 

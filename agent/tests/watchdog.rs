@@ -37,7 +37,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let dash = dashboard().await;
+    setup_on(dashboard().await).await
+}
+
+async fn setup_on(dash: MockDashboard) -> Setup {
     let fx = Fixture::new();
     let fakes = Fakes::new(&fx);
     let d = fakes.dir.display();
@@ -500,5 +503,62 @@ async fn without_a_system_on_record_or_with_the_watchdog_off_a_switch_reports_at
             .starts_with("[nixfleet-agent] no automatic rollback for this switch: cannot resolve /nonexistent/current-system")
     });
     assert!(said, "the output says why the switch is not watched");
+    assert_no_violations(&s.dash);
+}
+
+/// The process that ran a switch dies during the activation (nix-darwin and
+/// Home Manager reload their launchd agents; here SIGKILL): the hub's
+/// switch then awaits a reconnect, and would call the first `register` a
+/// success. The next process runs the health checks before it registers;
+/// they fail, the switch is rolled back, and no process of the agent
+/// registers until the hub's reconnect window has passed: the operation
+/// ends TIMEOUT, never SUCCESS, and the status says what happened.
+#[tokio::test]
+async fn a_switch_whose_agent_died_is_never_a_success_when_it_is_rolled_back() {
+    let s = setup_on(
+        MockDashboard::start(nixfleet_mock_dashboard::Options {
+            reconnect_timeout: std::time::Duration::from_secs(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+    )
+    .await;
+    write_exec(
+        &s.fx.repo.join("hosts").join(HOST).join("health/10-web.sh"),
+        "#!/bin/sh\necho 'web: connection refused' >&2\nexit 3\n",
+    );
+    s.fakes.touch("rebuild.wait");
+    let agent = || {
+        s.agent(&s.dash.ws_url(), 600)
+            .env("NIXFLEET_TOKEN", TOKEN)
+            .env("NIXFLEET_HUB_RECONNECT_WINDOW_MS", "3000")
+    };
+    let mut a = agent().spawn();
+    wait_register(&s.dash, HOST, 0).await;
+    let sent = s.dash.last_seq();
+    let d = s.dash.dispatch(HOST, "switch", false);
+    let id = d.command_id.expect("id");
+    file_appears(&s.fakes.file("rebuild.waiting")).await;
+    a.signal(libc::SIGKILL);
+    a.wait_exit(WAIT).await;
+    // the activation ends without the agent that started it
+    s.fakes.touch("rebuild.go");
+    let record = s.record();
+    file_appears(&record.join("exit")).await;
+    let mut b = agent().spawn();
+    // it rolls back without registering, then restarts onto the old binary
+    assert_eq!(b.wait_exit(WAIT).await.code(), Some(101));
+    s.assert_rolled_back();
+    let _c = agent().spawn();
+    let st = status_for(&s.dash, HOST, "switch", sent).await;
+    assert_eq!(st.payload["status"], "error", "{}", st.payload);
+    assert_eq!(
+        st.payload["message"],
+        rolled_back_message(&s, "health check 10-web.sh failed (exit 3)").as_str()
+    );
+    let op = s.dash.op(&id).expect("op");
+    assert_eq!(op.status, "TIMEOUT", "never SUCCESS: {op:?}");
+    assert_eq!(s.statuses().len(), 1, "reported once");
     assert_no_violations(&s.dash);
 }

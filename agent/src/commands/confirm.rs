@@ -26,7 +26,7 @@
 //! the binary of the generation that was rolled back.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
 use crate::compartments::{Check, Level, Part};
@@ -258,7 +258,12 @@ impl Run {
     }
 
     /// Confirms (or sees rolled back) a watched switch and reports it once.
-    async fn confirm(mut self, record: Record, watch: Watch) {
+    /// `hold_until`: this process holds its register back (the process that
+    /// ran the switch died on the way, and the dashboard still waits for a
+    /// reconnect it would take for a success): the health checks run first,
+    /// and after a failure no register happens before that time
+    /// (`register_hold.rs`).
+    async fn confirm(mut self, record: Record, watch: Watch, hold_until: Option<SystemTime>) {
         if confirm::unguarded(&record) {
             // the host rebooted inside the window: guard the rest of it
             let inner = self.inner();
@@ -271,12 +276,42 @@ impl Run {
         }
         let verdict = match confirm::verdict(&record) {
             Some(v) => v,
+            None if hold_until.is_some() => {
+                // before the dashboard hears of this process
+                let window = confirm::window(&record, &watch);
+                let started = Instant::now();
+                let mine = match self.health(&record, window).await {
+                    Verdict::Confirmed => {
+                        self.inner().state.release_register();
+                        self.reach_dashboard(window.saturating_sub(started.elapsed()))
+                            .await
+                    }
+                    rollback => rollback,
+                };
+                confirm::decide(&record, &mine)
+            }
             None => {
                 let window = confirm::window(&record, &watch);
                 let mine = self.check_new_generation(&record, window).await;
                 confirm::decide(&record, &mine)
             }
         };
+        if let Some(until) = hold_until {
+            if matches!(verdict, Verdict::RollBack(_)) {
+                let dir = self.inner().config.state_dir.clone();
+                let held = tokio::task::spawn_blocking(move || {
+                    crate::register_hold::hold_until(&dir, until)
+                })
+                .await;
+                if !matches!(held, Ok(Ok(()))) {
+                    tracing::warn!("cannot keep the register held back on disk");
+                }
+                self.sink
+                    .note("[nixfleet-agent] the register waits until the dashboard's reconnect window has passed: a register now would count as the switch's success".to_string())
+                    .await;
+            }
+            self.inner().state.release_register();
+        }
         let what = switch_word(Commands::record_command(&record));
         let report = match confirm::settle(&record, verdict, what) {
             Settled::Confirmed(message) => Report::ok(message),
@@ -331,10 +366,34 @@ impl Run {
 }
 
 impl Commands {
+    /// When `record` is a switch the hub takes the next register for (a
+    /// `switch` or `pull-switch` left unreported by a process that died on
+    /// the way, whose activation ended less than the hub's reconnect window
+    /// ago): holds this process's register back and returns until when a
+    /// rolled-back switch must keep holding it (`register_hold.rs`).
+    fn register_hold_for(&self, record: &Record) -> Option<SystemTime> {
+        if record.is_reported() {
+            return None;
+        }
+        let command = Self::record_command(record);
+        if !matches!(command, CommandName::Switch | CommandName::PullSwitch) {
+            return None;
+        }
+        let until = record.ended_at()?
+            + self.inner.config.timing.hub_reconnect_window
+            + crate::register_hold::MARGIN;
+        if until <= SystemTime::now() {
+            return None;
+        }
+        self.inner.state.hold_register();
+        Some(until)
+    }
+
     /// Confirms a watched switch of an earlier agent process (see the module
     /// docs). False when another command holds the slot.
     pub(super) fn confirm_switch(&self, record: Record, watch: Watch) -> bool {
         let command = Self::record_command(&record);
+        let hold_until = self.register_hold_for(&record);
         let ctl = if record.is_reported() {
             // reported, its checks passed: only the registration is left,
             // which comes before any command; the dashboard, which has seen
@@ -342,6 +401,9 @@ impl Commands {
             runner::Control::new(command.as_str(), None)
         } else {
             let Some(ctl) = self.claim(command) else {
+                if hold_until.is_some() {
+                    self.inner.state.release_register();
+                }
                 return false;
             };
             // heartbeats show the switch as running while it is confirmed
@@ -359,7 +421,7 @@ impl Commands {
             let run = this
                 .earlier_run(command, ctl, &record, "confirming", "switched")
                 .await;
-            run.confirm(record, watch).await;
+            run.confirm(record, watch, hold_until).await;
         });
         true
     }

@@ -92,6 +92,9 @@ pub struct Timing {
     /// How long the host may stay up after a successful reboot command
     /// before `reboot` reports that it did not happen (120 s).
     pub reboot_wait: Duration,
+    /// How long the dashboard waits for a switched host's agent to register
+    /// again before its switch is TIMEOUT (`lifecycle.go`: 90 s).
+    pub hub_reconnect_window: Duration,
 }
 
 impl Default for Timing {
@@ -103,6 +106,7 @@ impl Default for Timing {
             stop_grace: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(5),
             reboot_wait: Duration::from_secs(120),
+            hub_reconnect_window: Duration::from_secs(90),
         }
     }
 }
@@ -401,6 +405,11 @@ impl Config {
             stop_grace: millis(&env, "NIXFLEET_STOP_GRACE_MS", defaults.stop_grace)?,
             stall_timeout: millis(&env, "NIXFLEET_STALL_TIMEOUT_MS", defaults.stall_timeout)?,
             reboot_wait: millis(&env, "NIXFLEET_REBOOT_WAIT_MS", defaults.reboot_wait)?,
+            hub_reconnect_window: millis(
+                &env,
+                "NIXFLEET_HUB_RECONNECT_WINDOW_MS",
+                defaults.hub_reconnect_window,
+            )?,
         };
 
         Ok(Config {

@@ -124,6 +124,11 @@ impl Connection {
             if let Some(s) = *stop.borrow() {
                 return s;
             }
+            // a register now would tell the dashboard a lie (register_hold.rs)
+            tokio::select! {
+                _ = self.register_allowed() => {}
+                s = wait_stop(&mut stop) => return s,
+            }
             self.refresh_token().await;
             let dial = tokio::select! {
                 r = self.dial() => r,
@@ -275,6 +280,24 @@ impl Connection {
             boot_free_mib: snap.boot_free_mib,
             freshness,
         })
+    }
+
+    /// Resolves once the agent may register: nothing in this process holds
+    /// it back, and the hold on disk (if any) has passed.
+    async fn register_allowed(&self) {
+        self.state.register_released().await;
+        let dir = self.config.state_dir.clone();
+        let held = tokio::task::spawn_blocking(move || crate::register_hold::remaining(&dir))
+            .await
+            .ok()
+            .flatten();
+        if let Some(left) = held {
+            tracing::warn!(
+                "not registering for {} s: a rolled-back switch is held back until the dashboard's reconnect window has passed, so that it cannot count as a success",
+                left.as_secs()
+            );
+            tokio::time::sleep(left).await;
+        }
     }
 
     async fn session(

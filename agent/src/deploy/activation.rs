@@ -415,22 +415,34 @@ fn run_bounded(
             return EXIT_NOT_STARTED;
         }
     };
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return crate::exec::runner::exit_code(status),
-            Ok(None) => {}
+    let Some(timeout) = timeout else {
+        return match child.wait() {
+            Ok(status) => crate::exec::runner::exit_code(status),
             Err(e) => {
                 eprintln!("nixfleet-agent: cannot wait for {}: {e}", program.display());
-                return EXIT_NOT_STARTED;
+                EXIT_NOT_STARTED
             }
+        };
+    };
+    // the exit is seen the moment it happens (a waiting thread), the
+    // deadline by the channel's timeout
+    let pid = child.id() as i32;
+    let (ended, exit) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = ended.send(child.wait());
+    });
+    let code = |r: std::io::Result<std::process::ExitStatus>| match r {
+        Ok(status) => crate::exec::runner::exit_code(status),
+        Err(e) => {
+            eprintln!("nixfleet-agent: cannot wait for the activation: {e}");
+            EXIT_NOT_STARTED
         }
-        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    };
+    if let Ok(r) = exit.recv_timeout(timeout) {
+        let _ = waiter.join();
+        return code(r);
     }
-    let secs = timeout.map_or(0, |t| t.as_secs());
+    let secs = timeout.as_secs();
     if program.file_name() == Some(OsStr::new("systemd-run")) {
         note(&format!(
             "nixfleet-agent: the activation did not end within {secs} s: stopping its unit {unit}"
@@ -445,16 +457,12 @@ fn run_bounded(
             "nixfleet-agent: the activation did not end within {secs} s: stopping it"
         ));
     }
-    crate::exec::runner::signal_group(child.id() as i32, libc::SIGTERM);
-    let grace = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < grace {
-        if let Ok(Some(_)) = child.try_wait() {
-            return EXIT_TIMED_OUT;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    crate::exec::runner::signal_group(pid, libc::SIGTERM);
+    if exit.recv_timeout(Duration::from_secs(10)).is_err() {
+        crate::exec::runner::signal_group(pid, libc::SIGKILL);
+        let _ = exit.recv();
     }
-    crate::exec::runner::signal_group(child.id() as i32, libc::SIGKILL);
-    let _ = child.wait();
+    let _ = waiter.join();
     EXIT_TIMED_OUT
 }
 

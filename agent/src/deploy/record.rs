@@ -204,6 +204,13 @@ impl Record {
         self.read_small("exit")?.parse().ok()
     }
 
+    /// When the tool's exit code was recorded (the activation ended).
+    pub fn ended_at(&self) -> Option<std::time::SystemTime> {
+        fs::metadata(self.dir.join("exit"))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
     /// The tool's PID (its process group), once started.
     pub fn tool_pid(&self) -> Option<u32> {
         self.read_small("pid")?.parse().ok().filter(|&p| p > 1)

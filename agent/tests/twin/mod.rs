@@ -279,10 +279,14 @@ impl Twin {
         ] {
             std::fs::copy(golden.join(unit), units.join(unit)).unwrap();
         }
+        // the test's short deadlines stand for real ones (at least 100 s,
+        // the modules refuse less) that outlast the hub's 90 s window: the
+        // window shrinks with them (register_hold.rs)
+        let window_ms = (deadline_secs * 1000 / 3).max(1000);
         write(
             &units.join("nixfleet-agent.service.d/twin.conf"),
             &format!(
-                "[Service]\nEnvironment=\"NIXFLEET_URL={}\"\nEnvironment=\"NIXFLEET_INTERVAL=1\"\nEnvironment=\"NIXFLEET_ROLLBACK_DEADLINE={deadline_secs}\"\nEnvironment=\"NIXFLEET_LOG_LEVEL=debug\"\n",
+                "[Service]\nEnvironment=\"NIXFLEET_URL={}\"\nEnvironment=\"NIXFLEET_INTERVAL=1\"\nEnvironment=\"NIXFLEET_ROLLBACK_DEADLINE={deadline_secs}\"\nEnvironment=\"NIXFLEET_HUB_RECONNECT_WINDOW_MS={window_ms}\"\nEnvironment=\"NIXFLEET_LOG_LEVEL=debug\"\n",
                 dash.ws_url()
             ),
         );
