@@ -274,6 +274,7 @@ impl Run {
                 }
             }
         }
+        let mut released = false;
         let verdict = match confirm::verdict(&record) {
             Some(v) => v,
             None if hold_until.is_some() => {
@@ -282,7 +283,9 @@ impl Run {
                 let started = Instant::now();
                 let mine = match self.health(&record, window).await {
                     Verdict::Confirmed => {
+                        // healthy: the register tells the truth now
                         self.inner().state.release_register();
+                        released = true;
                         self.reach_dashboard(window.saturating_sub(started.elapsed()))
                             .await
                     }
@@ -296,7 +299,7 @@ impl Run {
                 confirm::decide(&record, &mine)
             }
         };
-        if let Some(until) = hold_until {
+        if let Some(until) = hold_until.filter(|_| !released) {
             if matches!(verdict, Verdict::RollBack(_)) {
                 let dir = self.inner().config.state_dir.clone();
                 let held = tokio::task::spawn_blocking(move || {
