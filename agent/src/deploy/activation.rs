@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub use super::record::ACTIVATE_FLAG;
-use super::record::{EXIT_NOT_STARTED, Record};
+use super::record::{EXIT_NOT_STARTED, Record, TIMEOUT_ARG};
 use crate::config::SwitchTool;
 
 /// Where transient units are started: systemd is the service manager
@@ -356,10 +356,6 @@ pub fn activate(
         }
     }
 }
-
-/// `--activate`'s optional last argument: the activation's deadline in
-/// seconds.
-pub const TIMEOUT_ARG: &str = "--timeout=";
 
 /// What `--activate` exits with when the activation did not end within its
 /// deadline and was stopped (as timeout(1)).

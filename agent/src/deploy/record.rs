@@ -38,6 +38,10 @@ use crate::exec::runner::failure_tail;
 /// (`deploy/activation.rs`): a switch's command line in its record.
 pub const ACTIVATE_FLAG: &str = "--activate";
 
+/// `--activate`'s optional last argument: the activation's deadline in
+/// seconds (`activation.rs`); a setting, left out of the record's label.
+pub const TIMEOUT_ARG: &str = "--timeout=";
+
 /// The hidden command-line flag that makes the binary a switch supervisor.
 pub const SUPERVISE_FLAG: &str = "--supervise-switch";
 /// How often a running switch's files are polled.
@@ -181,10 +185,7 @@ impl Record {
                 {
                     argv[0] = name.to_owned();
                     // its deadline is a setting, not what it does
-                    argv.retain(|a| {
-                        !a.to_string_lossy()
-                            .starts_with(super::activation::TIMEOUT_ARG)
-                    });
+                    argv.retain(|a| !a.to_string_lossy().starts_with(TIMEOUT_ARG));
                 }
                 argv.iter()
                     .map(|a| a.to_string_lossy().into_owned())
