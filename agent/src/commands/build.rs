@@ -27,9 +27,7 @@ use super::preview::mib;
 use super::refresh::{running_system, system_installable};
 use super::switches::{CACHE_BYPASS, NO_LOCAL_BUILDS, Switched, nix_options, switch_word};
 use super::*;
-use crate::deploy::{Action, Kind, Target, activate_argv};
-
-use crate::deploy::BUILT_LINK;
+use crate::deploy::{Action, BUILT_LINK, Kind, Target, activate_argv};
 
 /// The output `out` of the one derivation `nix build --json` built, as it
 /// prints it on every supported Nix: `[{"drvPath": …, "outputs": {"out":
@@ -147,12 +145,12 @@ impl Run {
         let switched = self
             .detached(command, argv, action == Action::Switch)
             .await?;
-        Ok(match (action, switched) {
-            (Action::Boot, Switched::Done(_)) => Switched::Done(format!(
+        Ok(match action {
+            Action::Boot => Switched(format!(
                 "{what} installed for the next boot: {}; reboot to activate it",
                 changes.inhibited.join("; ")
             )),
-            (_, switched) => switched,
+            _ => switched,
         })
     }
 

@@ -95,21 +95,18 @@ pub(super) fn switch_report(record: &Record, ended: Ended) -> Result<String, Rep
     }
 }
 
-/// How a switch that did not fail ended.
+/// A switch that did not fail: the message of its status (a watched
+/// switch's too: its health checks ran before the agent leaves).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Switched {
-    /// Done and known: the message of its status (a watched switch's too:
-    /// its health checks ran before the agent leaves).
-    Done(String),
-}
+pub(super) struct Switched(pub(super) String);
 
 impl Switched {
     /// The run's report: `before` (what came first, a pull's result) and the
     /// switch.
     pub(super) fn report(self, before: Option<&str>) -> Report {
-        match (self, before) {
-            (Switched::Done(m), None) => Report::ok(m).with_restart(),
-            (Switched::Done(m), Some(b)) => Report::ok(format!("{b}; {m}")).with_restart(),
+        match before {
+            None => Report::ok(self.0).with_restart(),
+            Some(b) => Report::ok(format!("{b}; {}", self.0)).with_restart(),
         }
     }
 }
@@ -229,9 +226,9 @@ impl Run {
             return self
                 .check_before_leaving(command, &record, &watch)
                 .await
-                .map(Switched::Done);
+                .map(Switched);
         }
-        switch_report(&record, ended).map(Switched::Done)
+        switch_report(&record, ended).map(Switched)
     }
 
     /// Whether the switch that ended so (followed by an agent that did not

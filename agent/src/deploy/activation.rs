@@ -73,22 +73,19 @@ impl Kind {
     /// and `activate`; a Home Manager generation's `activate`); `Err` names
     /// what is missing. Checked before the profile is touched.
     pub fn check_system(self, system: &Path) -> Result<(), String> {
-        use std::os::unix::fs::PermissionsExt;
         let (what, marker) = match self {
             Kind::NixOs => ("a NixOS system", Some("nixos-version")),
             Kind::Darwin => ("a nix-darwin system", Some("darwin-version")),
             Kind::HomeManager => ("a Home Manager generation", None),
         };
         let activator = self.activator(system);
-        let executable = fs::metadata(&activator)
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
         let mut missing: Vec<String> = Vec::new();
         if let Some(marker) = marker
             && !system.join(marker).exists()
         {
             missing.push(marker.to_string());
         }
-        if !executable {
+        if !executable(&activator) {
             missing.push(format!(
                 "{} (executable)",
                 activator
@@ -112,15 +109,7 @@ impl Kind {
                 system.display()
             ));
         }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} is not {what}: it has no {}",
-                system.display(),
-                missing.join(" and no ")
-            ))
-        }
+        Ok(())
     }
 
     /// The program that activates `system` of this kind.
@@ -222,11 +211,8 @@ pub fn activation(
 /// darwin-rebuild would run: executable, and not the stub nix-darwin 25.05
 /// and later leave (`# nix-darwin: deprecated`).
 fn legacy_activate_user(system: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
     let path = system.join("activate-user");
-    let executable =
-        fs::metadata(&path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    executable
+    executable(&path)
         && !crate::util::read_capped(&path, 1024 * 1024)
             .unwrap_or_default()
             .lines()
@@ -559,10 +545,15 @@ fn nanos() -> u32 {
 
 /// The first executable `name` in `PATH`.
 fn on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(name))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .find(|p| executable(p))
+}
+
+/// Whether `path` is a file anyone may execute.
+fn executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]
