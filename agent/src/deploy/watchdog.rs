@@ -451,15 +451,29 @@ fn realign(
         "nixfleet-agent: the rollback failed and the host still runs {}: its profile and boot entry name it again",
         runs.display()
     ));
-    let code = activate(
-        watch.kind,
-        Action::Boot,
-        &watch.profile,
-        &Target::System(runs.clone()),
-        &unit_name(record, "realign"),
-        run,
-        note,
-    );
+    let code = match watch.kind {
+        // the profile and the boot loader's default entry
+        Kind::NixOs => activate(
+            watch.kind,
+            Action::Boot,
+            &watch.profile,
+            &Target::System(runs.clone()),
+            &unit_name(record, "realign"),
+            run,
+            note,
+        ),
+        // nix-darwin boots what its profile names: the profile alone (its
+        // `activate` would activate again what runs)
+        _ => {
+            let set = [
+                OsStr::new("-p"),
+                watch.profile.as_os_str(),
+                OsStr::new("--set"),
+                runs.as_os_str(),
+            ];
+            run(Path::new("nix-env"), &set)
+        }
+    };
     if code == 0 {
         let _ = record.write_file(
             RUNS_AFTER_FAILED_ROLLBACK,
