@@ -117,13 +117,7 @@ async fn force_rebuild_rolled_back_is_an_error() {
     let _a = h.agent().spawn();
     let id = h.dispatch("force-rebuild").await;
     let op = h.ended(&id).await;
-    assert_eq!(op.status, "ERROR", "{op:?}");
-    assert!(
-        op.error
-            .as_deref()
-            .is_some_and(|e| e.starts_with("rolled back to ")),
-        "{op:?}"
-    );
+    assert_rolled_back_error(&op);
     assert_no_violations(&h.dash);
 }
 
@@ -181,6 +175,14 @@ async fn a_rollback_whose_generation_fails_its_checks_is_rolled_back_and_an_erro
     let _a = h.agent().spawn();
     let id = h.dispatch("rollback").await;
     let op = h.ended(&id).await;
+    assert_rolled_back_error(&op);
+    // back on the system it ran before the rollback
+    assert_eq!(std::fs::canonicalize(&h.current).unwrap(), h.fakes.system);
+    assert_no_violations(&h.dash);
+}
+
+/// The hub's verdict on a switch whose new generation was rolled back.
+fn assert_rolled_back_error(op: &Op) {
     assert_eq!(op.status, "ERROR", "{op:?}");
     assert!(
         op.error
@@ -188,7 +190,4 @@ async fn a_rollback_whose_generation_fails_its_checks_is_rolled_back_and_an_erro
             .is_some_and(|e| e.starts_with("rolled back to ")),
         "{op:?}"
     );
-    // back on the system it ran before the rollback
-    assert_eq!(std::fs::canonicalize(&h.current).unwrap(), h.fakes.system);
-    assert_no_violations(&h.dash);
 }
