@@ -19,18 +19,26 @@
 //! fake with the same exit codes stands in, and the test says so. The agent
 //! runs it the way it runs it on NixOS: through `systemd-run` from the unit.
 //!
-//! The other tools the unit's `PATH` names are the container's (`/usr`, bound
-//! from this machine), except for fakes of Nix: `nix build` prints the store
-//! path of the system the test named (and links its out-link), its dry run,
-//! `store diff-closures` and `path-info` print what Nix prints, and `nix-env`
-//! sets the system profile.
+//! **Nix is real**: the container runs Debian trixie's `/usr` (its systemd,
+//! D-Bus and Nix 2.26, from the twin's root that `checks/realnix/make-root.sh`
+//! makes once) with a store of its own. Every system is built by that Nix
+//! from a flake in the configuration repository (`twin/system.rs`: real
+//! derivations, the test commits which system it is), through
+//! `nix-daemon` as NixOS runs it (Nix's own socket and service units;
+//! `NIX_REMOTE=daemon` in the agent's unit); `nix-env` moves the real
+//! system profile, and `nix-collect-garbage -d` collects the real store. The
+//! store paths the golden units name (`/nix/store/<32 zeros>-…`: the tools
+//! of the unit's `PATH`, the agent, the activation program) are made valid
+//! and rooted, as a system's closure would be.
 //!
-//! `/boot` is a filesystem of its own (a tmpfs bound into the container), as
-//! on a host with an EFI system partition: the switch's `/boot` guard runs.
+//! `/boot` is a filesystem of its own (a 64 MiB tmpfs bound into the
+//! container), as on a host with an EFI system partition: the switch's
+//! `/boot` guard runs.
 //!
-//! Needs root and `systemd-nspawn` (Debian's `systemd-container`). Without
-//! them the tests say so and pass, unless `NIXFLEET_HOST_TWIN=require` (what
-//! `.ci/run` sets), where they fail.
+//! Needs root, `systemd-nspawn` (Debian's `systemd-container`) and the
+//! twin's root (made on first use with `debootstrap`). Without them the tests
+//! say so and pass, unless `NIXFLEET_HOST_TWIN=require` (what `.ci/run`
+//! sets), where they fail.
 
 #![cfg(target_os = "linux")]
 
@@ -49,15 +57,15 @@ use twin::*;
 /// uses the new token), and `systemctl stop` (SIGTERM): close 1000.
 #[tokio::test]
 async fn twin_unit_registers_runs_restarts_rotates_the_token_and_closes_1000() {
-    if !twin_available() {
+    let Some(base) = twin_root() else {
         return;
-    }
+    };
     let dash = dashboard().await;
     let fx = Fixture::new();
     host_test(&fx.repo, HOST, "T01-hello.sh", "echo hello from the twin");
     git(&fx.repo, &["add", "-A"]);
     git(&fx.repo, &["commit", "-qm", "tests"]);
-    let twin = Twin::boot(&dash, &fx, "nixfleet-twin-1", 120).await;
+    let twin = Twin::boot(base, &dash, &fx, "nixfleet-twin-1", 120).await;
     let (reg, seq) = match dash.wait_frame(HOST, "register", 0, SLOW).await {
         Some(f) => (f.payload, f.seq),
         None => panic!("no register; journal:\n{}", twin.journal()),
@@ -142,41 +150,36 @@ async fn twin_unit_registers_runs_restarts_rotates_the_token_and_closes_1000() {
 /// agent's read-only sandbox) and one status `error` names the rollback.
 #[tokio::test]
 async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
-    if !twin_available() {
+    let Some(base) = twin_root() else {
         return;
-    }
+    };
     let dash = dashboard().await;
     let fx = Fixture::new();
-    let twin = Twin::boot(&dash, &fx, "nixfleet-twin-2", 40).await;
+    let twin = Twin::boot(base, &dash, &fx, "nixfleet-twin-2", 40).await;
     if dash.wait_frame(HOST, "register", 0, SLOW).await.is_none() {
         panic!("no register; journal:\n{}", twin.journal());
     }
 
     // 0. a system whose kernel does not fit in /boot (a filesystem of its
     // own): refused after the build, nothing set or activated
-    let big = twin.system_with_kernel("big", 1 << 40);
-    write(&twin.exchange.join("next-system"), &big);
+    twin.next(System::named("big").kernel(128 << 20));
     let sent = dash.last_seq();
     dash.send_command(HOST, "switch").await.unwrap();
     let st = status_for(&dash, HOST, "switch", sent).await;
     let message = st.payload["message"].as_str().unwrap_or_default();
     assert!(
         message.starts_with("Switch refused: /boot has ")
-            && message.contains("the new kernel and initrd need 1048576.0 MiB"),
+            && message.contains("the new kernel and initrd need 128.0 MiB"),
         "{message}\n{}",
         twin.journal()
     );
     assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-a");
     assert_eq!(twin.read("/boot/loader/default"), "nixos-system-twin-a");
-    assert_eq!(
-        twin.profile_system(),
-        PathBuf::from(store("nixos-system-twin-a"))
-    );
+    assert_eq!(twin.profile_system(), PathBuf::from(&twin.booted));
 
     // 1. a switch to b: built, previewed (its dry-activate run through
     // systemd-run, outside the unit's sandbox), activated, confirmed
-    let b = twin.system_with_kernel("b", 4096);
-    write(&twin.exchange.join("next-system"), &b);
+    let b = twin.next(System::named("b").kernel(4096));
     let sent = dash.last_seq();
     let d = dash.dispatch(HOST, "switch", false);
     assert_eq!(d.status, "EXECUTING", "{d:?}");
@@ -203,6 +206,14 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
         .filter(|f| f.seq > sent && f.seq < st.seq)
         .map(|f| f.payload["line"].as_str().unwrap_or_default().to_string())
         .collect();
+    // the Nix it ran is the container's, reached through its daemon
+    let nix = format!("[nixfleet-agent] {} (Nix ", twin.nix_version());
+    assert!(
+        lines.iter().any(|l| l.starts_with(&nix)),
+        "no {nix:?} in {lines:?}"
+    );
+    let daemon = twin.exec(&["systemctl", "is-active", "nix-daemon.service"]);
+    assert_eq!(String::from_utf8_lossy(&daemon.stdout).trim(), "active");
     for line in [
         "[nixfleet-agent] package changes:",
         "[nixfleet-agent]   would activate the configuration...",
@@ -228,22 +239,45 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
     assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-b");
     assert_eq!(twin.read("/boot/loader/default"), "nixos-system-twin-b");
 
-    // 2. a switch to c whose agent fails its health check
+    // 2. a switch to c whose agent fails its health check, once the test
+    // has collected the garbage with every old generation deleted
+    // (`nix-collect-garbage -d`) while c runs on probation: b, the system
+    // the rollback goes back to, is kept by the agent's root alone (it is
+    // neither booted, running, nor a generation any more)
     host_check(
         &fx.repo,
         "fail.sh",
-        "echo 'the service does not answer'; exit 1",
+        "while [ ! -e /twin/collected ]; do sleep 0.1; done; echo 'the service does not answer'; exit 1",
     );
-    let c = twin.system("c");
-    write(&twin.exchange.join("next-system"), &c);
+    twin.next(System::named("c"));
     let sent = dash.last_seq();
     dash.send_command(HOST, "switch").await.unwrap();
+    let active = dash
+        .wait_until(SLOW, |_| {
+            (twin.read("/etc/nixos-generation") == "nixos-system-twin-c").then_some(())
+        })
+        .await;
+    assert!(active.is_some(), "c is not activated\n{}", twin.journal());
+    let gc = twin.exec(&["nix-collect-garbage", "-d"]);
+    assert!(gc.status.success(), "{gc:?}");
+    assert_eq!(
+        generations(&twin),
+        vec![3],
+        "-d deleted every old generation"
+    );
+    assert!(
+        twin.path(&b).join("bin/switch-to-configuration").exists(),
+        "b was collected: {}",
+        String::from_utf8_lossy(&gc.stdout)
+    );
+    write(&twin.exchange.join("collected"), "");
     let st = status_for(&dash, HOST, "switch", sent).await;
     assert_eq!(st.payload["status"], "error", "{}", st.payload);
     let message = st.payload["message"].as_str().unwrap_or_default();
     assert!(
         message.starts_with(&format!(
-            "rolled back to {HASH}-nixos-system-twin-b: health check fail.sh failed"
+            "rolled back to {}: health check fail.sh failed",
+            base_name(&b)
         )),
         "{message}\n{}",
         twin.journal()
@@ -272,18 +306,18 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
 /// 4. `rollback`: the profile's previous generation, activated the same way.
 #[tokio::test]
 async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_failed_unit_stays() {
-    if !twin_available() {
+    let Some(base) = twin_root() else {
         return;
-    }
+    };
     let dash = dashboard().await;
     let fx = Fixture::new();
-    let twin = Twin::boot(&dash, &fx, "nixfleet-twin-3", 12).await;
+    let twin = Twin::boot(base, &dash, &fx, "nixfleet-twin-3", 12).await;
     let Some(reg) = dash.wait_frame(HOST, "register", 0, SLOW).await else {
         panic!("no register; journal:\n{}", twin.journal());
     };
-    let broken =
-        twin.system_with_agent_settings("broken", "[Service]\nExecStart=\nExecStart=/bin/false\n");
-    write(&twin.exchange.join("next-system"), &broken);
+    twin.next(
+        System::named("broken").agent_drop_in("[Service]\nExecStart=\nExecStart=/bin/false\n"),
+    );
     dash.send_command(HOST, "switch").await.unwrap();
     // the activation restarts the agent's changed unit, which fails (exit
     // 4): the agent that ran the switch is gone before it could check
@@ -294,7 +328,8 @@ async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_faile
     let message = st.payload["message"].as_str().unwrap_or_default();
     assert!(
         message.starts_with(&format!(
-            "rolled back to {HASH}-nixos-system-twin-a: the new generation's agent did not confirm within 12 s"
+            "rolled back to {}: the new generation's agent did not confirm within 12 s",
+            base_name(&twin.booted)
         )),
         "{message}\n{}",
         twin.journal()
@@ -350,11 +385,9 @@ async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_faile
     // a system whose critical components changed (switch inhibitors) is
     // installed for the next boot: the boot loader's default and the
     // profile name it, the running system stays, heartbeats want a reboot
-    let inhibited = twin.system_with_inhibitors(
-        "broker",
+    let inhibited = twin.next(System::named("broker").inhibitors(
         r#"{"dbus-implementation":"broker","systemd":"/nix/store/00000000000000000000000000000000-systemd-252"}"#,
-    );
-    write(&twin.exchange.join("next-system"), &inhibited);
+    ));
     let sent = dash.last_seq();
     dash.send_command(HOST, "switch").await.unwrap();
     let st = status_for(&dash, HOST, "switch", sent).await;
@@ -394,12 +427,10 @@ async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_faile
     // new generation passes its checks and stays, and the one status is the
     // tool's failure
     if twin.real_activation.is_some() {
-        let flaky = twin.system_with_unit(
-            "flaky",
+        let flaky = twin.next(System::named("flaky").unit(
             "flaky.service",
             "[Unit]\nDescription=Fails to start\n[Service]\nType=oneshot\nExecStart=/bin/false\n",
-        );
-        write(&twin.exchange.join("next-system"), &flaky);
+        ));
         let sent = dash.last_seq();
         dash.send_command(HOST, "switch").await.unwrap();
         let st = status_for(&dash, HOST, "switch", sent).await;
@@ -452,6 +483,28 @@ async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_faile
         assert_eq!(twin.profile_system(), PathBuf::from(&inhibited));
     }
     assert_no_violations(&dash);
+}
+
+/// The numbers of the system profile's generations.
+fn generations(twin: &Twin) -> Vec<u32> {
+    let mut numbers: Vec<u32> = std::fs::read_dir(twin.path("/nix/var/nix/profiles"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("system-")?
+                .strip_suffix("-link")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    numbers.sort();
+    numbers
+}
+
+/// A store path's name (`<hash>-<name>`).
+fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// An executable health check `hosts/twin/health/<name>`, committed.

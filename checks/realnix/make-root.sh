@@ -5,18 +5,23 @@
 # debootstrap's --include fails on a virtual dependency), and a nix.conf for a
 # store without a daemon, a sandbox or a cache.
 #
-#   checks/realnix/make-root.sh SUITE DIR
+#   checks/realnix/make-root.sh SUITE DIR [PACKAGE...]
+#
+# PACKAGEs are installed as well (the host twin's root adds systemd and dbus:
+# agent/tests/twin/).
 #
 # DIR is complete when DIR/.nixfleet-root-ready exists; until then the work
 # is in DIR.partial, whose base system (once debootstrap finished) an
 # interrupted run uses again. Needs root, debootstrap and unshare; every
 # mount is made in a mount namespace of the script's own, so none outlives it.
 set -euo pipefail
-suite=$1
-dir=$2
 if [ -z "${NIXFLEET_MAKE_ROOT_UNSHARED:-}" ]; then
   NIXFLEET_MAKE_ROOT_UNSHARED=1 exec unshare --mount --propagation private bash "$0" "$@"
 fi
+suite=$1
+dir=$2
+shift 2
+extra="$*"
 ready="$dir/.nixfleet-root-ready"
 [ -e "$ready" ] && exit 0
 [ "$(id -u)" = 0 ] || { echo "make-root.sh: needs root (debootstrap, chroot)" >&2; exit 1; }
@@ -48,7 +53,7 @@ cp /etc/resolv.conf "$dir.partial/etc/resolv.conf" 2>/dev/null || true
 mount --bind /dev "$dir.partial/dev"
 mount -t proc proc "$dir.partial/proc"
 if ! chroot "$dir.partial" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
-  sh -c 'apt-get -o Acquire::Check-Valid-Until=false update -qq && apt-get install -y -qq --no-install-recommends nix-bin git ca-certificates' >>"$dir.partial.log" 2>&1; then
+  sh -c "apt-get -o Acquire::Check-Valid-Until=false update -qq && apt-get install -y -qq --no-install-recommends nix-bin git ca-certificates $extra" >>"$dir.partial.log" 2>&1; then
   echo "make-root.sh: apt-get install nix-bin in the $suite root failed; its log: $dir.partial.log" >&2
   tail -n 20 "$dir.partial.log" >&2
   exit 1

@@ -19,6 +19,10 @@ use std::process::Command;
 /// The Debian suites whose Nix the tests run, and the Nix each ships.
 pub const SUITES: [(&str, &str); 3] = [("bookworm", "2.8"), ("trixie", "2.26"), ("sid", "2.34")];
 
+/// What the host twin's root has besides Nix and git: the container's
+/// systemd, its system bus, and `kill`.
+pub const TWIN_PACKAGES: &[&str] = &["systemd", "dbus", "procps"];
+
 /// Where the agent's binary appears inside a root.
 pub const AGENT_IN_ROOT: &str = "/tmp/nixfleet-agent-bin/nixfleet-agent";
 
@@ -88,24 +92,42 @@ impl NixRoot {
             .find(|(s, _)| *s == suite)
             .map(|(_, v)| *v)
             .expect("a known suite");
-        let dir = roots_dir().join(suite);
+        NixRoot::get_or_make(suite, suite, nix, &[], required())
+    }
+
+    /// The host twin's root (`agent/tests/twin/`): trixie's Nix with the
+    /// container's own systemd, D-Bus and procps, in `twin` beside the
+    /// others; made like them, and required where `required` says so.
+    pub fn twin(required: bool) -> Option<NixRoot> {
+        NixRoot::get_or_make("twin", "trixie", "2.26", TWIN_PACKAGES, required)
+    }
+
+    fn get_or_make(
+        name: &str,
+        suite: &'static str,
+        nix: &'static str,
+        extra: &[&str],
+        required: bool,
+    ) -> Option<NixRoot> {
+        let dir = roots_dir().join(name);
         let root = NixRoot { suite, nix, dir };
         if root.ready() {
             return Some(root);
         }
         let how = format!(
-            "as root with debootstrap: bash checks/realnix/make-root.sh {suite} {}",
-            root.dir.display()
+            "as root with debootstrap: bash checks/realnix/make-root.sh {suite} {} {}",
+            root.dir.display(),
+            extra.join(" ")
         );
         if !is_root() || !on_path("debootstrap") || !on_path("unshare") {
             assert!(
-                !required(),
-                "NIXFLEET_REAL_NIX=require: no Nix {} root at {} and it cannot be made here (needs root, debootstrap, unshare); make it {how}",
+                !required,
+                "a Nix {} root at {} is required and cannot be made here (needs root, debootstrap, unshare); make it {how}",
                 root.nix,
                 root.dir.display()
             );
             eprintln!(
-                "SKIPPED: real Nix {} ({suite}): no root at {}; make it {how}",
+                "SKIPPED: real Nix {} ({name}): no root at {}; make it {how}",
                 root.nix,
                 root.dir.display()
             );
@@ -113,15 +135,16 @@ impl NixRoot {
         }
         // one maker at a time, across test threads and test processes
         std::fs::create_dir_all(roots_dir()).expect("roots directory");
-        let lock = std::fs::File::create(roots_dir().join(format!("{suite}.lock"))).expect("lock");
+        let lock = std::fs::File::create(roots_dir().join(format!("{name}.lock"))).expect("lock");
         // SAFETY: flock on a file we own; released when `lock` closes.
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
         if !root.ready() {
-            eprintln!("making the Nix {} root ({suite}): {how}", root.nix);
+            eprintln!("making the Nix {} root ({name}): {how}", root.nix);
             let ok = Command::new("bash")
                 .arg(make_root_script())
                 .arg(suite)
                 .arg(&root.dir)
+                .args(extra)
                 .status()
                 .expect("run make-root.sh")
                 .success();

@@ -1,6 +1,11 @@
 //! The host twin's harness (`host_twin.rs` has the scenarios): a root file
-//! system with the module's own units and the fake Nix tools, booted under
-//! a real systemd in `systemd-nspawn`, torn down with its test.
+//! system with the module's own units, Debian trixie's `/usr` (its systemd,
+//! D-Bus and real Nix 2.26: the twin's root of `common/realnix.rs`) and a
+//! store of its own, booted under a real systemd in `systemd-nspawn`, torn
+//! down with its test. Its systems are built by that Nix from a flake in the
+//! configuration repository (`system.rs`).
+
+mod system;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,7 +13,10 @@ use std::time::Duration;
 
 use nixfleet_mock_dashboard::MockDashboard;
 
+use super::common::realnix::NixRoot;
 use super::common::*;
+use system::{BOOTED_SYSTEM_UNIT, NIX_CONF, NIX_DAEMON_SERVICE, NIX_DAEMON_SOCKET};
+pub use system::{System, TOPLEVEL};
 
 /// The store hash the golden units use for every store path.
 pub const HASH: &str = "00000000000000000000000000000000";
@@ -21,32 +29,35 @@ pub fn store(name: &str) -> String {
     format!("/nix/store/{HASH}-{name}")
 }
 
+fn required() -> bool {
+    std::env::var("NIXFLEET_HOST_TWIN").as_deref() == Ok("require")
+}
+
 /// Whether this machine can boot the twin; `None` with the reason if not.
 pub fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root".into());
     }
-    for tool in ["/usr/bin/systemd-nspawn", "/usr/lib/systemd/systemd"] {
-        if !Path::new(tool).exists() {
-            return Some(format!(
-                "{tool} is missing (apt-get install systemd-container)"
-            ));
-        }
+    if !Path::new("/usr/bin/systemd-nspawn").exists() {
+        return Some(
+            "/usr/bin/systemd-nspawn is missing (apt-get install systemd-container)".into(),
+        );
     }
     None
 }
 
-/// `true` when the twin can run; otherwise says why, and fails where the
-/// twin is required.
-pub fn twin_available() -> bool {
-    let Some(why) = unavailable() else {
-        return true;
-    };
-    if std::env::var("NIXFLEET_HOST_TWIN").as_deref() == Ok("require") {
-        panic!("the host twin is required but cannot run: {why}");
+/// The twin's root (made when missing) when the twin can run; otherwise
+/// says why, and fails where the twin is required.
+pub fn twin_root() -> Option<NixRoot> {
+    if let Some(why) = unavailable() {
+        assert!(
+            !required(),
+            "the host twin is required but cannot run: {why}"
+        );
+        eprintln!("host twin skipped: {why}");
+        return None;
     }
-    eprintln!("host twin skipped: {why}");
-    false
+    NixRoot::twin(required())
 }
 
 pub fn write(path: &Path, text: &str) {
@@ -59,124 +70,17 @@ pub fn symlink(target: &str, link: &Path) {
     std::os::unix::fs::symlink(target, link).unwrap();
 }
 
-/// `nix-env -p PROFILE --set PATH` and `--rollback`: numbered generation
-/// links beside the profile, as the real one makes them.
-pub const FAKE_NIX_ENV: &str = r#"#!/bin/sh
-[ "$1" = -p ] || { echo "nix-env (twin fake): unsupported: $*" >&2; exit 1; }
-base=$(basename "$2")
-cur=$(readlink "$2"); n=${cur#"$base"-}; n=${n%-link}
-case "$3" in
-  --set)
-    m=$((n + 1))
-    while [ -e "$2-$m-link" ] || [ -L "$2-$m-link" ]; do m=$((m + 1)); done
-    ln -s "$4" "$2-$m-link" && ln -sfn "$base-$m-link" "$2" ;;
-  --rollback)
-    m=$((n - 1))
-    while [ "$m" -gt 0 ] && [ ! -L "$2-$m-link" ]; do m=$((m - 1)); done
-    [ "$m" -gt 0 ] || { echo "error: no generation older than the current ($n) exists" >&2; exit 1; }
-    echo "switching profile from version $n to $m" >&2
-    ln -sfn "$base-$m-link" "$2" ;;
-  *) echo "nix-env (twin fake): unsupported: $*" >&2; exit 1 ;;
-esac
+/// Before the first boot, in the container: the store paths the units name
+/// made valid and rooted, then the flake's first system built and made
+/// generation 1 of the system profile; prints its path.
+const FIRST_SYSTEM: &str = r#"set -e
+for p in /nix/store/00000000000000000000000000000000-*; do printf '%s\n\n0\n' "$p"; done | nix-store --register-validity
+mkdir -p /nix/var/nix/gcroots/twin
+for p in /nix/store/00000000000000000000000000000000-*; do ln -sfn "$p" /nix/var/nix/gcroots/twin/; done
+first=$(nix --extra-experimental-features 'nix-command flakes' build --no-link --print-out-paths /srv/nixcfg#nixosConfigurations.twin.config.system.build.toplevel)
+nix-env -p /nix/var/nix/profiles/system --set "$first"
+echo "$first"
 "#;
-
-/// `nix`: the dry run (what Nix's `printMissing` prints for a system whose
-/// parts are all in the store), the build of the system named in
-/// `/twin/next-system` (its out-link, its path on stdout), and the
-/// preview's `store diff-closures` and `path-info --closure-size`.
-pub const FAKE_NIX: &str = r#"#!/bin/sh
-if [ "$1" = --version ]; then
-  echo 'nix (Nix) 2.34.0'
-  exit 0
-fi
-prev=
-building=
-for arg in "$@"; do
-  if [ "$arg" = --dry-run ]; then
-    echo "this path will be fetched (0.10 MiB download, 0.50 MiB unpacked):" >&2
-    echo "  /nix/store/00000000000000000000000000000000-etc" >&2
-    exit 0
-  fi
-  [ "$prev" = --out-link ] && out_link="$arg"
-  case "$prev $arg" in
-    "store diff-closures") echo "twin-config: 1 → 2, +0.1 KiB"; exit 0 ;;
-    "path-info --closure-size") exit 0 ;;
-    "build --json") building=1 ;;
-  esac
-  prev="$arg"
-done
-if [ -n "$building" ]; then
-  new=$(cat /twin/next-system) || { echo "error: nothing to build" >&2; exit 1; }
-  echo "building '/nix/store/00000000000000000000000000000000-$(basename "$new" | cut -d- -f2-).drv'..." >&2
-  [ -n "$out_link" ] && ln -sfn "$new" "$out_link"
-  printf '[{"drvPath":"/nix/store/00000000000000000000000000000000-x.drv","outputs":{"out":"%s"}}]\n' "$new"
-  exit 0
-fi
-echo "nix (twin fake): unsupported: $*" >&2
-exit 1
-"#;
-
-/// A system's `bin/switch-to-configuration` where NixOS's real one cannot run
-/// (`../shared/tools/switch-to-configuration-ng` missing): `switch` installs
-/// the boot loader first (the system's `install-bootloader`), then runs the
-/// system's `activate`, as switch-to-configuration-ng does; `boot` only
-/// installs the boot loader; `dry-activate` says what a switch would do and
-/// changes nothing. Its exit codes are the real one's.
-pub const FAKE_SWITCH_TO_CONFIGURATION: &str = r#"#!/bin/sh
-top=$(dirname "$(dirname "$(readlink -f "$0")")")
-case "$1" in
-  dry-activate)
-    echo "would activate the configuration..." >&2
-    exit 0 ;;
-  switch|boot) ;;
-  *) echo "unsupported action $1" >&2; exit 1 ;;
-esac
-if ! "$top/install-bootloader" "$top"; then
-  echo "Failed to install bootloader" >&2
-  exit 1
-fi
-[ "$1" = boot ] && exit 0
-"$top/activate" || exit 2
-systemctl daemon-reload
-"#;
-
-/// NixOS's wrapper around the real `switch-to-configuration-ng` (nixpkgs'
-/// `system.build.toplevel` writes it): the program reads the system from its
-/// environment. `SYSTEMD=/usr`: the container's systemd is this machine's.
-pub const REAL_SWITCH_TO_CONFIGURATION: &str = r#"#!/bin/sh
-top=$(dirname "$(dirname "$(readlink -f "$0")")")
-export OUT="$top" TOPLEVEL="$top" DISTRO_ID=nixos SYSTEMD=/usr
-export INSTALL_BOOTLOADER="$top/install-bootloader" PRE_SWITCH_CHECK="$top/pre-switch-check"
-exec /nix/store/00000000000000000000000000000000-switch-to-configuration-ng/bin/switch-to-configuration "$@"
-"#;
-
-/// A system's `activate` (run by switch-to-configuration): `/etc` (the
-/// generation's name, its units), then `/run/current-system`, as NixOS's
-/// activation script does.
-pub const ACTIVATE: &str = r#"#!/bin/sh
-top=$(dirname "$(readlink -f "$0")")
-name=$(basename "$top" | cut -d- -f2-)
-if ! echo "$name" > /etc/nixos-generation; then
-  echo "Activation script snippet 'etc' failed" >&2
-  exit 1
-fi
-# the system's units replace the running ones (NixOS links /etc/static)
-rm -rf /etc/systemd/system.new
-cp -a "$top/etc/systemd/system" /etc/systemd/system.new || exit 1
-rm -rf /etc/systemd/system && mv /etc/systemd/system.new /etc/systemd/system || exit 1
-ln -sfn "$top" /run/current-system
-echo "activated $name"
-"#;
-
-/// A system's boot loader installation: the default entry is the system.
-pub const INSTALL_BOOTLOADER: &str = r#"#!/bin/sh
-name=$(basename "$1" | cut -d- -f2-)
-mkdir -p /boot/loader && echo "$name" > /boot/loader/default
-"#;
-
-/// Every system's `switch-inhibitors` (nixpkgs' `system.switch.inhibitors`,
-/// as JSON), unless a test gives one.
-pub const SWITCH_INHIBITORS: &str = r#"{"dbus-implementation":"dbus","systemd":"/nix/store/00000000000000000000000000000000-systemd-252"}"#;
 
 /// Where NixOS's real activation program is, if this machine has it.
 pub fn real_switch_to_configuration() -> Option<PathBuf> {
@@ -185,50 +89,85 @@ pub fn real_switch_to_configuration() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// Points `/run/current-system` and `/run/booted-system` at the system
-/// profile at boot, as NixOS's stage 2 does.
-pub const BOOTED_SYSTEM_UNIT: &str = "[Unit]
-Description=The booted system (as NixOS's stage 2 links it)
-Before=nixfleet-agent.service
-DefaultDependencies=no
-After=local-fs.target
+/// A tmpfs of `size` mounted on a directory of its own (the twin's `/boot`,
+/// a filesystem as an EFI system partition is); unmounted when dropped.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
 
-[Service]
-Type=oneshot
-ExecStart=/bin/sh -c 'p=$(readlink -f /nix/var/nix/profiles/system); ln -sfn $p /run/current-system; ln -sfn $p /run/booted-system'
+impl Tmpfs {
+    pub fn new(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs for /boot");
+        Tmpfs { dir }
+    }
 
-[Install]
-WantedBy=multi-user.target
-";
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The size of the twin's `/boot`.
+pub const BOOT_SIZE: &str = "64m";
 
 /// One booted container.
 pub struct Twin {
     pub root: PathBuf,
-    /// The units every system carries.
-    pub units: PathBuf,
+    /// The Debian root whose `/usr` (systemd, D-Bus, Nix) the container runs.
+    pub base: NixRoot,
+    /// The configuration repository (`/srv/nixcfg` inside), whose flake
+    /// builds the systems.
+    pub repo: PathBuf,
     /// NixOS's real `switch-to-configuration-ng`, when this machine has it
     /// (else the systems carry the fake).
     pub real_activation: Option<PathBuf>,
-    /// The container's `/boot`: a directory on a tmpfs.
-    pub boot: tempfile::TempDir,
+    /// The container's `/boot`: a tmpfs of [`BOOT_SIZE`].
+    pub boot: Tmpfs,
     pub exchange: PathBuf,
     pub secrets: PathBuf,
     pub nspawn: Child,
     /// The container's PID 1, as seen from here.
     pub init: i32,
+    /// The system the twin booted (`nixos-system-twin-a`).
+    pub booted: String,
     pub _tmp: tempfile::TempDir,
 }
 
 impl Twin {
-    /// Builds the root file system and boots it; the agent starts with the
-    /// system (`multi-user.target`).
-    pub async fn boot(dash: &MockDashboard, fx: &Fixture, name: &str, deadline_secs: u64) -> Twin {
+    /// Builds the root file system, builds its first system with real Nix,
+    /// and boots it; the agent starts with the system (`multi-user.target`).
+    pub async fn boot(
+        base: NixRoot,
+        dash: &MockDashboard,
+        fx: &Fixture,
+        name: &str,
+        deadline_secs: u64,
+    ) -> Twin {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
         let exchange = tmp.path().join("exchange");
         let secrets = tmp.path().join("secrets");
         for dir in [
-            "etc",
             "var",
             "run",
             "tmp",
@@ -236,10 +175,17 @@ impl Twin {
             "root",
             "usr",
             "srv/nixcfg",
+            "nix/var/nix/daemon-socket",
+            "nix/var/nix/gcroots",
         ] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
         std::fs::create_dir_all(&exchange).unwrap();
+        // a token of this twin's own: an agent of another test's container
+        // can never register with this dashboard
+        write(&secrets.join("nixfleet-token"), &twin_token(name));
+        dash.add_token(&twin_token(name));
+        dash.remove_token(TOKEN);
         for (link, target) in [
             ("bin", "usr/bin"),
             ("sbin", "usr/sbin"),
@@ -248,27 +194,23 @@ impl Twin {
         ] {
             symlink(target, &root.join(link));
         }
+        // /etc: the Debian root's (its users, PAM, D-Bus and systemd
+        // configuration, matching its /usr), with the units of the systems
+        // instead of Debian's
         let etc = root.join("etc");
-        for file in [
-            "passwd",
-            "group",
-            "shadow",
-            "nsswitch.conf",
-            "ld.so.cache",
-            "ld.so.conf",
-        ] {
-            std::fs::copy(Path::new("/etc").join(file), etc.join(file)).unwrap();
-        }
-        std::fs::copy("/usr/lib/os-release", etc.join("os-release")).unwrap();
+        copy_tree(&base.dir.join("etc"), &etc);
+        std::fs::remove_dir_all(etc.join("systemd/system")).unwrap();
+        // (nspawn looks for it before /usr is bound: a file, not Debian's link)
+        let _ = std::fs::remove_file(etc.join("os-release"));
+        std::fs::copy(base.dir.join("usr/lib/os-release"), etc.join("os-release")).unwrap();
         write(&etc.join("machine-id"), "");
         write(&etc.join("hostname"), &format!("{HOST}\n"));
-
         write(&etc.join("NIXOS"), "");
         write(&etc.join("fstab"), "");
-        // the module's units, unchanged, and a drop-in for the test's
-        // dashboard and timing (Environment= only): every system carries
-        // them in its etc/systemd/system, and the root gets the first
-        // system's, as if it had been activated
+        write(&etc.join("nix/nix.conf"), NIX_CONF);
+
+        // the units every system carries: the module's, unchanged, and a
+        // drop-in for the test's dashboard and timing (Environment= only)
         let units = tmp.path().join("units");
         std::fs::create_dir_all(&units).unwrap();
         let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../checks/twin");
@@ -294,9 +236,11 @@ impl Twin {
             &units.join("twin-booted-system.service"),
             BOOTED_SYSTEM_UNIT,
         );
+        write(&units.join("nix-daemon.socket"), NIX_DAEMON_SOCKET);
+        write(&units.join("nix-daemon.service"), NIX_DAEMON_SERVICE);
         // the targets switch-to-configuration restarts come from the system
         std::fs::copy(
-            "/usr/lib/systemd/system/multi-user.target",
+            base.dir.join("usr/lib/systemd/system/multi-user.target"),
             units.join("multi-user.target"),
         )
         .unwrap();
@@ -310,22 +254,35 @@ impl Twin {
             "nixfleet-agent.service",
             "nixfleet-agent-token.path",
             "twin-booted-system.service",
+            "nix-daemon.service",
         ] {
             symlink(&format!("../{unit}"), &wants.join(unit));
         }
+        symlink(
+            "../nix-daemon.socket",
+            &units.join("sockets.target.wants/nix-daemon.socket"),
+        );
 
-        // the store: the tools the unit's PATH names are the container's
-        // /usr, but for the fakes of nix and nix-env
-        // (this machine's own Nix tools, if any, are left out: the fakes come
-        // later on the unit's PATH)
+        // the store paths the units name: the tools of the unit's PATH are
+        // the container's /usr (Nix's among them), the agent and NixOS's
+        // activation program are bound in; registered as valid and rooted
+        // before the first build, as they would be in a system's closure
         let nix_store = root.join("nix/store");
         let usr_bin = nix_store.join(format!("{HASH}-twin-usr/bin"));
+        let nix_bin = nix_store.join(format!("{HASH}-nix/bin"));
         std::fs::create_dir_all(&usr_bin).unwrap();
-        for entry in std::fs::read_dir("/usr/bin").unwrap().flatten() {
+        std::fs::create_dir_all(&nix_bin).unwrap();
+        for entry in std::fs::read_dir(base.dir.join("usr/bin"))
+            .unwrap()
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("nix") {
-                symlink(&format!("/usr/bin/{name}"), &usr_bin.join(&name));
-            }
+            let dir = if name.starts_with("nix") {
+                &nix_bin
+            } else {
+                &usr_bin
+            };
+            symlink(&format!("/usr/bin/{name}"), &dir.join(&name));
         }
         for pkg in [
             "bash",
@@ -344,132 +301,102 @@ impl Twin {
             symlink(&store("twin-usr/bin"), &dir.join("bin"));
             symlink("/usr/sbin", &dir.join("sbin"));
         }
-        write_exec(
-            &nix_store.join(format!("{HASH}-nix/bin/nix-env")),
-            FAKE_NIX_ENV,
-        );
-        write_exec(&nix_store.join(format!("{HASH}-nix/bin/nix")), FAKE_NIX);
-        std::fs::create_dir_all(nix_store.join(format!("{HASH}-nixfleet-agent/bin"))).unwrap();
+        // copies, not binds: Nix makes a valid path's files read-only
+        let agent = nix_store.join(format!("{HASH}-nixfleet-agent/bin/nixfleet-agent"));
+        std::fs::create_dir_all(agent.parent().unwrap()).unwrap();
+        std::fs::copy(env!("CARGO_BIN_EXE_nixfleet-agent"), &agent).unwrap();
         let real_activation = real_switch_to_configuration();
+        if let Some(stc) = &real_activation {
+            let to = nix_store.join(format!(
+                "{HASH}-switch-to-configuration-ng/bin/switch-to-configuration"
+            ));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(stc, &to).unwrap();
+        }
         match &real_activation {
             Some(stc) => eprintln!("host twin: systems activate with NixOS's {}", stc.display()),
             None => eprintln!(
                 "host twin: systems activate with a fake: ../shared/tools/switch-to-configuration-ng is missing"
             ),
         }
-        let twin = Twin {
-            units,
-            real_activation,
+        system::write_flake(
+            &fx.repo,
+            &units,
+            real_activation.is_some(),
+            &System::named("a"),
+        );
+        let mut twin = Twin {
             root,
-            boot: tempfile::tempdir_in("/dev/shm").expect("a tmpfs at /dev/shm for /boot"),
+            base,
+            repo: fx.repo.clone(),
+            real_activation,
+            boot: Tmpfs::new(BOOT_SIZE),
             exchange,
             secrets,
             nspawn: Command::new("true").spawn().unwrap(),
             init: 0,
+            booted: String::new(),
             _tmp: tmp,
         };
-        let first = twin.system("a");
+        // the first system, built by the container's Nix before it boots:
+        // generation 1 of the system profile, its units in /etc, its boot
+        // entry the default (as if installed)
+        let out = twin
+            .nspawn_command(name, false)
+            .args(["/bin/sh", "-c", FIRST_SYSTEM])
+            .stdin(Stdio::null())
+            .output()
+            .expect("systemd-nspawn");
+        assert!(
+            out.status.success(),
+            "the first system: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        twin.booted = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        assert!(twin.booted.ends_with("-nixos-system-twin-a"), "{out:?}");
         copy_tree(
-            &twin.path(&first).join("etc/systemd/system"),
+            &twin.path(&twin.booted).join("etc/systemd/system"),
             &twin.root.join("etc/systemd/system"),
-        );
-        symlink(
-            &first,
-            &twin.root.join("nix/var/nix/profiles/system-1-link"),
-        );
-        symlink(
-            "system-1-link",
-            &twin.root.join("nix/var/nix/profiles/system"),
         );
         write(
             &twin.root.join("etc/nixos-generation"),
             "nixos-system-twin-a\n",
         );
         write(&twin.path("/boot/loader/default"), "nixos-system-twin-a\n");
-        // a token of this twin's own: an agent of another test's container
-        // can never register with this dashboard
-        write(&twin.secrets.join("nixfleet-token"), &twin_token(name));
-        dash.add_token(&twin_token(name));
-        dash.remove_token(TOKEN);
-        twin.start(fx, name)
+        let twin = twin.start(name);
+        eprintln!("host twin: {} runs {}", name, twin.nix_version());
+        twin
     }
 
-    /// A system toplevel `nixos-system-twin-<n>` in the store, laid out as
-    /// switch-to-configuration-ng wants one; its path.
-    pub fn system(&self, n: &str) -> String {
-        let path = store(&format!("nixos-system-twin-{n}"));
-        let top = self.path(&path);
-        let switch = match self.real_activation {
-            Some(_) => REAL_SWITCH_TO_CONFIGURATION,
-            None => FAKE_SWITCH_TO_CONFIGURATION,
-        };
-        write_exec(&top.join("bin/switch-to-configuration"), switch);
-        write_exec(&top.join("activate"), ACTIVATE);
-        write_exec(&top.join("dry-activate"), "#!/bin/sh\nexit 0\n");
-        write_exec(&top.join("install-bootloader"), INSTALL_BOOTLOADER);
-        write_exec(&top.join("pre-switch-check"), "#!/bin/sh\nexit 0\n");
-        write(&top.join("init-interface-version"), "systemd 2\n");
-        write(&top.join("nixos-version"), "26.05.twin\n");
-        write(&top.join("system"), "x86_64-linux\n");
-        std::fs::create_dir_all(top.join("specialisation")).unwrap();
-        write(&top.join("etc/fstab"), "");
-        write(&top.join("switch-inhibitors"), SWITCH_INHIBITORS);
-        copy_tree(&self.units, &top.join("etc/systemd/system"));
-        path
-    }
-
-    /// A system with one more unit, `name`, wanted by multi-user.target.
-    pub fn system_with_unit(&self, n: &str, name: &str, text: &str) -> String {
-        let path = self.system(n);
-        let units = self.path(&path).join("etc/systemd/system");
-        write(&units.join(name), text);
-        symlink(
-            &format!("../{name}"),
-            &units.join("multi-user.target.wants").join(name),
+    /// Commits `system` as the flake's system (what the next switch
+    /// builds); its store path, evaluated by the container's Nix.
+    pub fn next(&self, system: System) -> String {
+        system.commit(&self.repo);
+        let out = self.exec(&[
+            "nix",
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "eval",
+            "--raw",
+            &format!("{TOPLEVEL}.outPath"),
+        ]);
+        assert!(
+            out.status.success(),
+            "nix eval: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        path
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// A system whose switch inhibitors are `inhibitors` (a JSON object).
-    pub fn system_with_inhibitors(&self, n: &str, inhibitors: &str) -> String {
-        let path = self.system(n);
-        write(&self.path(&path).join("switch-inhibitors"), inhibitors);
-        path
-    }
-
-    /// A system whose kernel (`kernel_len` bytes, sparse) and initrd are
-    /// files of its own, not copied to `/boot` yet.
-    pub fn system_with_kernel(&self, n: &str, kernel_len: u64) -> String {
-        let path = self.system(n);
-        let kernel_dir = store(&format!("linux-6.12-{n}"));
-        let initrd_dir = store(&format!("initrd-linux-6.12-{n}"));
-        std::fs::create_dir_all(self.path(&kernel_dir)).unwrap();
-        std::fs::File::create(self.path(&kernel_dir).join("bzImage"))
-            .unwrap()
-            .set_len(kernel_len)
-            .unwrap();
-        write(&self.path(&initrd_dir).join("initrd"), "initrd");
-        symlink(
-            &format!("{kernel_dir}/bzImage"),
-            &self.path(&path).join("kernel"),
-        );
-        symlink(
-            &format!("{initrd_dir}/initrd"),
-            &self.path(&path).join("initrd"),
-        );
-        path
-    }
-
-    /// A system whose units give the agent's unit `drop_in`.
-    pub fn system_with_agent_settings(&self, n: &str, drop_in: &str) -> String {
-        let path = self.system(n);
-        write(
-            &self
-                .path(&path)
-                .join("etc/systemd/system/nixfleet-agent.service.d/generation.conf"),
-            drop_in,
-        );
-        path
+    /// `nix --version` inside the container.
+    pub fn nix_version(&self) -> String {
+        let out = self.exec(&["nix", "--version"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// The system the system profile names (through its generation link).
@@ -487,40 +414,52 @@ impl Twin {
         }
     }
 
-    pub fn start(mut self, fx: &Fixture, name: &str) -> Twin {
-        let _ = self.nspawn.wait();
+    /// `systemd-nspawn` on the root with every bind the twin has: booting
+    /// its systemd (`boot`), or running the command that follows.
+    fn nspawn_command(&self, name: &str, boot: bool) -> Command {
         // nspawn refuses to clean up its propagation directory on a
         // non-tmpfs /run (as on a machine without systemd as PID 1)
         ensure_tmpfs("/run/systemd/nspawn");
-        let agent = env!("CARGO_BIN_EXE_nixfleet-agent");
-        let log = std::fs::File::create(self.exchange.join("../nspawn.log")).unwrap();
         let bind = |from: &Path, to: &str| format!("--bind={}:{to}", from.display());
-        self.nspawn = Command::new("systemd-nspawn")
-            .arg("--quiet")
+        let mut cmd = Command::new("systemd-nspawn");
+        cmd.arg("--quiet")
             .arg(format!("--directory={}", self.root.display()))
             .arg(format!("--machine={name}"))
-            .args(["--boot", "--register=no", "--keep-unit", "--bind-ro=/usr"])
+            .args(["--register=no", "--keep-unit"])
             .arg(format!(
-                "--bind-ro={agent}:{}",
-                store("nixfleet-agent/bin/nixfleet-agent")
+                "--bind-ro={}:/usr",
+                self.base.dir.join("usr").display()
             ))
-            .arg(bind(&fx.repo, "/srv/nixcfg"))
+            .arg(bind(&self.repo, "/srv/nixcfg"))
             .arg(bind(&self.secrets, "/run/agenix"))
             .arg(bind(&self.exchange, "/twin"))
-            .arg(bind(self.boot.path(), "/boot"))
-            .args(self.real_activation.iter().map(|stc| {
-                format!(
-                    "--bind-ro={}:{}",
-                    stc.display(),
-                    store("switch-to-configuration-ng/bin/switch-to-configuration")
-                )
-            }))
+            .arg(bind(self.boot.path(), "/boot"));
+        if boot {
+            cmd.arg("--boot");
+        } else {
+            cmd.args(["--as-pid2", "--pipe", "--"]);
+        }
+        cmd
+    }
+
+    pub fn start(mut self, name: &str) -> Twin {
+        let _ = self.nspawn.wait();
+        let log = std::fs::File::create(self.exchange.join("../nspawn.log")).unwrap();
+        self.nspawn = self
+            .nspawn_command(name, true)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("systemd-nspawn");
-        self.init = find_init(self.nspawn.id() as i32);
+        let Some(init) = find_init(self.nspawn.id() as i32) else {
+            let log = std::fs::read_to_string(self.exchange.join("../nspawn.log"));
+            panic!(
+                "the container's systemd did not start:\n{}",
+                log.unwrap_or_default()
+            );
+        };
+        self.init = init;
         self
     }
 
@@ -613,7 +552,7 @@ pub fn ensure_tmpfs(dir: &str) {
 
 /// The container's systemd: the descendant of nspawn whose PID is 1 in its
 /// own namespace.
-pub fn find_init(nspawn: i32) -> i32 {
+pub fn find_init(nspawn: i32) -> Option<i32> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let mut todo = vec![nspawn];
@@ -624,7 +563,7 @@ pub fn find_init(nspawn: i32) -> i32 {
                 .any(|l| l.starts_with("NSpid:") && l.split_whitespace().last() == Some("1"))
                 && pid != nspawn
             {
-                return pid;
+                return Some(pid);
             }
             let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
                 .unwrap_or_default();
@@ -634,10 +573,9 @@ pub fn find_init(nspawn: i32) -> i32 {
                     .filter_map(|c| c.parse::<i32>().ok()),
             );
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the container's systemd did not start"
-        );
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
