@@ -354,6 +354,37 @@ async fn a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once() {
     assert_no_violations(&s.dash);
 }
 
+/// The new generation's agent never starts (its unit fails, as a Home
+/// Manager user unit that is `keep-old` restarts onto it only after the
+/// status went out): no agent runs until the supervisor has rolled back at
+/// the deadline. The next agent, of the generation the host is back on,
+/// shows the rollback on the System row; the one status stays the one sent
+/// before the restart.
+#[tokio::test]
+async fn a_new_agent_that_never_starts_is_rolled_back_and_the_next_one_shows_it() {
+    let s = setup().await;
+    let mut a = s.agent(&s.dash.ws_url(), 2).spawn();
+    let sent = s.switch_and_restart(&mut a).await;
+    file_appears(&s.record().join("rollback.exit")).await;
+    s.assert_rolled_back();
+    let _b = s.agent(&s.dash.ws_url(), 2).spawn();
+    let (_, reg) = wait_register(&s.dash, HOST, sent).await;
+    let (_, hb) = heartbeat_where(&s.dash, HOST, reg, "System error", |p| {
+        p["update_status"]["system"]["status"] == "error"
+    })
+    .await;
+    let message = hb["update_status"]["system"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&rolled_back_message(
+            &s,
+            "the new generation's agent did not confirm within 2 s"
+        )),
+        "{message}"
+    );
+    assert_eq!(s.statuses().len(), 1, "reported once, before the restart");
+    assert_no_violations(&s.dash);
+}
+
 /// A health check that fails right after the activation: the agent that
 /// ran the switch rolls back and reports the error before it goes
 /// anywhere (it runs the generation the host is back on: no restart); the

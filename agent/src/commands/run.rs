@@ -198,6 +198,14 @@ impl Run {
             report.outcome
         );
         self.settle_row(&report);
+        if let Some(record) = &self.record
+            && let Err(e) = crate::deploy::confirm::mark_settled(record)
+        {
+            tracing::warn!(
+                "cannot mark the switch record {} as settled: {e}; a later start shows its end again",
+                record.dir().display()
+            );
+        }
         if report.restart {
             inner.exiting.store(true, Ordering::SeqCst);
         }

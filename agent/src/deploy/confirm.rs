@@ -69,6 +69,10 @@ pub fn watched(record: &Record, code: i32) -> Option<Watch> {
 /// new generation's agent only has to reach the dashboard in the window.
 const CHECKED: &str = "checked";
 
+/// The mark of a reported switch whose end an agent process has shown
+/// ([`mark_settled`]).
+const SETTLED: &str = "settled";
+
 /// Marks `record`: its health checks passed in the process that ran the
 /// switch (before it reported it and left).
 pub fn mark_checked(record: &Record) -> std::io::Result<()> {
@@ -81,13 +85,26 @@ pub fn checked(record: &Record) -> bool {
     record.dir().join(CHECKED).exists()
 }
 
+/// Marks a reported switch as settled: an agent process has shown how it
+/// ended (confirmed, or rolled back on the System row).
+pub fn mark_settled(record: &Record) -> std::io::Result<()> {
+    record.write_file(SETTLED, b"")
+}
+
 /// Watched switches that were reported before the agent left (their checks
 /// passed in the old process) and still wait for the new generation's
-/// agent to reach the dashboard; with what each would roll back to.
+/// agent to reach the dashboard, or were rolled back by the supervisor
+/// while no agent ran (the new generation's never started) and wait for an
+/// agent to show it; with what each would roll back to.
 pub fn awaiting_new_agent(root: &std::path::Path) -> Vec<(Record, Watch)> {
     super::record::all_records(root)
         .into_iter()
-        .filter(|r| r.is_reported() && checked(r) && watchdog::verdict_of(r).is_none())
+        .filter(|r| {
+            r.is_reported()
+                && checked(r)
+                && !r.dir().join(SETTLED).exists()
+                && !matches!(watchdog::verdict_of(r), Some(Verdict::Confirmed))
+        })
         .filter_map(|r| {
             let watch = watched(&r, r.exit_code()?)?;
             Some((r, watch))
