@@ -31,6 +31,11 @@
 //! of the unit's `PATH`, the agent, the activation program) are made valid
 //! and rooted, as a system's closure would be.
 //!
+//! **Home Manager's user service** runs under a real `systemd --user`: the
+//! last test boots the twin with a lingering user, `alice`, whose Home
+//! Manager generations (`twin/home.rs`) carry the Home Manager module's own
+//! user units (`checks/twin/home-manager/`).
+//!
 //! `/boot` is a filesystem of its own (a 64 MiB tmpfs bound into the
 //! container), as on a host with an EFI system partition: the switch's
 //! `/boot` guard runs.
@@ -515,4 +520,196 @@ fn host_check(repo: &Path, name: &str, body: &str) {
     );
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "-qm", name]);
+}
+
+/// Home Manager on Linux for real: the module's user units (rendered from
+/// it, `checks/twin/home-manager/`) run under the real `systemd --user` of
+/// a lingering user, `alice`, whose agent switches and rolls back her
+/// Home Manager generations through the container's real Nix (its daemon:
+/// she cannot write the store), with her profile where Home Manager puts it
+/// (`~/.local/state/nix/profiles`). Each operation gets exactly one status;
+/// the agent restarts itself onto the new generation (its unit is
+/// `keep-old`: the activation leaves it running).
+/// 1. `switch` to b: ok, SUCCESS after her new agent registers.
+/// 2. `rollback`: a again, ok.
+/// 3. `switch` to a generation whose agent cannot start: the status `ok`
+///    was sent before the restart; the watchdog outside the agent rolls
+///    back at the deadline, her agent of the old generation comes back and
+///    reports the rollback on the System row, never a second status.
+#[tokio::test]
+async fn twin_home_manager_user_service_switches_and_rolls_back_under_systemd_user() {
+    let Some(base) = twin_root() else {
+        return;
+    };
+    // the test's deadline (40 s) stands for a real one (at least 100 s)
+    // that outlasts the hub's window (90 s): the mock's window shrinks with
+    // it as the agent's belief of it does (`Twin::boot`), and stays longer
+    // than the user unit's RestartSec=5s
+    let deadline = 40;
+    let dash = nixfleet_mock_dashboard::MockDashboard::start(nixfleet_mock_dashboard::Options {
+        reconnect_timeout: Duration::from_millis(deadline * 1000 / 3),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let fx = Fixture::new();
+    let twin = Twin::boot_with(base, &dash, &fx, "nixfleet-twin-4", deadline, true).await;
+    let user = home::HOST;
+    if dash.wait_frame(user, "register", 0, SLOW).await.is_none() {
+        panic!(
+            "no register from alice's agent; journal:\n{}",
+            twin.user_journal()
+        );
+    }
+    let repo = twin.path(home::REPO);
+    let generation = || twin.read("/home/alice/.hm-generation");
+    assert_eq!(generation(), "a");
+    // her profile, where Home Manager puts it with Nix 2.14 and later
+    let profile = twin.path("/home/alice/.local/state/nix/profiles");
+    let generations = || hm_generations(&profile);
+    assert_eq!(generations(), vec![1]);
+
+    // 1. switch to b: built by her agent through the daemon, activated,
+    // checked, one status before the agent restarts itself
+    home::Home::named("b").commit(&repo);
+    let sent = dash.last_seq();
+    let d = dash.dispatch(user, "switch", false);
+    assert_eq!(d.status, "EXECUTING", "{d:?}");
+    let st = user_status(&dash, &twin, "switch", sent).await;
+    assert_eq!(
+        st.payload["message"],
+        "Switch succeeded; the new generation passed its health checks",
+        "{}\n{}",
+        st.payload,
+        twin.user_journal()
+    );
+    assert_eq!(generation(), "b");
+    assert_eq!(generations(), vec![1, 2]);
+    let op = dash.wait_op(d.command_id.as_deref().unwrap(), SLOW).await;
+    assert_eq!(
+        op.as_ref().map(|o| o.status),
+        Some("SUCCESS"),
+        "{op:?}\n{}",
+        twin.user_journal()
+    );
+    // the agent that switched is gone: her user manager started the next
+    // one (exit 101), which registered
+    let Some(again) = dash.wait_frame(user, "register", st.seq, SLOW).await else {
+        panic!("no register after the switch:\n{}", twin.user_journal());
+    };
+    let nix = format!("[nixfleet-agent] {} (Nix ", twin.nix_version());
+    assert!(
+        dash.frames(user, Some("output"))
+            .iter()
+            .any(|f| f.payload["line"]
+                .as_str()
+                .is_some_and(|l| l.starts_with(&nix))),
+        "the output names {nix:?}"
+    );
+
+    // 2. rollback: generation a's activation again, a new profile
+    // generation naming it
+    let sent = again.seq;
+    let d = dash.dispatch(user, "rollback", false);
+    assert_eq!(d.status, "EXECUTING", "{d:?}");
+    let st = user_status(&dash, &twin, "rollback", sent).await;
+    assert_eq!(
+        st.payload["message"],
+        "Rollback succeeded; the new generation passed its health checks",
+        "{}\n{}",
+        st.payload,
+        twin.user_journal()
+    );
+    assert_eq!(generation(), "a");
+    assert_eq!(generations(), vec![1, 2, 3]);
+    let Some(back) = dash.wait_frame(user, "register", st.seq, SLOW).await else {
+        panic!("no register after the rollback:\n{}", twin.user_journal());
+    };
+    let op = dash.wait_op(d.command_id.as_deref().unwrap(), SLOW).await;
+    assert_eq!(op.as_ref().map(|o| o.status), Some("SUCCESS"), "{op:?}");
+
+    // 3. a generation whose agent cannot start: the switching agent's
+    // checks pass and its status is sent before it restarts; the next one
+    // never comes up, so the supervisor outside it rolls back at the
+    // deadline, and the agent of the old generation reports it on the
+    // System row
+    home::Home::named("broken")
+        .agent_drop_in("[Service]\nExecStart=\nExecStart=/bin/false\n")
+        .commit(&repo);
+    // (forced: the hub calls the System row current after the rollback)
+    let sent = back.seq;
+    let d = dash.dispatch(user, "switch", true);
+    assert_eq!(d.status, "EXECUTING", "{d:?}");
+    let st = user_status(&dash, &twin, "switch", sent).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    let Some(hb) = dash
+        .wait_until(SLOW, |d| {
+            d.frames(user, Some("heartbeat")).into_iter().find(|f| {
+                f.seq > st.seq
+                    && f.payload["update_status"]["system"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("rolled back to "))
+            })
+        })
+        .await
+    else {
+        let last = dash
+            .frames(user, Some("heartbeat"))
+            .pop()
+            .map(|f| f.payload);
+        panic!(
+            "no heartbeat naming the rollback; the last: {last:?}\n{}",
+            twin.user_journal()
+        );
+    };
+    assert_eq!(
+        hb.payload["update_status"]["system"]["status"], "error",
+        "{}",
+        hb.payload
+    );
+    assert_eq!(generation(), "a", "generation a is active again");
+    let op = dash.wait_op(d.command_id.as_deref().unwrap(), SLOW).await;
+    assert_eq!(op.as_ref().map(|o| o.status), Some("TIMEOUT"), "{op:?}");
+    let statuses = dash
+        .frames(user, Some("status"))
+        .into_iter()
+        .filter(|f| f.seq > sent && f.payload["command"] == "switch")
+        .count();
+    assert_eq!(statuses, 1, "one status");
+    assert_no_violations(&dash);
+}
+
+/// The status of alice's agent for `command` after `after`; her journal
+/// when none comes.
+async fn user_status(
+    dash: &nixfleet_mock_dashboard::MockDashboard,
+    twin: &Twin,
+    command: &str,
+    after: u64,
+) -> nixfleet_mock_dashboard::Frame {
+    let found = dash
+        .wait_until(SLOW, |d| {
+            d.frames(home::HOST, Some("status"))
+                .into_iter()
+                .find(|f| f.seq > after && f.payload["command"] == command)
+        })
+        .await;
+    found.unwrap_or_else(|| panic!("no status for {command}:\n{}", twin.user_journal()))
+}
+
+/// The numbers of her Home Manager profile's generations.
+fn hm_generations(dir: &Path) -> Vec<u32> {
+    let mut numbers: Vec<u32> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("home-manager-")?
+                .strip_suffix("-link")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    numbers.sort();
+    numbers
 }

@@ -5,7 +5,9 @@
 #   plist rendered from it;
 # - Linux: the user units Home Manager writes (built: they are small text
 #   files for this platform);
-# - a token path written with `~` is refused.
+# - a token path written with `~` is refused;
+# - the host twin's golden user units (checks/twin/home-manager/) are what
+#   Home Manager renders for its reference user.
 # check_home_manager.py asserts on them.
 {
   pkgs,
@@ -68,6 +70,27 @@ let
     macHasUserUnit = mac.systemd.user.services ? nixfleet-agent;
   };
   unit = name: linux.xdg.configFile."systemd/user/${name}".source;
+
+  # the host twin's reference user (checks/twin/home-manager/), rendered by
+  # the real Home Manager: its golden user units must be the same
+  twinUser =
+    (home-manager.lib.homeManagerConfiguration {
+      pkgs = nixpkgs.legacyPackages.${pkgs.stdenv.hostPlatform.system};
+      modules = [
+        homeManagerModule
+        {
+          home.username = "alice";
+          home.homeDirectory = "/home/alice";
+          home.stateVersion = "26.05";
+          services.nixfleet-agent = import ../twin/home-manager/reference.nix;
+        }
+      ];
+    }).config;
+  twinUnits = map (name: "${name}=${twinUser.xdg.configFile."systemd/user/${name}".source}") [
+    "nixfleet-agent.service"
+    "nixfleet-agent-token.path"
+    "nixfleet-agent-token-changed.service"
+  ];
 in
 pkgs.runCommand "nixfleet-home-manager-module-check"
   {
@@ -80,5 +103,6 @@ pkgs.runCommand "nixfleet-home-manager-module-check"
       ${unit "nixfleet-agent.service"} \
       ${unit "nixfleet-agent-token.path"} \
       ${unit "nixfleet-agent-token-changed.service"}
+    PYTHONPATH=${./lib} python3 ${../twin/compare_units.py} ${../twin/home-manager} ${lib.escapeShellArgs twinUnits}
     touch $out
   ''

@@ -10,7 +10,8 @@
 # PACKAGEs are installed as well (the host twin's root adds systemd and dbus:
 # agent/tests/twin/).
 #
-# DIR is complete when DIR/.nixfleet-root-ready exists; until then the work
+# DIR is complete when DIR/.nixfleet-root-ready exists and names the same
+# PACKAGEs; until then the work
 # is in DIR.partial, whose base system (once debootstrap finished) an
 # interrupted run uses again. Needs root, debootstrap and unshare; every
 # mount is made in a mount namespace of the script's own, so none outlives it.
@@ -23,7 +24,15 @@ dir=$2
 shift 2
 extra="$*"
 ready="$dir/.nixfleet-root-ready"
-[ -e "$ready" ] && exit 0
+# the marker holds the extra packages: a root made with others gets them
+# installed (its base system is kept)
+if [ -e "$ready" ]; then
+  [ "$(cat "$ready")" = "$extra" ] && exit 0
+  rm -rf "$dir.partial"
+  mv "$dir" "$dir.partial"
+  rm -f "$dir.partial/.nixfleet-root-ready"
+  touch "$dir.partial/.debootstrapped"
+fi
 [ "$(id -u)" = 0 ] || { echo "make-root.sh: needs root (debootstrap, chroot)" >&2; exit 1; }
 command -v debootstrap >/dev/null || { echo "make-root.sh: needs debootstrap (apt-get install debootstrap)" >&2; exit 1; }
 # the Debian mirror this machine's apt uses (its first deb822 or one-line
@@ -69,5 +78,5 @@ substituters =
 CONF
 rm -rf "$dir"
 mv "$dir.partial" "$dir"
-touch "$ready"
+printf '%s' "$extra" >"$ready"
 rm -f "$dir.partial.log" "$dir/.debootstrapped"

@@ -20,8 +20,9 @@ use std::process::Command;
 pub const SUITES: [(&str, &str); 3] = [("bookworm", "2.8"), ("trixie", "2.26"), ("sid", "2.34")];
 
 /// What the host twin's root has besides Nix and git: the container's
-/// systemd, its system bus, and `kill`.
-pub const TWIN_PACKAGES: &[&str] = &["systemd", "dbus", "procps"];
+/// systemd, its system bus, `kill`, and the PAM module that gives a user
+/// manager its runtime directory.
+pub const TWIN_PACKAGES: &[&str] = &["systemd", "dbus", "procps", "libpam-systemd"];
 
 /// Where the agent's binary appears inside a root.
 pub const AGENT_IN_ROOT: &str = "/tmp/nixfleet-agent-bin/nixfleet-agent";
@@ -38,6 +39,8 @@ pub struct NixRoot {
     pub nix: &'static str,
     /// The root's directory.
     pub dir: PathBuf,
+    /// The Debian packages it has besides Nix, git and the base system.
+    pub extra: &'static [&'static str],
 }
 
 /// Mounts what a command in a root needs, then runs it there:
@@ -106,11 +109,16 @@ impl NixRoot {
         name: &str,
         suite: &'static str,
         nix: &'static str,
-        extra: &[&str],
+        extra: &'static [&'static str],
         required: bool,
     ) -> Option<NixRoot> {
         let dir = roots_dir().join(name);
-        let root = NixRoot { suite, nix, dir };
+        let root = NixRoot {
+            suite,
+            nix,
+            dir,
+            extra,
+        };
         if root.ready() {
             return Some(root);
         }
@@ -153,8 +161,10 @@ impl NixRoot {
         Some(root)
     }
 
+    /// Made, with its extra packages (the marker names them).
     fn ready(&self) -> bool {
-        self.dir.join(".nixfleet-root-ready").exists()
+        std::fs::read_to_string(self.dir.join(".nixfleet-root-ready"))
+            .is_ok_and(|made| made == self.extra.join(" "))
     }
 
     /// A command that runs `program args` inside the root, with each

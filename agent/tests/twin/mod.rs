@@ -5,6 +5,7 @@
 //! down with its test. Its systems are built by that Nix from a flake in the
 //! configuration repository (`system.rs`).
 
+pub mod home;
 mod system;
 
 use std::path::{Path, PathBuf};
@@ -163,6 +164,19 @@ impl Twin {
         name: &str,
         deadline_secs: u64,
     ) -> Twin {
+        Twin::boot_with(base, dash, fx, name, deadline_secs, false).await
+    }
+
+    /// [`Twin::boot`], with the Home Manager user `alice` (`home.rs`) when
+    /// `home`: her agent runs under her own `systemd --user`.
+    pub async fn boot_with(
+        base: NixRoot,
+        dash: &MockDashboard,
+        fx: &Fixture,
+        name: &str,
+        deadline_secs: u64,
+        home: bool,
+    ) -> Twin {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
         let exchange = tmp.path().join("exchange");
@@ -225,13 +239,14 @@ impl Twin {
         // the modules refuse less) that outlast the hub's 90 s window: the
         // window shrinks with them (register_hold.rs)
         let window_ms = (deadline_secs * 1000 / 3).max(1000);
-        write(
-            &units.join("nixfleet-agent.service.d/twin.conf"),
-            &format!(
-                "[Service]\nEnvironment=\"NIXFLEET_URL={}\"\nEnvironment=\"NIXFLEET_INTERVAL=1\"\nEnvironment=\"NIXFLEET_ROLLBACK_DEADLINE={deadline_secs}\"\nEnvironment=\"NIXFLEET_HUB_RECONNECT_WINDOW_MS={window_ms}\"\nEnvironment=\"NIXFLEET_LOG_LEVEL=debug\"\n",
-                dash.ws_url()
-            ),
+        let drop_in = format!(
+            "[Service]\nEnvironment=\"NIXFLEET_URL={}\"\nEnvironment=\"NIXFLEET_INTERVAL=1\"\nEnvironment=\"NIXFLEET_ROLLBACK_DEADLINE={deadline_secs}\"\nEnvironment=\"NIXFLEET_HUB_RECONNECT_WINDOW_MS={window_ms}\"\nEnvironment=\"NIXFLEET_LOG_LEVEL=debug\"\n",
+            dash.ws_url()
         );
+        write(&units.join("nixfleet-agent.service.d/twin.conf"), &drop_in);
+        if home {
+            home::prepare(&root, &drop_in, &twin_token(name));
+        }
         write(
             &units.join("twin-booted-system.service"),
             BOOTED_SYSTEM_UNIT,
@@ -343,7 +358,12 @@ impl Twin {
         // entry the default (as if installed)
         let out = twin
             .nspawn_command(name, false)
-            .args(["/bin/sh", "-c", FIRST_SYSTEM])
+            .args(["/bin/sh", "-c"])
+            .arg(if home {
+                format!("{FIRST_SYSTEM}{}", home::FIRST_HOME)
+            } else {
+                FIRST_SYSTEM.to_string()
+            })
             .stdin(Stdio::null())
             .output()
             .expect("systemd-nspawn");
@@ -478,6 +498,25 @@ impl Twin {
             .unwrap_or_default()
             .trim()
             .to_string()
+    }
+
+    /// Alice's agent's journal (her user manager's unit), for failure
+    /// messages.
+    pub fn user_journal(&self) -> String {
+        let out = self.exec(&[
+            "journalctl",
+            "--user-unit",
+            "nixfleet-agent",
+            "_UID=1000",
+            "--no-pager",
+            "-n",
+            "80",
+        ]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&self.exec(&["journalctl", "-n", "40", "--no-pager"]).stdout)
+        )
     }
 
     /// The agent's journal, for failure messages.
