@@ -291,6 +291,23 @@ in
       '';
     };
 
+    watchdogSec = mkOption {
+      type = types.ints.between 0 86400;
+      default = 60;
+      example = 0;
+      description = ''
+        Seconds without a sign of life after which the agent counts as hung
+        and is started again; 0 turns the watchdog off. On NixOS and with
+        Home Manager on Linux the unit is `Type=notify` with this
+        `WatchdogSec=`: the agent tells systemd it is alive from its
+        runtime's own timer every half of it, and systemd restarts it when
+        that stops. launchd has no watchdog: on macOS the agent watches its
+        own runtime (`NIXFLEET_WATCHDOG_SEC`) and exits, for launchd's
+        `KeepAlive` to start it again. A switch in flight survives the
+        restart, as it survives any other. At least 5 when on.
+      '';
+    };
+
     activationTimeout = mkOption {
       type = types.ints.between 1 86400;
       default = 900;
@@ -527,6 +544,13 @@ in
             90 s for a switched host's agent and calls the switch a success when
             any agent registers in that time: a watchdog rollback inside that
             window would let the rolled-back agent turn it into SUCCESS.
+          '';
+        }
+        {
+          assertion = cfg.watchdogSec == 0 || cfg.watchdogSec >= 5;
+          message = ''
+            services.nixfleet-agent.watchdogSec must be 0 (off) or at least 5
+            seconds; got ${toString cfg.watchdogSec}.
           '';
         }
         {

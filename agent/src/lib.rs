@@ -18,6 +18,7 @@ pub mod exec;
 pub mod heartbeat;
 pub mod host;
 pub mod logfile;
+pub mod observe;
 pub mod outbound;
 pub mod protocol;
 pub mod register_hold;
@@ -112,6 +113,11 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
     let state = Arc::new(AgentState::with_compartments(store.clone()));
     state.publish(snapshot);
     tokio::spawn(heartbeat::refresher(config.clone(), state.clone(), metrics));
+    tokio::spawn(observe::liveness::run(
+        config.clone(),
+        state.clone(),
+        out.clone(),
+    ));
     tokio::spawn(compartments::persist_loop(store.clone()));
 
     let commands = commands::Commands::new(config.clone(), state.clone(), out.clone());
@@ -135,11 +141,20 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
             tracing::info!("the initial clone is still running; connecting meanwhile");
         }
         _ = &mut signal => {
+            observe::notify::stopping("shutdown");
             commands.shutdown(false).await;
             write_state_on_exit(&state, &out, &config.state_dir).await;
             return 0;
         }
     }
+    // initialised: the configuration read, the state and the switches of
+    // earlier processes recovered (the first start's clone done or given
+    // its head start); the dashboard need not have answered
+    observe::notify::ready(&observe::liveness::status_line(
+        false,
+        observe::liveness::dashboard_host(&config.url),
+        state.running().map(|r| r.command).as_deref(),
+    ));
     let sink: connection::CommandSink = {
         let commands = commands.clone();
         Arc::new(move |msg| commands.handle(msg))
@@ -166,6 +181,7 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         code = state.exit_requested() => Stop { code, reason: "restart" },
     };
     tracing::info!("stopping ({})", stop.reason);
+    observe::notify::stopping(stop.reason);
     // the running command first, while the socket is still open: its status
     // (a switch stopped before its activation: an error) reaches the
     // dashboard before the agent leaves, not from the next process, whose

@@ -353,6 +353,11 @@ impl Outbound {
 
     // ---- the writer's side ----
 
+    /// Whether the dashboard is connected (registered) now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
     /// Marks the connection up or down (down makes full lanes drop at once).
     pub fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);

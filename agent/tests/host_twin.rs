@@ -59,7 +59,9 @@ use twin::*;
 /// Registered with the token from `LoadCredential` (the unit's environment
 /// has none), heartbeats, a test run, `restart` by the dashboard, a token
 /// rotated by the secret manager (the path unit restarts the agent, which
-/// uses the new token), and `systemctl stop` (SIGTERM): close 1000.
+/// uses the new token), the status line systemd shows, a stopped agent
+/// restarted by systemd's watchdog, and `systemctl stop` (SIGTERM): close
+/// 1000.
 #[tokio::test]
 async fn twin_unit_registers_runs_restarts_rotates_the_token_and_closes_1000() {
     let Some(base) = twin_root() else {
@@ -138,6 +140,35 @@ async fn twin_unit_registers_runs_restarts_rotates_the_token_and_closes_1000() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!alive(sleeper), "the test's child was stopped with it");
+
+    // the status line systemd shows (`systemctl status`), from the agent
+    let dashboard = dash.ws_url();
+    let dashboard = dashboard
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws");
+    // (sent on the agent's next tick after it registered)
+    let want = format!("connected to {dashboard}; idle");
+    let status_text = || {
+        let out = twin.exec(&["systemctl", "show", "-P", "StatusText", "nixfleet-agent"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while status_text() != want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status_text(), want);
+
+    // a hung agent (stopped: no sign of life) is killed by systemd's
+    // watchdog (WatchdogSec, 5 s here) and started again
+    let seq = dash.last_seq();
+    let out = twin.exec(&["systemctl", "kill", "-s", "SIGSTOP", "nixfleet-agent"]);
+    assert!(out.status.success(), "{out:?}");
+    let again = dash.wait_frame(HOST, "register", seq, SLOW).await;
+    assert!(
+        again.is_some() && twin.journal().contains("Watchdog timeout"),
+        "not restarted by the watchdog; journal:\n{}",
+        twin.journal()
+    );
 
     // systemctl stop: SIGTERM to the agent, a clean close
     let seq = dash.last_seq();

@@ -54,6 +54,8 @@ def check_units(service_path, path_path, changed_path):
         ("RestartForceExitStatus", "101"),
         ("RestartPreventExitStatus", "78"),
         ("KillMode", "process"),
+        ("Type", "notify"),
+        ("WatchdogSec", "60s"),
     ]:
         check(values(s, key) == [value], f"{key}={value}")
     check(values(install, "WantedBy") == ["default.target"], "WantedBy=default.target")

@@ -78,6 +78,8 @@ def main():
         # the guards' options reach the plist
         "NIXFLEET_MIN_FREE_SPACE": "8192",
         "NIXFLEET_BUILD_ON_HOST": "0",
+        # launchd has no watchdog: the agent's own, at the default
+        "NIXFLEET_WATCHDOG_SEC": "60",
     }
     for name, value in expected.items():
         check(env.get(name) == value, f"EnvironmentVariables {name}={value!r}, got {env.get(name)!r}")

@@ -46,6 +46,8 @@ def main():
     check(values(s, "RestartForceExitStatus") == ["101"], "RestartForceExitStatus=101")
     check(values(s, "RestartPreventExitStatus") == ["78"], "RestartPreventExitStatus=78")
     check(values(s, "KillMode") == ["process"], "KillMode=process")
+    check(values(s, "Type") == ["notify"], "Type=notify (readiness, watchdog, status line)")
+    check(values(s, "WatchdogSec") == ["60s"], "WatchdogSec=60s by default")
 
     credentials = values(s, "LoadCredential")
     check(

@@ -55,6 +55,8 @@ let
     NIXFLEET_TOKEN_FILE = cfg.tokenFile;
     NIXFLEET_SSH_KEY = cfg.sshKeyFile;
     NIXFLEET_STATE_DIR = stateDir;
+    # launchd has no watchdog: the agent watches its own runtime
+    NIXFLEET_WATCHDOG_SEC = toString cfg.watchdogSec;
     NIXFLEET_LOG_DIR = commandLogDir;
     # Reopened on SIGHUP, which newsyslog sends after a rotation.
     NIXFLEET_LOG_FILE = logFile;

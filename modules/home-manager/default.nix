@@ -64,6 +64,8 @@ let
       # (no newsyslog rotates a user's log), keeping one older file beside it.
       NIXFLEET_LOG_FILE = logFile;
       NIXFLEET_LOG_MAX_SIZE = "10";
+      # launchd has no watchdog: the agent watches its own runtime
+      NIXFLEET_WATCHDOG_SEC = toString cfg.watchdogSec;
     })
     cfg.agentEnvironment
     cfg.environment
@@ -126,6 +128,8 @@ in
             X-SwitchMethod = "keep-old";
           };
           Service = {
+            # ready, alive and what it does, as in the NixOS unit
+            Type = "notify";
             ExecStart = lib.getExe cfg.package;
             Environment = lib.mapAttrsToList (name: value: builtins.toJSON "${name}=${value}") environment;
             Restart = "always";
@@ -137,6 +141,9 @@ in
             # A running `home-manager switch` outlives an agent restart.
             KillMode = "process";
             TimeoutStopSec = "30s";
+          }
+          // lib.optionalAttrs (cfg.watchdogSec > 0) {
+            WatchdogSec = "${toString cfg.watchdogSec}s";
           };
           Install.WantedBy = [ "default.target" ];
         };

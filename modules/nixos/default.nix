@@ -98,6 +98,10 @@ in
         LogsDirectoryMode = "0700";
         WorkingDirectory = "/var/lib/nixfleet-agent";
 
+        # The agent says when it is ready (its state recovered, not when the
+        # dashboard answers), that it is alive (every half WatchdogSec, from
+        # its runtime's own timer) and what it does (`systemctl status`).
+        Type = "notify";
         Restart = "always";
         RestartSec = "5s";
         # 101: "restart me" after a successful switch or the `restart`
@@ -114,6 +118,13 @@ in
         KillMode = "process";
         # Long enough for the agent's clean shutdown (close frame, at most 5 s).
         TimeoutStopSec = "30s";
+      }
+      // lib.optionalAttrs (cfg.watchdogSec > 0) {
+        # A hung agent (no sign of life for this long) is killed and, by
+        # Restart=always, started again.
+        WatchdogSec = "${toString cfg.watchdogSec}s";
+      }
+      // {
 
         # Hardening (each with mkDefault: a host can adjust it without
         # mkForce). Everything set here is inherited by the commands the

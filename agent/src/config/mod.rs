@@ -153,6 +153,10 @@ pub struct Config {
     pub branch: String,
     /// Heartbeat interval in seconds (≥ 1; default [`DEFAULT_INTERVAL_SECS`]).
     pub interval_secs: u64,
+    /// The agent's own watchdog (`NIXFLEET_WATCHDOG_SEC`, for launchd, which
+    /// has none): exit when the runtime stalls this long. `None`: off (and
+    /// always off under systemd's own watchdog).
+    pub watchdog: Option<Duration>,
     /// What `register` reports as `agent_version` (default [`PROTOCOL_RELEASE`]).
     pub reported_version: String,
     /// How git's ssh authenticates and checks host keys.
@@ -244,6 +248,22 @@ impl Config {
                     return Err(err(
                         "NIXFLEET_INTERVAL",
                         format!("{v:?} is not a whole number of seconds from 1 to 86400; e.g. 5"),
+                    ));
+                }
+            },
+        };
+
+        let watchdog = match env.get("NIXFLEET_WATCHDOG_SEC") {
+            None => None,
+            Some(v) => match v.trim().trim_end_matches('s').parse::<u64>() {
+                Ok(0) => None,
+                Ok(n) if (5..=86_400).contains(&n) => Some(Duration::from_secs(n)),
+                _ => {
+                    return Err(err(
+                        "NIXFLEET_WATCHDOG_SEC",
+                        format!(
+                            "{v:?} is not 0 (off) or a whole number of seconds from 5 to 86400; e.g. 60"
+                        ),
                     ));
                 }
             },
@@ -420,6 +440,7 @@ impl Config {
             repo_dir,
             branch,
             interval_secs,
+            watchdog,
             reported_version,
             ssh,
             trust,
