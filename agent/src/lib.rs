@@ -93,9 +93,10 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         let identity = identity(&cfg, host::binary_freshness(&cfg.state_dir));
         let store = compartments::Store::load(&cfg.state_dir);
         let undelivered = undelivered::load(&cfg.state_dir);
-        (snapshot, identity, metrics, store, undelivered)
+        let ledger = observe::ledger::Ledger::load(&cfg.state_dir);
+        (snapshot, identity, metrics, store, undelivered, ledger)
     });
-    let (snapshot, identity, metrics, store, undelivered) = match first.await {
+    let (snapshot, identity, metrics, store, undelivered, ledger) = match first.await {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("reading host facts failed: {e}");
@@ -113,14 +114,17 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
     let state = Arc::new(AgentState::with_compartments(store.clone()));
     state.publish(snapshot);
     tokio::spawn(heartbeat::refresher(config.clone(), state.clone(), metrics));
+    let ledger = Arc::new(ledger);
     tokio::spawn(observe::liveness::run(
         config.clone(),
         state.clone(),
         out.clone(),
+        ledger.clone(),
     ));
     tokio::spawn(compartments::persist_loop(store.clone()));
 
-    let commands = commands::Commands::new(config.clone(), state.clone(), out.clone());
+    let commands =
+        commands::Commands::with_ledger(config.clone(), state.clone(), out.clone(), ledger.clone());
     tokio::spawn(compartments::lock_loop(
         store,
         config.repo_dir.clone(),
@@ -143,7 +147,7 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         _ = &mut signal => {
             observe::notify::stopping("shutdown");
             commands.shutdown(false).await;
-            write_state_on_exit(&state, &out, &config.state_dir).await;
+            write_state_on_exit(&config, &state, &out, &ledger).await;
             return 0;
         }
     }
@@ -195,22 +199,24 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
             stop
         }
     };
-    write_state_on_exit(&state, &out, &config.state_dir).await;
+    write_state_on_exit(&config, &state, &out, &ledger).await;
     stop.code
 }
 
-/// The compartments and the undelivered statuses, written before the
-/// process exits, however it exits.
+/// The compartments, the undelivered statuses and what the agent observed,
+/// written before the process exits, however it exits.
 async fn write_state_on_exit(
-    state: &AgentState,
+    config: &Arc<Config>,
+    state: &Arc<AgentState>,
     out: &Arc<outbound::Outbound>,
-    state_dir: &std::path::Path,
+    ledger: &Arc<observe::ledger::Ledger>,
 ) {
     let compartments = state.compartments().clone();
-    let (o, dir) = (out.clone(), state_dir.to_path_buf());
+    let (c, s, o, l) = (config.clone(), state.clone(), out.clone(), ledger.clone());
     let flushed = tokio::task::spawn_blocking(move || {
         compartments.flush();
-        undelivered::flush(&o, &dir);
+        undelivered::flush(&o, &c.state_dir);
+        observe::liveness::write_on_exit(&c, &s, &o, &l);
     });
     if let Err(e) = flushed.await {
         tracing::warn!("writing the state on exit failed: {e}");

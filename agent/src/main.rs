@@ -11,6 +11,9 @@ nixfleet-agent — keeps this host connected to the NixFleet dashboard
 Usage:
   nixfleet-agent            run; configuration comes from the environment
   nixfleet-agent --check    validate the configuration, print what was detected, exit
+  nixfleet-agent status [--json] [--state-dir DIR]
+                            what the agent observed: connection, last operations,
+                            systems, watchdog, logs (works while it is stopped)
   nixfleet-agent --version  print the version
   nixfleet-agent --help     print this help
 
@@ -39,6 +42,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some("--check") => check = true,
+        Some("status") => {
+            return exit(nixfleet_agent::observe::report::status_main(&args[1..]));
+        }
         Some(flag) if flag == nixfleet_agent::commands::SUPERVISE_FLAG => {
             return exit(nixfleet_agent::commands::supervise_main(&args[1..]));
         }

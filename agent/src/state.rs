@@ -63,6 +63,10 @@ pub struct AgentState {
     /// Holds that keep this process from registering (`register_hold.rs`:
     /// a switch's health checks before the register).
     register_holds: watch::Sender<u32>,
+    /// When the last `registered` and the last heartbeat on a registered
+    /// connection happened (seconds since the epoch; 0: never).
+    last_register_at: std::sync::atomic::AtomicU64,
+    last_heartbeat_at: std::sync::atomic::AtomicU64,
 }
 
 impl Default for AgentState {
@@ -83,6 +87,8 @@ impl AgentState {
             compartments: store,
             registered: watch::Sender::new(0),
             register_holds: watch::Sender::new(0),
+            last_register_at: Default::default(),
+            last_heartbeat_at: Default::default(),
         }
     }
 
@@ -106,6 +112,37 @@ impl AgentState {
     /// The dashboard answered a `register` with `registered`.
     pub fn note_registered(&self) {
         self.registered.send_modify(|n| *n += 1);
+        self.last_register_at
+            .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A heartbeat was written to a registered connection.
+    pub fn note_heartbeat(&self) {
+        self.last_heartbeat_at
+            .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many times the dashboard registered this process.
+    pub fn registrations(&self) -> u64 {
+        *self.registered.borrow()
+    }
+
+    /// When the last `registered` came (seconds since the epoch).
+    pub fn last_register_at(&self) -> Option<u64> {
+        Some(
+            self.last_register_at
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .filter(|t| *t > 0)
+    }
+
+    /// When the last heartbeat went out on a registered connection.
+    pub fn last_heartbeat_at(&self) -> Option<u64> {
+        Some(
+            self.last_heartbeat_at
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .filter(|t| *t > 0)
     }
 
     /// Resolves once this process has been registered by the dashboard.
@@ -198,4 +235,12 @@ impl AgentState {
             }
         }
     }
+}
+
+/// Seconds since the epoch, now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -354,6 +354,11 @@ impl Run {
                 (Level::Unknown, report)
             }
         };
+        // what the metrics and `status` count; a switch reported before it
+        // was rolled back is the last switch, which was rolled back
+        self.inner()
+            .ledger
+            .rolled_back(&report.message, record.is_reported());
         // System tells the same story; the run's own settle is skipped
         self.switched = false;
         self.inner()

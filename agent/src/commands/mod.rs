@@ -128,11 +128,23 @@ struct Inner {
     exiting: AtomicBool,
     /// A `reboot` is under way (it never runs twice at once).
     rebooting: AtomicBool,
+    /// What ran and how it ended, for the metrics and `status`.
+    ledger: Arc<crate::observe::ledger::Ledger>,
 }
 
 impl Commands {
     /// The commands part, sending through `out` and publishing into `state`.
     pub fn new(config: Arc<Config>, state: Arc<AgentState>, out: Arc<Outbound>) -> Commands {
+        Commands::with_ledger(config, state, out, Arc::default())
+    }
+
+    /// [`Commands::new`], noting what runs and how it ends in `ledger`.
+    pub fn with_ledger(
+        config: Arc<Config>,
+        state: Arc<AgentState>,
+        out: Arc<Outbound>,
+        ledger: Arc<crate::observe::ledger::Ledger>,
+    ) -> Commands {
         let env = ChildEnv::for_config(&config);
         Commands {
             inner: Arc::new(Inner {
@@ -143,6 +155,7 @@ impl Commands {
                 slot: Mutex::new(None),
                 exiting: AtomicBool::new(false),
                 rebooting: AtomicBool::new(false),
+                ledger,
             }),
         }
     }
@@ -419,6 +432,13 @@ impl Commands {
     }
 
     fn send_status(&self, report: Report, command: &str) {
+        let outcome = serde_json::to_value(report.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        self.inner
+            .ledger
+            .ended(command, &outcome, report.exit_code, &report.message);
         let generation = host::generation(&self.inner.config.repo_dir);
         self.inner.out.reliable(Outgoing::Status(Status {
             status: report.outcome,
@@ -435,6 +455,7 @@ impl Commands {
         let log =
             Arc::new(RunLog::create_off_thread(&self.inner.config.log_dir, command.as_str()).await);
         log.note(&format!("[nixfleet-agent] {} started", command.as_str()));
+        self.inner.ledger.started(command.as_str());
         if let Some(path) = log.path() {
             tracing::debug!("{} logs to {}", command.as_str(), path.display());
         }

@@ -382,7 +382,11 @@ impl Connection {
                 }
                 _ = heartbeat.tick() => {
                     let frame = self.heartbeat_frame();
-                    guarded(sink.send(text(&frame)), &deadline, &mut events).await
+                    let sent = guarded(sink.send(text(&frame)), &deadline, &mut events).await;
+                    if sent.is_ok() {
+                        self.state.note_heartbeat();
+                    }
+                    sent
                 }
                 _ = ping.tick() => {
                     guarded(sink.send(Message::Ping(Default::default())), &deadline, &mut events).await

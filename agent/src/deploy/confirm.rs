@@ -243,3 +243,26 @@ pub async fn rolled_back(
         restart: watchdog::rollback_time(record).is_some_and(|t| t >= started),
     }
 }
+
+/// The latest watched switch under `root`, for `nixfleet-agent status`:
+/// on probation while its supervisor guards it, or rolled back; `None` when
+/// it was confirmed, is not watched, or there is none.
+pub fn watch_summary(root: &std::path::Path) -> Option<String> {
+    let record = super::record::all_records(root).into_iter().last()?;
+    let watch = Watch::load(&record)?;
+    match watchdog::verdict_of(&record) {
+        None if record.supervisor_alive() => Some(format!(
+            "a switch is on probation: unless the new generation confirms it, the watchdog rolls back to {}",
+            watch.previous_name()
+        )),
+        Some(Verdict::RollBack(why)) => Some(match watchdog::rollback_exit(&record) {
+            Some(0) => format!("rolled back to {}: {why}", watch.previous_name()),
+            Some(code) => format!(
+                "the rollback to {} failed (exit {code}): {why}",
+                watch.previous_name()
+            ),
+            None => format!("rolling back to {}: {why}", watch.previous_name()),
+        }),
+        _ => None,
+    }
+}

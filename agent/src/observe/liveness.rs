@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::ledger::Ledger;
 use super::notify;
 use crate::config::Config;
 use crate::outbound::Outbound;
@@ -71,8 +72,18 @@ impl Pulse {
     }
 }
 
-/// Runs the pulse until the process ends (spawn it on the runtime).
-pub async fn run(config: Arc<Config>, state: Arc<AgentState>, out: Arc<Outbound>) {
+/// How often `observed.json` is written when only the times moved.
+const REWRITE: Duration = Duration::from_secs(30);
+
+/// Runs the pulse until the process ends (spawn it on the runtime); it
+/// also keeps `observed.json` current (written off the runtime, when
+/// something changed, and at least every [`REWRITE`]).
+pub async fn run(
+    config: Arc<Config>,
+    state: Arc<AgentState>,
+    out: Arc<Outbound>,
+    ledger: Arc<Ledger>,
+) {
     let systemd = notify::systemd_watchdog();
     let own = config.watchdog.filter(|_| systemd.is_none());
     let interval = Duration::from_secs(config.interval_secs);
@@ -86,6 +97,9 @@ pub async fn run(config: Arc<Config>, state: Arc<AgentState>, out: Arc<Outbound>
     let freeze = freeze_hook();
     let dashboard = dashboard_host(&config.url).to_string();
     let mut shown = String::new();
+    let mut written_version = u64::MAX;
+    let mut written_at = Instant::now();
+    let mut writing = Writing::default();
     let mut tick = tokio::time::interval(period(interval, systemd, own));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -99,11 +113,50 @@ pub async fn run(config: Arc<Config>, state: Arc<AgentState>, out: Arc<Outbound>
         }
         let running = state.running().map(|r| r.command);
         let line = status_line(out.is_connected(), &dashboard, running.as_deref());
-        if line != shown {
+        let changed = line != shown || ledger.version() != written_version;
+        if changed {
             notify::status(&line);
             shown = line;
         }
+        if (changed || written_at.elapsed() >= REWRITE) && !writing.is_busy() {
+            written_version = ledger.version();
+            written_at = Instant::now();
+            writing.start(&config, &state, &out, &ledger);
+        }
     }
+}
+
+/// At most one write of `observed.json` at a time, on the blocking pool: a
+/// slow disk makes the file late, never the pulse.
+#[derive(Default)]
+struct Writing(Option<tokio::task::JoinHandle<()>>);
+
+impl Writing {
+    fn is_busy(&self) -> bool {
+        self.0.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    fn start(
+        &mut self,
+        config: &Arc<Config>,
+        state: &Arc<AgentState>,
+        out: &Arc<Outbound>,
+        ledger: &Arc<Ledger>,
+    ) {
+        let (c, s, o, l) = (config.clone(), state.clone(), out.clone(), ledger.clone());
+        self.0 = Some(tokio::task::spawn_blocking(move || {
+            let observed = super::facts::gather(&c, &s, &o, &l, true);
+            super::ledger::write(&c.state_dir, &observed);
+        }));
+    }
+}
+
+/// Writes `observed.json` as the process leaves: not connected, nothing
+/// running (blocking).
+pub fn write_on_exit(config: &Config, state: &AgentState, out: &Outbound, ledger: &Ledger) {
+    let mut observed = super::facts::gather(config, state, out, ledger, false);
+    observed.running = None;
+    super::ledger::write(&config.state_dir, &observed);
 }
 
 /// The agent's own watchdog, for launchd: a thread outside the runtime

@@ -13,6 +13,12 @@
 //!   and Home Manager modules on macOS set it) a thread outside the runtime
 //!   watches its timer and exits ([`liveness::EXIT_HUNG`]) for `KeepAlive`
 //!   to start the agent again.
+//! - [`ledger`] keeps what ran and how it ended, and the pulse writes it
+//!   with the facts of the moment ([`facts`]) to `<state>/observed.json`,
+//!   which `nixfleet-agent status` ([`report`]) reads.
 
+pub mod facts;
+pub mod ledger;
 pub mod liveness;
 pub mod notify;
+pub mod report;
