@@ -291,6 +291,33 @@ in
       '';
     };
 
+    metrics = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Serve Prometheus metrics at `http://<listenAddress>/metrics`
+          (`NIXFLEET_METRICS_LISTEN`): connected, reconnects, the last
+          heartbeat's age, operations by command and outcome, the last
+          switch's time, duration and outcome, the generation, needs-reboot,
+          automatic rollbacks, the watchdog, output lines and bytes streamed
+          and dropped, the outbox. Off by default: nothing listens. See
+          docs/monitoring.md for the metrics and alert rules.
+        '';
+      };
+      listenAddress = mkOption {
+        type = types.str;
+        default = "127.0.0.1:4244";
+        example = "0.0.0.0:4244";
+        description = ''
+          Address and port the metrics endpoint listens on; loopback by
+          default (the endpoint has no authentication: expose it on a
+          network you trust, or put a proxy with TLS in front). The
+          firewall is not opened.
+        '';
+      };
+    };
+
     watchdogSec = mkOption {
       type = types.ints.between 0 86400;
       default = 60;
@@ -528,6 +555,7 @@ in
         NIXFLEET_ROLLBACK_DEADLINE = toString cfg.rollbackDeadline;
         NIXFLEET_ACTIVATION_TIMEOUT = toString cfg.activationTimeout;
         NIXFLEET_MIN_FREE_SPACE = toString cfg.minFreeSpace;
+        NIXFLEET_METRICS_LISTEN = if cfg.metrics.enable then cfg.metrics.listenAddress else null;
         NIXFLEET_BUILD_ON_HOST = if cfg.buildOnHost then null else "0";
       };
     }

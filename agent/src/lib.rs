@@ -130,6 +130,17 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         config.repo_dir.clone(),
         commands.child_env().vars().to_vec(),
     ));
+    if let Some(addr) = config.metrics_listen {
+        let endpoint = Arc::new(observe::serve::Endpoint {
+            state: state.clone(),
+            out: out.clone(),
+            ledger: ledger.clone(),
+            watchdog: observe::notify::systemd_watchdog().or(config.watchdog),
+            nix_version: Default::default(),
+        });
+        let env = commands.child_env().vars().to_vec();
+        tokio::spawn(observe::serve::start(addr, endpoint, env));
+    }
     // On a first start in isolated mode this clones the repository. Give it a
     // head start so that the first `register` already carries the generation;
     // a clone slower than that goes on in the background while the agent

@@ -86,11 +86,29 @@ pub struct Outbound {
     enqueued: AtomicU64,
     consumed: AtomicU64,
     dropped: AtomicU64,
+    /// Lines dropped and bytes written, since the process started.
+    dropped_total: AtomicU64,
+    bytes_total: AtomicU64,
     queued_bytes: AtomicUsize,
     progress: Notify,
     stalled: AtomicBool,
     stall_mark: AtomicU64,
     last_command: Mutex<String>,
+}
+
+/// [`Outbound::counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Output lines written to the dashboard.
+    pub lines: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Output lines dropped.
+    pub dropped: u64,
+    /// Output bytes waiting to be written.
+    pub queued_bytes: u64,
+    /// Frames (statuses, …) waiting in the outbox.
+    pub outbox: u64,
 }
 
 /// The consumers' side, owned by the connection manager.
@@ -118,6 +136,8 @@ pub fn lanes(stall_timeout: Duration) -> (std::sync::Arc<Outbound>, OutboundRx) 
         enqueued: AtomicU64::new(0),
         consumed: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
+        dropped_total: AtomicU64::new(0),
+        bytes_total: AtomicU64::new(0),
         queued_bytes: AtomicUsize::new(0),
         progress: Notify::new(),
         stalled: AtomicBool::new(false),
@@ -337,6 +357,7 @@ impl Outbound {
 
     fn drop_one(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Remembers the running command's name (for the dropped-lines marker).
@@ -371,7 +392,21 @@ impl Outbound {
             Ordering::Relaxed,
         );
         self.consumed.fetch_add(n, Ordering::SeqCst);
+        self.bytes_total.fetch_add(weight as u64, Ordering::Relaxed);
         self.progress.notify_waiters();
+    }
+
+    /// What the metrics count: output lines and bytes written to the
+    /// dashboard and lines dropped since the process started; output bytes
+    /// queued and frames in the outbox now.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            lines: self.consumed.load(Ordering::Relaxed),
+            bytes: self.bytes_total.load(Ordering::Relaxed),
+            dropped: self.dropped_total.load(Ordering::Relaxed),
+            queued_bytes: self.queued_bytes.load(Ordering::Relaxed) as u64,
+            outbox: lock(&self.outbox).queue.len() as u64,
+        }
     }
 
     /// Resolves when the outbox may have become non-empty.

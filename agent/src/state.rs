@@ -182,7 +182,12 @@ impl AgentState {
         }
     }
 
-    /// The latest host snapshot.
+    /// Runs `f` on the latest host facts, without copying them.
+    pub fn with_snapshot<R>(&self, f: impl FnOnce(&HostSnapshot) -> R) -> R {
+        f(&self.snapshot.borrow())
+    }
+
+    /// A copy of the latest host facts.
     pub fn snapshot(&self) -> HostSnapshot {
         self.snapshot.borrow().clone()
     }

@@ -707,6 +707,36 @@ async fn twin_home_manager_user_service_switches_and_rolls_back_under_systemd_us
         .filter(|f| f.seq > sent && f.payload["command"] == "switch")
         .count();
     assert_eq!(statuses, 1, "one status");
+
+    // what she sees with `nixfleet-agent status` (her state directory by
+    // default): the last switch was rolled back, her agent runs
+    let status = || {
+        let out = twin.exec(&[
+            "runuser",
+            "-u",
+            home::USER,
+            "--",
+            "env",
+            "HOME=/home/alice",
+            &store("nixfleet-agent/bin/nixfleet-agent"),
+            "status",
+            "--json",
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut seen = status();
+    while seen["last_switch"]["outcome"] != "rolled-back" && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen = status();
+    }
+    assert_eq!(seen["last_switch"]["outcome"], "rolled-back", "{seen}");
+    assert_eq!(seen["automatic_rollbacks"], 1, "{seen}");
+    assert_eq!(seen["agent_running"], true, "{seen}");
+    assert_eq!(
+        seen["journal"], "journalctl --user -u nixfleet-agent",
+        "{seen}"
+    );
     assert_no_violations(&dash);
 }
 

@@ -153,6 +153,9 @@ pub struct Config {
     pub branch: String,
     /// Heartbeat interval in seconds (≥ 1; default [`DEFAULT_INTERVAL_SECS`]).
     pub interval_secs: u64,
+    /// Where the metrics endpoint listens (`NIXFLEET_METRICS_LISTEN`,
+    /// `host:port`); `None`: off, nothing listens.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The agent's own watchdog (`NIXFLEET_WATCHDOG_SEC`, for launchd, which
     /// has none): exit when the runtime stalls this long. `None`: off (and
     /// always off under systemd's own watchdog).
@@ -267,6 +270,17 @@ impl Config {
                     ));
                 }
             },
+        };
+
+        let metrics_listen = match env.get("NIXFLEET_METRICS_LISTEN") {
+            None => None,
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) => Some(v.trim().parse::<std::net::SocketAddr>().map_err(|_| {
+                err(
+                    "NIXFLEET_METRICS_LISTEN",
+                    format!("{v:?} is not an address and port; e.g. 127.0.0.1:4244"),
+                )
+            })?),
         };
 
         let reported_version = match env.get("NIXFLEET_REPORTED_VERSION") {
@@ -441,6 +455,7 @@ impl Config {
             branch,
             interval_secs,
             watchdog,
+            metrics_listen,
             reported_version,
             ssh,
             trust,

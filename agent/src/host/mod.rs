@@ -41,8 +41,8 @@ pub use freshness::{
 pub use git::{GENERATION_LEN, generation, git_head_commit, short_commit};
 pub use metrics::{Metrics, MetricsReader, MetricsSource};
 pub use nix::{
-    MINIMUM as NIX_MINIMUM, NixVersion, home_manager_profile, home_manager_profiles,
-    minimum as nix_minimum, require as require_nix,
+    MINIMUM as NIX_MINIMUM, NixVersion, detect as detect_nix, home_manager_profile,
+    home_manager_profiles, minimum as nix_minimum, require as require_nix,
 };
 pub use reboot::{NEXT_BOOT, RebootNeed, boot_identity, reboot_need};
 pub use space::{free_bytes, free_mib};

@@ -164,6 +164,11 @@ impl Ledger {
         self.version.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Runs `f` on the history, without copying it.
+    pub fn with_history<R>(&self, f: impl FnOnce(&History) -> R) -> R {
+        f(&self.history())
+    }
+
     /// A copy of the history.
     pub fn snapshot(&self) -> History {
         self.history().clone()

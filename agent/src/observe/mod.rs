@@ -16,9 +16,13 @@
 //! - [`ledger`] keeps what ran and how it ended, and the pulse writes it
 //!   with the facts of the moment ([`facts`]) to `<state>/observed.json`,
 //!   which `nixfleet-agent status` ([`report`]) reads.
+//! - [`serve`] answers Prometheus' scrapes with [`metrics`] when
+//!   `NIXFLEET_METRICS_LISTEN` is set (off by default).
 
 pub mod facts;
 pub mod ledger;
 pub mod liveness;
+pub mod metrics;
 pub mod notify;
 pub mod report;
+pub mod serve;
