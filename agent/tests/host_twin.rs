@@ -297,7 +297,7 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
     let gc = twin.exec(&["nix-collect-garbage", "-d"]);
     assert!(gc.status.success(), "{gc:?}");
     assert_eq!(
-        generations(&twin),
+        generations(&twin.path("/nix/var/nix/profiles"), "system"),
         vec![3],
         "-d deleted every old generation"
     );
@@ -521,14 +521,16 @@ async fn twin_a_dead_new_agent_is_rolled_back_inhibitors_wait_for_a_boot_a_faile
     assert_no_violations(&dash);
 }
 
-/// The numbers of the system profile's generations.
-fn generations(twin: &Twin) -> Vec<u32> {
-    let mut numbers: Vec<u32> = std::fs::read_dir(twin.path("/nix/var/nix/profiles"))
+/// The numbers of the generations of the profile `name` in `dir`
+/// (`<name>-<n>-link`).
+fn generations(dir: &Path, name: &str) -> Vec<u32> {
+    let mut numbers: Vec<u32> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("system-")?
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.strip_prefix(name)?
+                .strip_prefix('-')?
                 .strip_suffix("-link")?
                 .parse()
                 .ok()
@@ -597,7 +599,7 @@ async fn twin_home_manager_user_service_switches_and_rolls_back_under_systemd_us
     assert_eq!(generation(), "a");
     // her profile, where Home Manager puts it with Nix 2.14 and later
     let profile = twin.path("/home/alice/.local/state/nix/profiles");
-    let generations = || hm_generations(&profile);
+    let generations = || generations(&profile, "home-manager");
     assert_eq!(generations(), vec![1]);
 
     // 1. switch to b: built by her agent through the daemon, activated,
@@ -756,21 +758,4 @@ async fn user_status(
         })
         .await;
     found.unwrap_or_else(|| panic!("no status for {command}:\n{}", twin.user_journal()))
-}
-
-/// The numbers of her Home Manager profile's generations.
-fn hm_generations(dir: &Path) -> Vec<u32> {
-    let mut numbers: Vec<u32> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("home-manager-")?
-                .strip_suffix("-link")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    numbers.sort();
-    numbers
 }
