@@ -328,6 +328,38 @@ async fn twin_switch_is_confirmed_and_a_failed_health_check_is_rolled_back() {
         .filter(|f| f.seq > sent && f.payload["command"] == "switch")
         .count();
     assert_eq!(statuses, 1, "one status");
+
+    // 3. an activation that hangs is stopped at its deadline (20 s here):
+    // its transient unit with `systemctl stop`, which ends
+    // switch-to-configuration and what it started; nothing was switched
+    host_check(&fx.repo, "fail.sh", "exit 0");
+    twin.next(System::named("hang").hangs());
+    let sent = dash.last_seq();
+    dash.send_command(HOST, "switch").await.unwrap();
+    let Some(st) = slow_status(&dash, HOST, "switch", sent).await else {
+        panic!("no status for the hung switch:\n{}", twin.journal());
+    };
+    assert_eq!(st.payload["exit_code"], 124, "{}", st.payload);
+    let message = st.payload["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("the activation did not end within 20 s: stopping its unit ")
+            && message.ends_with(
+                "the activation was stopped after 20 s; what the host runs decides the outcome"
+            ),
+        "{message}\n{}",
+        twin.journal()
+    );
+    let hung = std::fs::read_to_string(twin.exchange.join("hang.pid")).unwrap_or_default();
+    let hung = hung.trim();
+    assert!(!hung.is_empty(), "the activation ran");
+    let alive = twin.exec(&["kill", "-0", hung]).status.success();
+    assert!(
+        !alive,
+        "the hung activation ({hung}) was stopped with its unit"
+    );
+    assert_eq!(twin.read("/etc/nixos-generation"), "nixos-system-twin-b");
+    let current = twin.exec(&["readlink", "/run/current-system"]);
+    assert_eq!(String::from_utf8_lossy(&current.stdout).trim(), b);
     assert_no_violations(&dash);
 }
 
@@ -742,6 +774,21 @@ async fn twin_home_manager_user_service_switches_and_rolls_back_under_systemd_us
     assert_no_violations(&dash);
 }
 
+/// The status of `host` for `command` after `after`, within [`SLOW`].
+async fn slow_status(
+    dash: &nixfleet_mock_dashboard::MockDashboard,
+    host: &str,
+    command: &str,
+    after: u64,
+) -> Option<nixfleet_mock_dashboard::Frame> {
+    dash.wait_until(SLOW, |d| {
+        d.frames(host, Some("status"))
+            .into_iter()
+            .find(|f| f.seq > after && f.payload["command"] == command)
+    })
+    .await
+}
+
 /// The status of alice's agent for `command` after `after`; her journal
 /// when none comes.
 async fn user_status(
@@ -750,12 +797,6 @@ async fn user_status(
     command: &str,
     after: u64,
 ) -> nixfleet_mock_dashboard::Frame {
-    let found = dash
-        .wait_until(SLOW, |d| {
-            d.frames(home::HOST, Some("status"))
-                .into_iter()
-                .find(|f| f.seq > after && f.payload["command"] == command)
-        })
-        .await;
+    let found = slow_status(dash, home::HOST, command, after).await;
     found.unwrap_or_else(|| panic!("no status for {command}:\n{}", twin.user_journal()))
 }

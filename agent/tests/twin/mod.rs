@@ -239,9 +239,10 @@ impl Twin {
         // the modules refuse less) that outlast the hub's 90 s window: the
         // window shrinks with them (register_hold.rs)
         let window_ms = (deadline_secs * 1000 / 3).max(1000);
-        // and the watchdog's 60 s shrink to 5 s
+        // and the watchdog's 60 s shrink to 5 s, the activation's 900 s to
+        // 20 s
         let drop_in = format!(
-            "[Service]\nWatchdogSec=5s\nEnvironment=\"NIXFLEET_URL={}\"\nEnvironment=\"NIXFLEET_INTERVAL=1\"\nEnvironment=\"NIXFLEET_ROLLBACK_DEADLINE={deadline_secs}\"\nEnvironment=\"NIXFLEET_HUB_RECONNECT_WINDOW_MS={window_ms}\"\nEnvironment=\"NIXFLEET_LOG_LEVEL=debug\"\n",
+            "[Service]\nWatchdogSec=5s\nEnvironment=\"NIXFLEET_ACTIVATION_TIMEOUT=20\"\nEnvironment=\"NIXFLEET_URL={}\"\nEnvironment=\"NIXFLEET_INTERVAL=1\"\nEnvironment=\"NIXFLEET_ROLLBACK_DEADLINE={deadline_secs}\"\nEnvironment=\"NIXFLEET_HUB_RECONNECT_WINDOW_MS={window_ms}\"\nEnvironment=\"NIXFLEET_LOG_LEVEL=debug\"\n",
             dash.ws_url()
         );
         write(&units.join("nixfleet-agent.service.d/twin.conf"), &drop_in);

@@ -28,6 +28,9 @@ pub struct System {
     pub inhibitors: Option<String>,
     /// A drop-in for the agent's unit (`nixfleet-agent.service.d/generation.conf`).
     pub agent_drop_in: Option<String>,
+    /// Its activation hangs (nixpkgs#378535: a unit whose start never
+    /// ends), having written its PID to `/twin/hang.pid`.
+    pub hangs: bool,
 }
 
 impl System {
@@ -53,6 +56,11 @@ impl System {
         self
     }
 
+    pub fn hangs(mut self) -> System {
+        self.hangs = true;
+        self
+    }
+
     pub fn agent_drop_in(mut self, text: &str) -> System {
         self.agent_drop_in = Some(text.to_string());
         self
@@ -68,6 +76,7 @@ impl System {
             "unitText": unit_text,
             "inhibitors": self.inhibitors.as_deref().unwrap_or(SWITCH_INHIBITORS),
             "dropIn": self.agent_drop_in.clone().unwrap_or_default(),
+            "hangs": self.hangs,
         });
         write(&repo.join("twin/system.json"), &format!("{spec:#}\n"));
         git(repo, &["add", "-A"]);
@@ -135,8 +144,14 @@ pub fn flake() -> String {
           mkdir -p $out/etc/systemd/system/nixfleet-agent.service.d
           printf '%s' "$dropIn" > $out/etc/systemd/system/nixfleet-agent.service.d/generation.conf
         fi
+        if [ -n "$hangs" ]; then
+          printf '#!/bin/sh\necho $$ > /twin/hang.pid\nexec sleep 3600\n' > $out/activate
+        fi
         ${{boot}}
-      '' {{ inherit (spec) inhibitors unitName unitText dropIn; }};
+      '' {{
+        inherit (spec) inhibitors unitName unitText dropIn;
+        hangs = if spec.hangs then "1" else "";
+      }};
     in
     {{
       nixosConfigurations.{HOST}.config.system.build.toplevel = toplevel;
