@@ -72,12 +72,11 @@ impl Pulse {
     }
 }
 
-/// How often `observed.json` is written when only the times moved.
-const REWRITE: Duration = Duration::from_secs(30);
-
 /// Runs the pulse until the process ends (spawn it on the runtime); it
-/// also keeps `observed.json` current (written off the runtime, when
-/// something changed, and at least every [`REWRITE`]).
+/// also keeps `observed.json` current: written off the runtime when
+/// something it holds changed (the connection, the operation running, the
+/// history, the registrations, the generation, the reboot need), never
+/// while the agent idles, so that an idle agent starts no thread for it.
 pub async fn run(
     config: Arc<Config>,
     state: Arc<AgentState>,
@@ -97,8 +96,7 @@ pub async fn run(
     let freeze = freeze_hook();
     let dashboard = dashboard_host(&config.url).to_string();
     let mut shown = String::new();
-    let mut written_version = u64::MAX;
-    let mut written_at = Instant::now();
+    let mut written = Written::default();
     let mut writing = Writing::default();
     let mut tick = tokio::time::interval(period(interval, systemd, own));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -113,15 +111,40 @@ pub async fn run(
         }
         let running = state.running().map(|r| r.command);
         let line = status_line(out.is_connected(), &dashboard, running.as_deref());
-        let changed = line != shown || ledger.version() != written_version;
-        if changed {
+        if line != shown {
             notify::status(&line);
-            shown = line;
         }
-        if (changed || written_at.elapsed() >= REWRITE) && !writing.is_busy() {
-            written_version = ledger.version();
-            written_at = Instant::now();
+        let now = Written::of(&ledger, &state);
+        if (line != shown || now != written) && !writing.is_busy() {
+            written = now;
             writing.start(&config, &state, &out, &ledger);
+        }
+        shown = line;
+    }
+}
+
+/// What `observed.json` was last written with, besides the status line.
+#[derive(Debug, Default, PartialEq)]
+struct Written {
+    ledger: Option<u64>,
+    registrations: u64,
+    generation: String,
+    needs_reboot: bool,
+}
+
+impl Written {
+    fn of(ledger: &Ledger, state: &AgentState) -> Written {
+        let (generation, needs_reboot) = state.with_snapshot(|s| {
+            (
+                s.generation.clone(),
+                s.reboot.as_ref().is_some_and(|r| r.needed()),
+            )
+        });
+        Written {
+            ledger: Some(ledger.version()),
+            registrations: state.registrations(),
+            generation,
+            needs_reboot,
         }
     }
 }

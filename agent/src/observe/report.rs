@@ -139,6 +139,8 @@ pub fn text(status: &Status) -> String {
         let _ = writeln!(s, "dashboard:    {}", o.dashboard);
     }
     let contact = match (o.last_heartbeat_at, o.last_register_at) {
+        // (the file is written on changes: while connected, heartbeats flow)
+        _ if status.agent_running && o.connected => "connected now, heartbeats flowing".to_string(),
         (Some(h), _) => format!("last heartbeat sent {}", ago(h, t)),
         (None, Some(r)) => format!("registered {}", ago(r, t)),
         (None, None) => "never reached".to_string(),
