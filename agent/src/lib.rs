@@ -167,7 +167,7 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
     // its head start); the dashboard need not have answered
     observe::notify::ready(&observe::liveness::status_line(
         false,
-        observe::liveness::dashboard_host(&config.url),
+        observe::facts::dashboard_host(&config.url),
         state.running().map(|r| r.command).as_deref(),
     ));
     let sink: connection::CommandSink = {

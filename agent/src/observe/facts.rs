@@ -5,11 +5,18 @@
 use std::path::{Path, PathBuf};
 
 use super::ledger::{Ledger, Observed, Systems, now};
-use super::liveness::dashboard_host;
 use crate::config::Config;
 use crate::host::HostType;
 use crate::outbound::Outbound;
 use crate::state::AgentState;
+
+/// The host (and port) of the dashboard's URL, for the status line and `status`: no
+/// path, query or credential.
+pub fn dashboard_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority.rsplit('@').next().unwrap_or(authority)
+}
 
 /// When this process started (seconds since the epoch).
 fn started_at() -> u64 {
@@ -72,5 +79,23 @@ pub fn gather(
         log_dir: config.log_dir.clone(),
         journal: journal_hint(config),
         history: ledger.snapshot(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dashboard_is_named_by_its_host_alone() {
+        assert_eq!(
+            dashboard_host("wss://fleet.example.com/ws"),
+            "fleet.example.com"
+        );
+        assert_eq!(
+            dashboard_host("wss://user:secret@fleet.example.com:8443/ws?x=1"),
+            "fleet.example.com:8443"
+        );
+        assert_eq!(dashboard_host("ws://127.0.0.1:9/ws"), "127.0.0.1:9");
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::facts::dashboard_host;
 use super::ledger::Ledger;
 use super::notify;
 use crate::config::Config;
@@ -33,14 +34,6 @@ pub fn status_line(connected: bool, dashboard: &str, running: Option<&str>) -> S
         Some(command) => format!("{link}; running {command}"),
         None => format!("{link}; idle"),
     }
-}
-
-/// The host (and port) of the dashboard's URL, for the status line: no
-/// path, query or credential.
-pub fn dashboard_host(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    authority.rsplit('@').next().unwrap_or(authority)
 }
 
 /// How often the pulse ticks: the heartbeat interval, or more often for a
@@ -243,19 +236,6 @@ mod tests {
             status_line(false, "fleet.example.com", Some("switch")),
             "not connected to fleet.example.com; retrying; running switch"
         );
-    }
-
-    #[test]
-    fn the_dashboard_is_named_by_its_host_alone() {
-        assert_eq!(
-            dashboard_host("wss://fleet.example.com/ws"),
-            "fleet.example.com"
-        );
-        assert_eq!(
-            dashboard_host("wss://user:secret@fleet.example.com:8443/ws?x=1"),
-            "fleet.example.com:8443"
-        );
-        assert_eq!(dashboard_host("ws://127.0.0.1:9/ws"), "127.0.0.1:9");
     }
 
     #[test]
