@@ -103,7 +103,7 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
             return 1;
         }
     };
-    let hashed = hash_in_background(&identity, &config.state_dir);
+    hash_in_background(&identity, &config.state_dir);
     // statuses an earlier process could not deliver go first
     out.restore(undelivered);
     tokio::spawn(undelivered::persist_loop(
@@ -175,11 +175,7 @@ pub async fn run(config: Config, signal: impl std::future::Future<Output = ()>) 
         Arc::new(move |msg| commands.handle(msg))
     };
 
-    // The first register carries the hash if it is ready within a short head
-    // start (a release binary's is); else the heartbeats bring it.
-    if let Some(hashed) = hashed {
-        let _ = tokio::time::timeout(host::HASH_HEAD_START, hashed).await;
-    }
+    // The register never waits for the hash (host/freshness.rs).
     let (stop_tx, stop_rx) = watch::channel(None);
     let conn = Connection::new(
         config.clone(),
@@ -236,16 +232,11 @@ async fn write_state_on_exit(
 
 /// Hashes the binary on a thread of its own when the cache did not have the
 /// hash (it may take seconds for a large debug build, and must not hold the
-/// blocking pool the host facts use); the receiver resolves when the
-/// hash is in `identity`. `None` when there is nothing to do.
-fn hash_in_background(
-    identity: &Identity,
-    state_dir: &std::path::Path,
-) -> Option<tokio::sync::oneshot::Receiver<()>> {
+/// blocking pool the host facts use); the hash is in `identity` once done.
+fn hash_in_background(identity: &Identity, state_dir: &std::path::Path) {
     if identity.register.freshness.binary_hash.is_some() {
-        return None;
+        return;
     }
-    let (done, hashed) = tokio::sync::oneshot::channel();
     let (cell, dir) = (identity.binary_hash.clone(), state_dir.to_path_buf());
     let spawned = std::thread::Builder::new()
         .name("binary-hash".into())
@@ -253,13 +244,8 @@ fn hash_in_background(
             if let Some(hash) = host::hash_running_binary(&dir) {
                 cell.set(hash);
             }
-            let _ = done.send(());
         });
-    match spawned {
-        Ok(_) => Some(hashed),
-        Err(e) => {
-            tracing::warn!("cannot hash the agent binary: {e}");
-            None
-        }
+    if let Err(e) = spawned {
+        tracing::warn!("cannot hash the agent binary: {e}");
     }
 }

@@ -4,14 +4,15 @@
 //!
 //! The commit and the store path cost a stat and a tiny read. The hash reads
 //! the whole executable: a few milliseconds for the release binary, seconds
-//! for a debug build of tens of megabytes. So registration never waits for it
-//! beyond a short head start ([`HASH_HEAD_START`]):
+//! for a debug build of tens of megabytes. So registration never waits for
+//! it (waiting cost a first start about 3 ms of its 7.5 ms to `register`,
+//! docs/benchmarks.md):
 //! - the hash is remembered in the state directory, keyed by the identity of
 //!   the executable file (device, inode, size, modification and change time),
 //!   so a restart of the same binary has it at once;
-//! - otherwise it is computed on a thread of its own; the first `register`
-//!   carries it when it is ready within the head start (a release binary
-//!   always is), else the heartbeats carry it as soon as it is, and the hub
+//! - otherwise it is computed on a thread of its own, and the heartbeats
+//!   carry it as soon as it is (the first one, right after `registered`,
+//!   for a release binary), and the hub
 //!   updates the freshness from every heartbeat that has one (`hub.go`
 //!   `handleHeartbeat`). A register without the hash makes the hub's
 //!   comparison "unknown" (`validation.go` `CompareFreshness`: insufficient
@@ -19,14 +20,10 @@
 
 use std::path::{Component, Path};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use serde::Serialize;
 
 use super::{read_small_string, sha256_file};
-
-/// How long the first `register` waits for a hash that is not cached.
-pub const HASH_HEAD_START: Duration = Duration::from_millis(50);
 
 /// The cache's file in the state directory.
 const CACHE_FILE: &str = "binary-hash";

@@ -35,8 +35,7 @@ use sha2::{Digest, Sha256};
 
 pub use boot::{BootNeed, boot_need, separate_filesystem};
 pub use freshness::{
-    BinaryHash, Freshness, HASH_HEAD_START, STAMP, binary_freshness, executable_hash,
-    hash_running_binary,
+    BinaryHash, Freshness, STAMP, binary_freshness, executable_hash, hash_running_binary,
 };
 pub use git::{GENERATION_LEN, generation, git_head_commit, short_commit};
 pub use metrics::{Metrics, MetricsReader, MetricsSource};
