@@ -7,6 +7,7 @@ use nixfleet_mock_dashboard::MockDashboard;
 
 use crate::fast::*;
 use crate::fixture::*;
+use crate::procfs::*;
 use crate::settings::*;
 use crate::table::*;
 
@@ -83,9 +84,18 @@ pub(crate) async fn figure_throughput(
         return;
     }
     let mut rates = Vec::new();
+    let mut cpu_per_line = Vec::new();
     let mut complete = true;
     for i in 0..s.throughput_runs {
-        let Some((secs, st)) = fast_flood(fast, host, Duration::from_secs(300)).await else {
+        let ticks_before = proc_cpu_ticks(agent.pid);
+        let flood = fast_flood(fast, host, Duration::from_secs(300)).await;
+        // the agent's own CPU (utime + stime; the command's processes are
+        // their own), per line streamed
+        if let (Some(before), Some(after)) = (ticks_before, proc_cpu_ticks(agent.pid)) {
+            let secs = after.saturating_sub(before) as f64 / clock_ticks_per_sec() as f64;
+            cpu_per_line.push(secs / FLOOD_LINES as f64 * 1e6);
+        }
+        let Some((secs, st)) = flood else {
             r.note(format!(
                 "throughput run {i}: no status; {}",
                 agent.log_tail()
@@ -144,6 +154,22 @@ pub(crate) async fn figure_throughput(
     if rates.is_empty() {
         r.row(fig, budget, "no run finished".into(), Verdict::Fail);
         return;
+    }
+    if !cpu_per_line.is_empty() {
+        let mut sorted = cpu_per_line.clone();
+        sorted.sort_by(f64::total_cmp);
+        r.row(
+            "CPU per streamed output line (the agent's own utime + stime, fast receiver)",
+            "goal ≤ 0.3 µs (issue 32; not yet a budget)",
+            format!(
+                "{:.2} µs median of {} (min {:.2}, max {:.2}; 10 ms ticks over each run)",
+                median(&cpu_per_line),
+                sorted.len(),
+                sorted[0],
+                sorted[sorted.len() - 1]
+            ),
+            Verdict::Info,
+        );
     }
     let med = median(&rates);
     let bottleneck = ceiling.is_some_and(|c| c < med * 1.2);
