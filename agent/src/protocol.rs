@@ -204,6 +204,18 @@ pub enum Outcome {
     Warning,
 }
 
+impl Outcome {
+    /// The wire name: `ok`, `error`, `stopped`, `warning`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Stopped => "stopped",
+            Outcome::Warning => "warning",
+        }
+    }
+}
+
 /// The `status` payload: a command ended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -405,6 +417,18 @@ pub fn parse_incoming(text: &str) -> Result<Incoming, IncomingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outcome_names_itself_as_the_wire_does() {
+        for o in [
+            Outcome::Ok,
+            Outcome::Error,
+            Outcome::Stopped,
+            Outcome::Warning,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+    }
 
     #[test]
     fn output_frame_shape() {

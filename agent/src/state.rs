@@ -112,14 +112,18 @@ impl AgentState {
     /// The dashboard answered a `register` with `registered`.
     pub fn note_registered(&self) {
         self.registered.send_modify(|n| *n += 1);
-        self.last_register_at
-            .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
+        self.last_register_at.store(
+            crate::util::unix_secs(std::time::SystemTime::now()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// A heartbeat was written to a registered connection.
     pub fn note_heartbeat(&self) {
-        self.last_heartbeat_at
-            .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
+        self.last_heartbeat_at.store(
+            crate::util::unix_secs(std::time::SystemTime::now()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// How many times the dashboard registered this process.
@@ -240,12 +244,4 @@ impl AgentState {
             }
         }
     }
-}
-
-/// Seconds since the epoch, now.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -432,13 +432,12 @@ impl Commands {
     }
 
     fn send_status(&self, report: Report, command: &str) {
-        let outcome = serde_json::to_value(report.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        self.inner
-            .ledger
-            .ended(command, &outcome, report.exit_code, &report.message);
+        self.inner.ledger.ended(
+            command,
+            report.outcome.as_str(),
+            report.exit_code,
+            &report.message,
+        );
         let generation = host::generation(&self.inner.config.repo_dir);
         self.inner.out.reliable(Outgoing::Status(Status {
             status: report.outcome,

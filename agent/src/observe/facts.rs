@@ -19,11 +19,8 @@ pub fn dashboard_host(url: &str) -> &str {
 }
 
 /// When this process started (seconds since the epoch).
-fn started_at() -> u64 {
-    crate::state::process_started()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+pub fn started_at() -> u64 {
+    crate::util::unix_secs(crate::state::process_started())
 }
 
 /// Where the agent's own log is: its file (launchd), else the journal of

@@ -107,9 +107,8 @@ pub async fn run(
         if line != shown {
             notify::status(&line);
         }
-        let now = Written::of(&ledger, &state);
-        if (line != shown || now != written) && !writing.is_busy() {
-            written = now;
+        if (line != shown || !written.holds(&ledger, &state)) && !writing.is_busy() {
+            written = Written::of(&ledger, &state);
             writing.start(&config, &state, &out, &ledger);
         }
         shown = line;
@@ -117,7 +116,7 @@ pub async fn run(
 }
 
 /// What `observed.json` was last written with, besides the status line.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct Written {
     ledger: Option<u64>,
     registrations: u64,
@@ -126,6 +125,16 @@ struct Written {
 }
 
 impl Written {
+    /// Whether nothing it notes changed (read in place, without copying).
+    fn holds(&self, ledger: &Ledger, state: &AgentState) -> bool {
+        self.ledger == Some(ledger.version())
+            && self.registrations == state.registrations()
+            && state.with_snapshot(|s| {
+                s.generation == self.generation
+                    && s.reboot.as_ref().is_some_and(|r| r.needed()) == self.needs_reboot
+            })
+    }
+
     fn of(ledger: &Ledger, state: &AgentState) -> Written {
         let (generation, needs_reboot) = state.with_snapshot(|s| {
             (

@@ -67,10 +67,7 @@ pub fn render(src: &Sources) -> String {
         "nixfleet_agent_start_time_seconds",
         "gauge",
         "When the agent process started, in seconds since the epoch.",
-        crate::state::process_started()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        super::facts::started_at(),
     );
     one(
         &mut s,
