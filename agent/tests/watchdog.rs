@@ -362,9 +362,27 @@ async fn a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once() {
 /// before the restart.
 #[tokio::test]
 async fn a_new_agent_that_never_starts_is_rolled_back_and_the_next_one_shows_it() {
-    let s = setup().await;
+    // the test's 2 s deadline stands for one of at least 100 s, which
+    // outlasts the hub's 90 s window: the mock's window shrinks with it
+    let s = setup_on(
+        MockDashboard::start(nixfleet_mock_dashboard::Options {
+            reconnect_timeout: std::time::Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+    )
+    .await;
     let mut a = s.agent(&s.dash.ws_url(), 2).spawn();
-    let sent = s.switch_and_restart(&mut a).await;
+    wait_register(&s.dash, HOST, 0).await;
+    // through the dashboard's lifecycle: the status comes before the restart
+    let sent = s.dash.last_seq();
+    let d = s.dash.dispatch(HOST, "switch", false);
+    assert_eq!(d.status, "EXECUTING", "{d:?}");
+    let id = d.command_id.clone().unwrap();
+    let st = status_for(&s.dash, HOST, "switch", sent).await;
+    assert_eq!(st.payload["message"], OK_MESSAGE, "{}", st.payload);
+    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
     file_appears(&s.record().join("rollback.exit")).await;
     s.assert_rolled_back();
     let _b = s.agent(&s.dash.ws_url(), 2).spawn();
@@ -382,6 +400,9 @@ async fn a_new_agent_that_never_starts_is_rolled_back_and_the_next_one_shows_it(
         "{message}"
     );
     assert_eq!(s.statuses().len(), 1, "reported once, before the restart");
+    // no agent came back within the hub's window: TIMEOUT, never SUCCESS
+    let op = s.dash.wait_op(&id, WAIT).await.unwrap();
+    assert_eq!(op.status, "TIMEOUT", "{op:?}");
     assert_no_violations(&s.dash);
 }
 
