@@ -123,7 +123,7 @@ impl Fixture {
         let state = self.tmp.path().join(format!("state-{n}-{host}"));
         let log = self.tmp.path().join(format!("agent-{n}-{host}.log"));
         let log_file = std::fs::File::create(&log).expect("create agent log");
-        let mut cmd = Command::new(AGENT_BIN);
+        let mut cmd = Command::new(agent_bin());
         cmd.env_clear()
             .env("NIXFLEET_URL", url)
             .env("NIXFLEET_TOKEN", DEFAULT_TOKEN)
@@ -230,6 +230,15 @@ pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     percentile(&s, 50.0)
+}
+
+/// `(min, median, max)` of a non-empty sample.
+pub(crate) fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let lo = s.first().copied().unwrap_or(f64::NAN);
+    let hi = s.last().copied().unwrap_or(f64::NAN);
+    (lo, percentile(&s, 50.0), hi)
 }
 
 pub(crate) fn millis(d: Duration) -> f64 {

@@ -4,6 +4,7 @@
 //! cargo bench -p nixfleet-agent --bench budget                     # ~2 min
 //! BUDGET_QUICK=1 cargo bench -p nixfleet-agent --bench budget      # smoke run, < 1 min
 //! BUDGET_ONLY=throughput,latency cargo bench -p nixfleet-agent --bench budget
+//! BUDGET_AGENT=result/bin/nixfleet-agent cargo bench …                # measure another build
 //! ```
 //!
 //! The real agent binary (built by cargo in the bench profile, i.e. release)

@@ -137,10 +137,7 @@ pub(crate) fn machine() -> Vec<String> {
     vec![
         format!("CPU: {model}{mhz}, {nproc} logical CPUs (nproc)"),
         format!("kernel: Linux {kernel}, RAM: {mem}"),
-        format!(
-            "agent binary: {AGENT_BIN} (cargo bench profile = release, {})",
-            linking()
-        ),
+        format!("agent binary: {} ({})", agent_bin(), linking()),
     ]
 }
 
@@ -166,7 +163,11 @@ pub(crate) fn elf_facts(bytes: &[u8]) -> Option<(bool, bool)> {
 }
 
 pub(crate) fn linking() -> &'static str {
-    match std::fs::read(AGENT_BIN).ok().as_deref().and_then(elf_facts) {
+    match std::fs::read(agent_bin())
+        .ok()
+        .as_deref()
+        .and_then(elf_facts)
+    {
         Some((_, true)) => "dynamically linked",
         Some((_, false)) => "statically linked",
         None => "linking unknown",

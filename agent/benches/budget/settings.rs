@@ -3,7 +3,18 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-pub(crate) const AGENT_BIN: &str = env!("CARGO_BIN_EXE_nixfleet-agent");
+/// The agent binary cargo built for this bench.
+const CARGO_AGENT_BIN: &str = env!("CARGO_BIN_EXE_nixfleet-agent");
+
+/// The agent binary measured: `BUDGET_AGENT` (another build of the same
+/// source, e.g. the flake's `result/bin/nixfleet-agent` or a musl build),
+/// else the one cargo built for this bench.
+pub(crate) fn agent_bin() -> String {
+    std::env::var("BUDGET_AGENT")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| CARGO_AGENT_BIN.to_string())
+}
 pub(crate) const MIB: f64 = 1024.0 * 1024.0;
 
 /// Lines of the flood command (figures 4 and 7).
@@ -51,7 +62,7 @@ impl Settings {
                 only,
                 idle: Duration::from_secs(60),
                 startup_runs: 20,
-                throughput_runs: 3,
+                throughput_runs: 5,
                 ceiling_lines: 1_000_000,
                 latency_secs: 10,
                 flood_secs: 6,

@@ -6,7 +6,7 @@ use crate::settings::*;
 use crate::table::*;
 
 pub(crate) fn figure_size(r: &mut Report) {
-    let bytes = std::fs::read(AGENT_BIN).expect("read the agent binary");
+    let bytes = std::fs::read(agent_bin()).expect("read the agent binary");
     let size = bytes.len() as u64;
     let stripped = match elf_facts(&bytes).map(|f| f.0) {
         Some(false) => "stripped",
