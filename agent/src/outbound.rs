@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
-use crate::protocol::{Outgoing, Output, Stream};
+use crate::protocol::{Outgoing, Output, Stream, output_json};
 use crate::util::lock;
 
 /// Capacity of the control lane.
@@ -42,31 +42,52 @@ pub const OUTPUT_BYTES: usize = 2 * 1024 * 1024;
 /// Most frames kept in the outbox; the oldest is dropped past this.
 pub const OUTBOX_CAPACITY: usize = 256;
 
-/// One line of output on its way to the writer.
+/// One line of output on its way to the writer: its `output` frame, already
+/// JSON text (the writer sends it as it is).
 #[derive(Debug)]
 pub struct Line {
-    /// The command's name.
-    pub command: String,
-    /// Which stream.
-    pub stream: Stream,
-    /// The text (already valid UTF-8 and bounded in length).
-    pub text: String,
+    json: String,
 }
 
 impl Line {
-    /// What the line costs while queued, for the lane's byte bound.
-    pub fn weight(&self) -> usize {
-        self.text.len() + self.command.len()
+    /// The line `text` of `command` on `stream`.
+    pub fn new(command: &str, stream: Stream, text: &str) -> Line {
+        Line {
+            json: output_json(command, stream, text),
+        }
     }
 
-    /// The `output` frame for this line.
+    /// What the line costs while queued, for the lane's byte bound: its frame.
+    pub fn weight(&self) -> usize {
+        self.json.len()
+    }
+
+    /// The `output` frame's JSON text.
+    pub fn into_json(self) -> String {
+        self.json
+    }
+
+    /// The frame read back (tests look at what the writer would send).
+    #[cfg(test)]
+    pub fn output(&self) -> Output {
+        let v: serde_json::Value = serde_json::from_str(&self.json).expect("an output frame");
+        let p = &v["payload"];
+        let text = |k: &str| p[k].as_str().expect("a string field").to_string();
+        Output {
+            line: text("line"),
+            stream: match p["stream"].as_str() {
+                Some("stderr") => Stream::Stderr,
+                _ => Stream::Stdout,
+            },
+            command: text("command"),
+            is_error: p["is_error"].as_bool().expect("is_error"),
+        }
+    }
+
+    /// The frame read back, as the writer's other frames (tests).
+    #[cfg(test)]
     pub fn into_frame(self) -> Outgoing {
-        Outgoing::Output(Output {
-            is_error: self.stream == Stream::Stderr,
-            line: self.text,
-            stream: self.stream,
-            command: self.command,
-        })
+        Outgoing::Output(self.output())
     }
 }
 
@@ -547,16 +568,14 @@ impl Outbound {
         }
         tracing::warn!("{n} output lines were dropped: the dashboard was not keeping up");
         let command = lock(&self.last_command).clone();
-        Some(
-            Line {
-                command,
-                stream: Stream::Stderr,
-                text: format!(
-                    "[nixfleet-agent] {n} output line(s) dropped: the dashboard was not keeping up (the full output is in the agent's log)"
-                ),
-            }
-            .into_frame(),
-        )
+        Some(Outgoing::Output(Output {
+            line: format!(
+                "[nixfleet-agent] {n} output line(s) dropped: the dashboard was not keeping up (the full output is in the agent's log)"
+            ),
+            stream: Stream::Stderr,
+            command,
+            is_error: true,
+        }))
     }
 }
 
@@ -582,11 +601,7 @@ mod tests {
     }
 
     fn line(text: &str) -> Line {
-        Line {
-            command: "test".into(),
-            stream: Stream::Stdout,
-            text: text.into(),
-        }
+        Line::new("test", Stream::Stdout, text)
     }
 
     /// The frame the writer would take now.

@@ -440,7 +440,7 @@ impl Connection {
                     }
                     let weight = batch.iter().map(|l| l.weight()).sum();
                     self.out.note_consumed(n as u64, weight);
-                    let frames: Vec<Message> = batch.drain(..).map(|l| text(&l.into_frame())).collect();
+                    let frames: Vec<Message> = batch.drain(..).map(|l| Message::text(l.into_json())).collect();
                     let mut r = write_all(&mut sink, frames, &deadline, &mut events).await;
                     if r.is_ok()
                         && self.rx.output.is_empty()
@@ -500,7 +500,10 @@ impl Connection {
                     }
                     let weight = batch.iter().map(|l| l.weight()).sum();
                     self.out.note_consumed(n as u64, weight);
-                    let frames = batch.into_iter().map(|l| text(&l.into_frame())).collect();
+                    let frames = batch
+                        .into_iter()
+                        .map(|l| Message::text(l.into_json()))
+                        .collect();
                     write_all(sink, frames, deadline, events).await?;
                 } else {
                     break;

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::{Freshness, Metrics};
 
+mod output_json;
+pub use output_json::output_json;
+
 /// The `register` payload: the first frame on every connection.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Register {

@@ -303,15 +303,16 @@ impl Sink {
         // only the last lines of a chunk can end up in the tail
         let tail_from = ranges.len().saturating_sub(TAIL_LINES);
         for (i, &r) in ranges.iter().enumerate() {
-            let text = String::from_utf8_lossy(split.get(r)).into_owned();
+            // borrowed unless the bytes need repair: no copy of a valid line
+            let text = String::from_utf8_lossy(split.get(r));
             if i >= tail_from {
                 tail.push(&text);
             }
             if let Some(captured) = &self.captured {
-                lock(captured).push(text);
+                lock(captured).push(text.into_owned());
                 continue;
             }
-            self.send(stream, text).await;
+            self.send(stream, &text).await;
         }
     }
 
@@ -320,13 +321,13 @@ impl Sink {
     pub async fn note(&self, text: String) {
         if !text.contains(['\n', '\r']) {
             self.log.note(&text);
-            return self.send(Stream::Stdout, text).await;
+            return self.send(Stream::Stdout, &text).await;
         }
         // one chunk for the log, waiting for room in its queue (a block of
         // notes, e.g. a preview, must not lose lines while it is full)
         self.log.write_lines(text.lines().map(str::as_bytes)).await;
         for line in text.lines() {
-            self.send(Stream::Stdout, line.to_string()).await;
+            self.send(Stream::Stdout, line).await;
         }
     }
 
@@ -334,20 +335,13 @@ impl Sink {
     /// each: the command's log got them (or more) another way, in order.
     pub async fn announce(&self, lines: &[String]) {
         for line in lines {
-            self.send(Stream::Stdout, line.clone()).await;
+            self.send(Stream::Stdout, line).await;
         }
     }
 
-    async fn send(&self, stream: Stream, text: String) {
+    async fn send(&self, stream: Stream, text: &str) {
         match &self.out {
-            Some(out) => {
-                out.line(Line {
-                    command: self.command.clone(),
-                    stream,
-                    text,
-                })
-                .await;
-            }
+            Some(out) => out.line(Line::new(&self.command, stream, text)).await,
             None => tracing::info!("{} {}: {text}", self.command, stream.as_str()),
         }
     }

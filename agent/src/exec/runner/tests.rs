@@ -150,7 +150,8 @@ fn harness() -> Harness {
             if let Some(c) = consumer.upgrade() {
                 c.note_consumed(1, line.weight());
             }
-            lines.push((line.stream, line.text));
+            let o = line.output();
+            lines.push((o.stream, o.line));
         }
         lines
     });
