@@ -36,8 +36,8 @@ use crate::state::AgentState;
 
 mod socket;
 use socket::{
-    AbortOnDrop, Deadline, ReaderEvent, SessionEnd, Socket, close, guarded, lost, read_loop, text,
-    wait_stop, write_all,
+    AbortOnDrop, Deadline, ReaderEvent, SessionEnd, Socket, close, guarded, lost, output_message,
+    read_loop, text, wait_stop, write_all,
 };
 pub use socket::{CommandSink, Stop};
 
@@ -440,7 +440,7 @@ impl Connection {
                     }
                     let weight = batch.iter().map(|l| l.weight()).sum();
                     self.out.note_consumed(n as u64, weight);
-                    let frames: Vec<Message> = batch.drain(..).map(|l| Message::text(l.into_json())).collect();
+                    let frames: Vec<Message> = batch.drain(..).map(output_message).collect();
                     let mut r = write_all(&mut sink, frames, &deadline, &mut events).await;
                     if r.is_ok()
                         && self.rx.output.is_empty()
@@ -500,10 +500,7 @@ impl Connection {
                     }
                     let weight = batch.iter().map(|l| l.weight()).sum();
                     self.out.note_consumed(n as u64, weight);
-                    let frames = batch
-                        .into_iter()
-                        .map(|l| Message::text(l.into_json()))
-                        .collect();
+                    let frames = batch.into_iter().map(output_message).collect();
                     write_all(sink, frames, deadline, events).await?;
                 } else {
                     break;

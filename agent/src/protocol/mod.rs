@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::host::{Freshness, Metrics};
 
 mod output_json;
-pub use output_json::output_json;
+pub use output_json::{OUTPUT_HEAD, output_json, push_json_str, push_output_tail};
 
 /// The `register` payload: the first frame on every connection.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -30,8 +30,41 @@ const ESCAPE: [u8; 256] = {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// The `output` frame for one `line` of `command` on `stream`, as JSON text.
+pub fn output_json(command: &str, stream: Stream, line: &str) -> String {
+    let mut out = String::with_capacity(line.len() + command.len() + 80);
+    push_output_json(&mut out, command, stream, line);
+    out
+}
+
+/// Appends the `output` frame for one `line` to `out` (frames of one chunk
+/// of output share one buffer).
+pub fn push_output_json(out: &mut String, command: &str, stream: Stream, line: &str) {
+    out.push_str(OUTPUT_HEAD);
+    push_json_str(out, line);
+    push_output_tail(out, command, stream);
+}
+
+/// What every `output` frame starts with, up to its line.
+pub const OUTPUT_HEAD: &str = r#"{"type":"output","payload":{"line":"#;
+
+/// Appends what follows the line in every `output` frame of `command` on
+/// `stream` (the same for all lines of a chunk).
+pub fn push_output_tail(out: &mut String, command: &str, stream: Stream) {
+    out.push_str(r#","stream":""#);
+    out.push_str(stream.as_str());
+    out.push_str(r#"","command":"#);
+    push_json_str(out, command);
+    out.push_str(r#","is_error":"#);
+    out.push_str(match stream {
+        Stream::Stderr => "true",
+        Stream::Stdout => "false",
+    });
+    out.push_str("}}");
+}
+
 /// Appends `s` to `out` as a JSON string, quotes included.
-fn push_json_str(out: &mut String, s: &str) {
+pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
@@ -57,24 +90,6 @@ fn push_json_str(out: &mut String, s: &str) {
     }
     out.push_str(&s[start..]);
     out.push('"');
-}
-
-/// The `output` frame for one `line` of `command` on `stream`, as JSON text.
-pub fn output_json(command: &str, stream: Stream, line: &str) -> String {
-    let mut out = String::with_capacity(line.len() + command.len() + 80);
-    out.push_str(r#"{"type":"output","payload":{"line":"#);
-    push_json_str(&mut out, line);
-    out.push_str(r#","stream":""#);
-    out.push_str(stream.as_str());
-    out.push_str(r#"","command":"#);
-    push_json_str(&mut out, command);
-    out.push_str(r#","is_error":"#);
-    out.push_str(match stream {
-        Stream::Stderr => "true",
-        Stream::Stdout => "false",
-    });
-    out.push_str("}}");
-    out
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ pub use lines::{MAX_LINE, READ_CHUNK, Splitter, TAIL_LINES, Tail, clip, failure_
 
 use super::env::ChildEnv;
 use super::runlog::RunLog;
-use crate::outbound::{Line, Outbound};
+use crate::outbound::{BATCH_LINES, Line, LineBatch, Outbound};
 use crate::protocol::Stream;
 use crate::state::{AgentState, Running};
 
@@ -302,17 +302,30 @@ impl Sink {
             .await;
         // only the last lines of a chunk can end up in the tail
         let tail_from = ranges.len().saturating_sub(TAIL_LINES);
+        let bytes = ranges.iter().take(BATCH_LINES).map(|&(a, b)| b - a).sum();
+        let mut batch = LineBatch::new(&self.command, stream, bytes);
         for (i, &r) in ranges.iter().enumerate() {
             // borrowed unless the bytes need repair: no copy of a valid line
             let text = String::from_utf8_lossy(split.get(r));
             if i >= tail_from {
                 tail.push(&text);
             }
-            if let Some(captured) = &self.captured {
-                lock(captured).push(text.into_owned());
-                continue;
+            match (&self.captured, &self.out) {
+                (Some(captured), _) => lock(captured).push(text.into_owned()),
+                (None, Some(out)) => {
+                    if !batch.push(&text) {
+                        for line in batch.take_lines() {
+                            out.line(line).await;
+                        }
+                    }
+                }
+                (None, None) => tracing::info!("{} {}: {text}", self.command, stream.as_str()),
             }
-            self.send(stream, &text).await;
+        }
+        if let Some(out) = &self.out {
+            for line in batch.take_lines() {
+                out.line(line).await;
+            }
         }
     }
 

@@ -30,8 +30,11 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 
-use crate::protocol::{Outgoing, Output, Stream, output_json};
+use crate::protocol::{Outgoing, Output, Stream};
+
+mod line;
 use crate::util::lock;
+pub use line::{BATCH_LINES, Line, LineBatch};
 
 /// Capacity of the control lane.
 pub const CONTROL_CAPACITY: usize = 64;
@@ -41,55 +44,6 @@ pub const OUTPUT_CAPACITY: usize = 8192;
 pub const OUTPUT_BYTES: usize = 2 * 1024 * 1024;
 /// Most frames kept in the outbox; the oldest is dropped past this.
 pub const OUTBOX_CAPACITY: usize = 256;
-
-/// One line of output on its way to the writer: its `output` frame, already
-/// JSON text (the writer sends it as it is).
-#[derive(Debug)]
-pub struct Line {
-    json: String,
-}
-
-impl Line {
-    /// The line `text` of `command` on `stream`.
-    pub fn new(command: &str, stream: Stream, text: &str) -> Line {
-        Line {
-            json: output_json(command, stream, text),
-        }
-    }
-
-    /// What the line costs while queued, for the lane's byte bound: its frame.
-    pub fn weight(&self) -> usize {
-        self.json.len()
-    }
-
-    /// The `output` frame's JSON text.
-    pub fn into_json(self) -> String {
-        self.json
-    }
-
-    /// The frame read back (tests look at what the writer would send).
-    #[cfg(test)]
-    pub fn output(&self) -> Output {
-        let v: serde_json::Value = serde_json::from_str(&self.json).expect("an output frame");
-        let p = &v["payload"];
-        let text = |k: &str| p[k].as_str().expect("a string field").to_string();
-        Output {
-            line: text("line"),
-            stream: match p["stream"].as_str() {
-                Some("stderr") => Stream::Stderr,
-                _ => Stream::Stdout,
-            },
-            command: text("command"),
-            is_error: p["is_error"].as_bool().expect("is_error"),
-        }
-    }
-
-    /// The frame read back, as the writer's other frames (tests).
-    #[cfg(test)]
-    pub fn into_frame(self) -> Outgoing {
-        Outgoing::Output(self.output())
-    }
-}
 
 /// The producers' side, shared by every task that sends frames.
 #[derive(Debug)]
