@@ -7,8 +7,9 @@
 //! BUDGET_AGENT=result/bin/nixfleet-agent cargo bench …                # measure another build
 //! ```
 //!
-//! The real agent binary (built by cargo in the bench profile, i.e. release)
-//! runs as a separate process on loopback. The receivers run in this process:
+//! The real agent binary (`BUDGET_AGENT`, which `checks/budget.sh` sets to
+//! the build the flake ships; else the one cargo built for this bench, in the
+//! bench profile, i.e. release) runs as a separate process on loopback. The receivers run in this process:
 //!
 //! - the mock dashboard with `keep_output_frames = false` (output frames
 //!   validated and counted, not stored): idle, startup, and one validated run
