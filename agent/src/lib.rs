@@ -233,6 +233,9 @@ async fn write_state_on_exit(
 /// Hashes the binary on a thread of its own when the cache did not have the
 /// hash (it may take seconds for a large debug build, and must not hold the
 /// blocking pool the host facts use); the hash is in `identity` once done.
+/// On Linux the thread runs under `SCHED_IDLE`: it takes only CPU time nothing
+/// else wants, so it never slows the start-up and the first `register` (on a
+/// one-core board it would otherwise take turns with them).
 fn hash_in_background(identity: &Identity, state_dir: &std::path::Path) {
     if identity.register.freshness.binary_hash.is_some() {
         return;
@@ -241,11 +244,29 @@ fn hash_in_background(identity: &Identity, state_dir: &std::path::Path) {
     let spawned = std::thread::Builder::new()
         .name("binary-hash".into())
         .spawn(move || {
+            background_priority();
             if let Some(hash) = host::hash_running_binary(&dir) {
                 cell.set(hash);
             }
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot hash the agent binary: {e}");
+    }
+}
+
+/// Lowers the calling thread to `SCHED_IDLE` (Linux; elsewhere nothing).
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sets the calling thread's (pid 0) policy from a valid
+        // sched_param; no memory is shared.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc != 0 {
+            tracing::debug!(
+                "cannot lower the hash thread's priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
