@@ -61,6 +61,7 @@ fn main() -> ExitCode {
         return exit(2);
     }
 
+    one_malloc_arena();
     let config = match Config::from_process_env() {
         Ok(c) => c,
         Err(e) => {
@@ -295,4 +296,18 @@ fn print_check(config: &Config) -> i32 {
 
 fn or_unknown(s: &str) -> &str {
     if s.is_empty() { "unknown" } else { s }
+}
+
+/// glibc gives each thread that allocates an arena of its own, and the
+/// agent's few threads (blocking work, run logs, the hash) allocate little
+/// and rarely: their arenas kept about 0.2 MiB resident for the life of the
+/// process (idle RSS 0.75 → 0.56 MiB anonymous, docs/benchmarks.md). One
+/// arena for all, set before any thread starts.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of the allocator; no other thread
+    // exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
