@@ -258,10 +258,13 @@ fn hash_in_background(identity: &Identity, state_dir: &std::path::Path) {
 fn background_priority() {
     #[cfg(target_os = "linux")]
     {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sets the calling thread's (pid 0) policy from a valid
-        // sched_param; no memory is shared.
-        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        // SAFETY: sched_param is plain integers (more of them on musl), for
+        // which all zeroes is valid (SCHED_IDLE wants priority 0); the call
+        // sets the calling thread's (pid 0) policy and shares no memory.
+        let rc = unsafe {
+            let param: libc::sched_param = std::mem::zeroed();
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
+        };
         if rc != 0 {
             tracing::debug!(
                 "cannot lower the hash thread's priority: {}",
