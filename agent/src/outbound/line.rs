@@ -64,50 +64,47 @@ impl Line {
 pub const BATCH_LINES: usize = 256;
 
 /// The `output` frames of up to [`BATCH_LINES`] lines of `command` on
-/// `stream`, written back to back into one buffer.
+/// `stream`, written back to back into one buffer sized for them.
+///
+/// The buffer lives as long as any of its lines is queued, so it is sized
+/// for the lines it gets, never more: a child printing one line per read
+/// makes one small buffer per line, and the lane's byte bound (which counts
+/// frames) stays the bound of the memory it holds.
 #[derive(Debug)]
 pub struct LineBatch {
     /// What follows the line in each frame (the same for all).
     tail: String,
-    /// The buffer's size when it is (re)made.
-    capacity: usize,
     buf: String,
     ends: Vec<usize>,
 }
 
 impl LineBatch {
-    /// An empty batch for about `bytes` bytes of line text.
-    pub fn new(command: &str, stream: Stream, bytes: usize) -> LineBatch {
+    /// An empty batch for `lines` lines of `bytes` bytes of text in all.
+    pub fn new(command: &str, stream: Stream, lines: usize, bytes: usize) -> LineBatch {
         let mut tail = String::with_capacity(command.len() + 48);
         push_output_tail(&mut tail, command, stream);
-        let per_line = OUTPUT_HEAD.len() + tail.len() + 2;
+        // the frame of a line that needs no escaping, exactly
+        let per_line = OUTPUT_HEAD.len() + 2 + tail.len();
         LineBatch {
-            capacity: bytes + BATCH_LINES * per_line,
+            buf: String::with_capacity(bytes + lines * per_line),
             tail,
-            buf: String::new(),
-            ends: Vec::new(),
+            ends: Vec::with_capacity(lines),
         }
     }
 
-    /// Adds the frame of one line; false once the batch is full.
-    pub fn push(&mut self, text: &str) -> bool {
-        if self.ends.is_empty() {
-            self.buf.reserve(self.capacity);
-            self.ends.reserve(BATCH_LINES);
-        }
+    /// Adds the frame of one line.
+    pub fn push(&mut self, text: &str) {
         self.buf.push_str(OUTPUT_HEAD);
         push_json_str(&mut self.buf, text);
         self.buf.push_str(&self.tail);
         self.ends.push(self.buf.len());
-        self.ends.len() < BATCH_LINES
     }
 
-    /// The lines, in order, each a slice of the one buffer; the batch is
-    /// empty again.
-    pub fn take_lines(&mut self) -> impl Iterator<Item = Line> + use<> {
-        let all = Bytes::from(std::mem::take(&mut self.buf));
+    /// The lines, in order, each a slice of the one buffer.
+    pub fn into_lines(self) -> impl Iterator<Item = Line> {
+        let all = Bytes::from(self.buf);
         let mut start = 0;
-        std::mem::take(&mut self.ends).into_iter().map(move |end| {
+        self.ends.into_iter().map(move |end| {
             let frame = all.slice(start..end);
             start = end;
             Line { frame }
@@ -121,13 +118,15 @@ mod tests {
 
     #[test]
     fn a_batch_gives_each_line_its_own_frame_in_order() {
-        let mut batch = LineBatch::new("test", Stream::Stderr, 12);
-        for text in ["one", "", "thrée \"3\""] {
-            assert!(batch.push(text));
+        let texts = ["one", "", "thrée \"3\""];
+        let bytes = texts.iter().map(|t| t.len()).sum();
+        let mut batch = LineBatch::new("test", Stream::Stderr, texts.len(), bytes);
+        for text in texts {
+            batch.push(text);
         }
-        let lines: Vec<Line> = batch.take_lines().collect();
+        let lines: Vec<Line> = batch.into_lines().collect();
         assert_eq!(lines.len(), 3);
-        for (line, text) in lines.iter().zip(["one", "", "thrée \"3\""]) {
+        for (line, text) in lines.iter().zip(texts) {
             assert_eq!(
                 line.frame,
                 output_json("test", Stream::Stderr, text).as_bytes()
@@ -135,12 +134,24 @@ mod tests {
             assert_eq!(line.weight(), line.frame.len());
             assert_eq!(line.output().line, text);
         }
-        assert_eq!(batch.take_lines().count(), 0);
-        let full = (0..BATCH_LINES)
-            .map(|_| batch.push("x"))
-            .filter(|room| !room)
-            .count();
-        assert_eq!(full, 1, "only the last push fills it");
-        assert_eq!(batch.take_lines().count(), BATCH_LINES);
+    }
+
+    #[test]
+    fn a_batch_holds_no_more_memory_than_its_frames() {
+        // one line per read, e.g. a build's progress: the buffer each queued
+        // line keeps alive is that line's frame, not room for a full batch
+        let mut batch = LineBatch::new("switch", Stream::Stdout, 1, 5);
+        batch.push("hello");
+        let frame = output_json("switch", Stream::Stdout, "hello");
+        assert_eq!(batch.buf.capacity(), frame.len());
+        let mut full = LineBatch::new("test", Stream::Stdout, BATCH_LINES, BATCH_LINES);
+        for _ in 0..BATCH_LINES {
+            full.push("x");
+        }
+        assert_eq!(
+            full.buf.capacity(),
+            full.buf.len(),
+            "sized exactly, never grown"
+        );
     }
 }

@@ -302,29 +302,31 @@ impl Sink {
             .await;
         // only the last lines of a chunk can end up in the tail
         let tail_from = ranges.len().saturating_sub(TAIL_LINES);
-        let bytes = ranges.iter().take(BATCH_LINES).map(|&(a, b)| b - a).sum();
-        let mut batch = LineBatch::new(&self.command, stream, bytes);
-        for (i, &r) in ranges.iter().enumerate() {
-            // borrowed unless the bytes need repair: no copy of a valid line
-            let text = String::from_utf8_lossy(split.get(r));
-            if i >= tail_from {
-                tail.push(&text);
-            }
-            match (&self.captured, &self.out) {
-                (Some(captured), _) => lock(captured).push(text.into_owned()),
-                (None, Some(out)) => {
-                    if !batch.push(&text) {
-                        for line in batch.take_lines() {
-                            out.line(line).await;
-                        }
+        // lines kept for the caller, or logged for lack of a dashboard, are
+        // never framed
+        let sending = self.captured.is_none() && self.out.is_some();
+        for (g, group) in ranges.chunks(BATCH_LINES).enumerate() {
+            let bytes = group.iter().map(|&(a, b)| b - a).sum();
+            let mut batch =
+                sending.then(|| LineBatch::new(&self.command, stream, group.len(), bytes));
+            for (j, &r) in group.iter().enumerate() {
+                // borrowed unless the bytes need repair: no copy of a valid line
+                let text = String::from_utf8_lossy(split.get(r));
+                if g * BATCH_LINES + j >= tail_from {
+                    tail.push(&text);
+                }
+                match (&self.captured, &mut batch) {
+                    (Some(captured), _) => lock(captured).push(text.into_owned()),
+                    (None, Some(batch)) => batch.push(&text),
+                    (None, None) => {
+                        tracing::info!("{} {}: {text}", self.command, stream.as_str())
                     }
                 }
-                (None, None) => tracing::info!("{} {}: {text}", self.command, stream.as_str()),
             }
-        }
-        if let Some(out) = &self.out {
-            for line in batch.take_lines() {
-                out.line(line).await;
+            if let (Some(out), Some(batch)) = (&self.out, batch) {
+                for line in batch.into_lines() {
+                    out.line(line).await;
+                }
             }
         }
     }
