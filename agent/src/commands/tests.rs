@@ -75,9 +75,9 @@ pub(super) async fn fake_writer(
     loop {
         tokio::select! {
             Some(f) = control.recv() => lock(&frames).push(f),
-            Some(line) = output.recv() => {
-                out.note_consumed(1, line.weight());
-                lock(&frames).push(line.into_frame());
+            Some(lines) = output.recv() => {
+                out.note_consumed(lines.count() as u64, lines.weight());
+                lock(&frames).extend(lines.outputs().into_iter().map(Outgoing::Output));
             }
             _ = out.outbox_changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}

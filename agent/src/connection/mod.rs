@@ -30,21 +30,23 @@ use crate::backoff::Backoff;
 use crate::compartments::with_reboot_need;
 use crate::config::Config;
 use crate::host::RebootNeed;
-use crate::outbound::{Outbound, OutboundRx};
+use crate::outbound::{Lines, Outbound, OutboundRx};
 use crate::protocol::{Heartbeat, Outgoing, Register};
 use crate::state::AgentState;
 
 mod socket;
 use socket::{
-    AbortOnDrop, Deadline, ReaderEvent, SessionEnd, Socket, close, guarded, lost, output_message,
+    AbortOnDrop, Deadline, ReaderEvent, SessionEnd, Socket, close, frame_message, guarded, lost,
     read_loop, text, wait_stop, write_all,
 };
 pub use socket::{CommandSink, Stop};
 
 /// Largest frame accepted from the dashboard; larger ones end the session.
 pub const MAX_INCOMING_FRAME: usize = 64 * 1024;
-/// Output lines written per batch before the writer looks at the other lanes again.
-const OUTPUT_BATCH: usize = 256;
+/// Items of the output lane written per flush before the writer looks at the
+/// other lanes again: up to 16 pipe reads' lines (each at most 256), or 16
+/// single lines.
+const OUTPUT_ITEMS: usize = 16;
 /// How long a shutdown spends delivering what is already in the outbox (and
 /// waiting for the dashboard's pong that confirms it).
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
@@ -352,7 +354,7 @@ impl Connection {
         let mut ping =
             tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut batch: Vec<crate::outbound::Line> = Vec::with_capacity(OUTPUT_BATCH);
+        let mut batch: Vec<Lines> = Vec::with_capacity(OUTPUT_ITEMS);
 
         loop {
             let ready = self.out.outbox_ready();
@@ -433,14 +435,12 @@ impl Connection {
                     }
                     r
                 }
-                n = self.rx.output.recv_many(&mut batch, OUTPUT_BATCH) => {
+                n = self.rx.output.recv_many(&mut batch, OUTPUT_ITEMS) => {
                     if n == 0 {
                         // every producer is gone; nothing more will come
                         std::future::pending::<()>().await;
                     }
-                    let weight = batch.iter().map(|l| l.weight()).sum();
-                    self.out.note_consumed(n as u64, weight);
-                    let frames: Vec<Message> = batch.drain(..).map(output_message).collect();
+                    let frames = take_frames(&mut batch, &self.out);
                     let mut r = write_all(&mut sink, frames, &deadline, &mut events).await;
                     if r.is_ok()
                         && self.rx.output.is_empty()
@@ -494,13 +494,11 @@ impl Connection {
                     }
                 } else if self.out.outbox_waiting() {
                     let mut batch = Vec::new();
-                    let n = self.rx.output.recv_many(&mut batch, OUTPUT_BATCH).await;
+                    let n = self.rx.output.recv_many(&mut batch, OUTPUT_ITEMS).await;
                     if n == 0 {
                         break;
                     }
-                    let weight = batch.iter().map(|l| l.weight()).sum();
-                    self.out.note_consumed(n as u64, weight);
-                    let frames = batch.into_iter().map(output_message).collect();
+                    let frames = take_frames(&mut batch, &self.out);
                     write_all(sink, frames, deadline, events).await?;
                 } else {
                     break;
@@ -516,4 +514,17 @@ impl Connection {
 enum DialError {
     Unauthorized,
     Other(String),
+}
+
+/// The frames of the output items taken from the lane (which it empties),
+/// counted as consumed.
+fn take_frames(batch: &mut Vec<Lines>, out: &Outbound) -> Vec<Message> {
+    let lines: usize = batch.iter().map(Lines::count).sum();
+    let weight = batch.iter().map(Lines::weight).sum();
+    out.note_consumed(lines as u64, weight);
+    let mut frames = Vec::with_capacity(lines);
+    for item in batch.drain(..) {
+        frames.extend(item.into_frames().map(frame_message));
+    }
+    frames
 }

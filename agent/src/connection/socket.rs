@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-use crate::outbound::Line;
+use bytes::Bytes;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::outbound::Outbound;
@@ -85,14 +85,13 @@ pub(super) fn text(frame: &Outgoing) -> Message {
     Message::text(frame.to_json())
 }
 
-/// The text message of an output line (its frame, sent as it is).
-pub(super) fn output_message(line: Line) -> Message {
-    let bytes = line.into_frame_bytes();
+/// The text message of an output line's frame (sent as it is).
+pub(super) fn frame_message(frame: Bytes) -> Message {
     // a second handle on the same buffer (no copy), for the error case
-    let kept = bytes.clone();
+    let kept = frame.clone();
     // the error cannot happen (the frame was written from `&str`s); a frame
     // is never sent broken anyway
-    Utf8Bytes::try_from(bytes).map_or_else(
+    Utf8Bytes::try_from(frame).map_or_else(
         |_| Message::text(String::from_utf8_lossy(&kept).into_owned()),
         Message::Text,
     )

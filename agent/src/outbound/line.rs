@@ -1,61 +1,83 @@
-//! Lines of output on their way to the writer, each already its `output`
-//! frame's JSON text.
+//! Output on its way to the writer, each line already its `output` frame's
+//! JSON text.
 //!
-//! The lines of one chunk (one pipe read) are written into one buffer and
-//! handed over as slices of it ([`LineBatch`]): a fast child's thousands of
-//! lines per read cost one allocation, not one each.
+//! The lines of one chunk (one pipe read) are written into one buffer
+//! ([`LineBatch`]) and handed over as one item ([`Lines`]), whose frames the
+//! writer sends as slices of it: a fast child's thousands of lines per read
+//! cost one allocation and one pass through the lane, not one each.
 
 use bytes::Bytes;
 
 use crate::protocol::{OUTPUT_HEAD, Stream, output_json, push_json_str, push_output_tail};
 
-/// One line of output on its way to the writer: its `output` frame's JSON
-/// text (the writer sends it as it is).
+/// Output on its way to the writer: one line, or the lines of one pipe read
+/// (up to [`BATCH_LINES`]), as their `output` frames' JSON text back to back
+/// in one buffer (the writer sends each frame as it is). One item of the
+/// output lane.
 #[derive(Debug)]
-pub struct Line {
-    frame: Bytes,
+pub struct Lines {
+    buf: Bytes,
+    /// Where each frame ends in `buf`; `None`: `buf` is one frame.
+    ends: Option<Vec<usize>>,
 }
 
-impl Line {
-    /// The line `text` of `command` on `stream`.
-    pub fn new(command: &str, stream: Stream, text: &str) -> Line {
-        Line {
-            frame: Bytes::from(output_json(command, stream, text)),
+impl Lines {
+    /// The one line `text` of `command` on `stream`.
+    pub fn new(command: &str, stream: Stream, text: &str) -> Lines {
+        Lines {
+            buf: Bytes::from(output_json(command, stream, text)),
+            ends: None,
         }
     }
 
-    /// What the line costs while queued, for the lane's byte bound: its frame.
+    /// How many lines.
+    pub fn count(&self) -> usize {
+        self.ends.as_ref().map_or(1, Vec::len)
+    }
+
+    /// What the lines cost while queued, for the lane's byte bound: their
+    /// frames (the buffer holds nothing else).
     pub fn weight(&self) -> usize {
-        self.frame.len()
+        self.buf.len()
     }
 
-    /// The `output` frame's JSON text (valid UTF-8: written from `&str`s, cut
-    /// at frame boundaries).
-    pub fn into_frame_bytes(self) -> Bytes {
-        self.frame
+    /// Each line's `output` frame, in order (valid UTF-8: written from
+    /// `&str`s, cut at frame boundaries); slices of the one buffer.
+    pub fn into_frames(self) -> impl Iterator<Item = Bytes> {
+        let Lines { buf, ends } = self;
+        let ends = ends.unwrap_or_else(|| vec![buf.len()]);
+        let mut start = 0;
+        ends.into_iter().map(move |end| {
+            let frame = buf.slice(start..end);
+            start = end;
+            frame
+        })
     }
 
-    /// The frame read back (tests look at what the writer would send).
+    /// The frames read back (tests look at what the writer would send).
     #[cfg(test)]
-    pub fn output(&self) -> crate::protocol::Output {
-        let v: serde_json::Value = serde_json::from_slice(&self.frame).expect("an output frame");
-        let p = &v["payload"];
-        let text = |k: &str| p[k].as_str().expect("a string field").to_string();
-        crate::protocol::Output {
-            line: text("line"),
-            stream: match p["stream"].as_str() {
-                Some("stderr") => Stream::Stderr,
-                _ => Stream::Stdout,
-            },
-            command: text("command"),
-            is_error: p["is_error"].as_bool().expect("is_error"),
-        }
-    }
-
-    /// The frame read back, as the writer's other frames (tests).
-    #[cfg(test)]
-    pub fn into_frame(self) -> crate::protocol::Outgoing {
-        crate::protocol::Outgoing::Output(self.output())
+    pub fn outputs(&self) -> Vec<crate::protocol::Output> {
+        let lines = Lines {
+            buf: self.buf.clone(),
+            ends: self.ends.clone(),
+        };
+        lines
+            .into_frames()
+            .map(|frame| {
+                let v: serde_json::Value = serde_json::from_slice(&frame).expect("an output frame");
+                let p = &v["payload"];
+                let text = |k: &str| p[k].as_str().expect("a string field").to_string();
+                crate::protocol::Output {
+                    line: text("line"),
+                    stream: match p["stream"].as_str() {
+                        Some("stderr") => Stream::Stderr,
+                        _ => Stream::Stdout,
+                    },
+                    command: text("command"),
+                    is_error: p["is_error"].as_bool().expect("is_error"),
+                }
+            })
+            .collect()
     }
 }
 
@@ -100,15 +122,12 @@ impl LineBatch {
         self.ends.push(self.buf.len());
     }
 
-    /// The lines, in order, each a slice of the one buffer.
-    pub fn into_lines(self) -> impl Iterator<Item = Line> {
-        let all = Bytes::from(self.buf);
-        let mut start = 0;
-        self.ends.into_iter().map(move |end| {
-            let frame = all.slice(start..end);
-            start = end;
-            Line { frame }
-        })
+    /// The lines, as one item of the lane.
+    pub fn into_lines(self) -> Lines {
+        Lines {
+            buf: Bytes::from(self.buf),
+            ends: Some(self.ends),
+        }
     }
 }
 
@@ -124,16 +143,28 @@ mod tests {
         for text in texts {
             batch.push(text);
         }
-        let lines: Vec<Line> = batch.into_lines().collect();
-        assert_eq!(lines.len(), 3);
-        for (line, text) in lines.iter().zip(texts) {
-            assert_eq!(
-                line.frame,
-                output_json("test", Stream::Stderr, text).as_bytes()
-            );
-            assert_eq!(line.weight(), line.frame.len());
-            assert_eq!(line.output().line, text);
+        let lines = batch.into_lines();
+        assert_eq!(lines.count(), 3);
+        assert_eq!(
+            lines.weight(),
+            texts
+                .iter()
+                .map(|t| output_json("test", Stream::Stderr, t).len())
+                .sum::<usize>()
+        );
+        let outputs = lines.outputs();
+        let frames: Vec<Bytes> = lines.into_frames().collect();
+        for ((frame, output), text) in frames.iter().zip(&outputs).zip(texts) {
+            assert_eq!(frame, output_json("test", Stream::Stderr, text).as_bytes());
+            assert_eq!(output.line, text);
         }
+        assert_eq!(frames.len(), 3);
+        let one = Lines::new("test", Stream::Stdout, "x");
+        assert_eq!(
+            (one.count(), one.weight()),
+            (1, output_json("test", Stream::Stdout, "x").len())
+        );
+        assert_eq!(one.into_frames().count(), 1);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! - **control**: `command_rejected` and other small, urgent frames. Served
 //!   first. Bounded; a frame that does not fit is dropped with a warning (it can
 //!   only fill while the dashboard is stuck, and then nobody reads it anyway).
-//! - **output**: one item per line of command output. Bounded. While the
+//! - **output**: one item per pipe read of command output (its lines, up
+//!   to 256) or per line the agent writes itself. Bounded. While the
 //!   writer makes progress a full lane makes the producer wait (the child feels
 //!   ordinary pipe backpressure); once the writer has made no progress for the
 //!   stall timeout, lines are dropped and counted, and the writer later sends a
@@ -34,11 +35,11 @@ use crate::protocol::{Outgoing, Output, Stream};
 
 mod line;
 use crate::util::lock;
-pub use line::{BATCH_LINES, Line, LineBatch};
+pub use line::{BATCH_LINES, LineBatch, Lines};
 
 /// Capacity of the control lane.
 pub const CONTROL_CAPACITY: usize = 64;
-/// Capacity of the output lane, in lines.
+/// Capacity of the output lane, in items (a pipe read's lines, or one line).
 pub const OUTPUT_CAPACITY: usize = 8192;
 /// About how much output text the lane holds at most.
 pub const OUTPUT_BYTES: usize = 2 * 1024 * 1024;
@@ -49,7 +50,7 @@ pub const OUTBOX_CAPACITY: usize = 256;
 #[derive(Debug)]
 pub struct Outbound {
     control: mpsc::Sender<Outgoing>,
-    output: mpsc::Sender<Line>,
+    output: mpsc::Sender<Lines>,
     outbox: Mutex<Outbox>,
     outbox_changed: Notify,
     /// Woken when frames were confirmed.
@@ -92,7 +93,7 @@ pub struct OutboundRx {
     /// Control frames.
     pub control: mpsc::Receiver<Outgoing>,
     /// Output lines.
-    pub output: mpsc::Receiver<Line>,
+    pub output: mpsc::Receiver<Lines>,
 }
 
 /// Makes the lanes.
@@ -261,31 +262,32 @@ impl Outbound {
         self.undelivered.notified().await;
     }
 
-    /// Sends one line of output, waiting while the writer makes progress and
-    /// dropping (counted) when it does not. Never waits longer than the stall
-    /// timeout for one line, and not at all while disconnected or stalled.
+    /// Sends lines of output (one item of the lane), waiting while the writer
+    /// makes progress and dropping them (counted) when it does not. Never
+    /// waits longer than the stall timeout for one item, and not at all while
+    /// disconnected or stalled.
     ///
-    /// The lane is bounded twice: by [`OUTPUT_CAPACITY`] lines and by about
-    /// [`OUTPUT_BYTES`] of text (a child printing 64 KiB lines cannot make the
-    /// queue hold half a gigabyte).
-    pub async fn line(&self, line: Line) {
-        let weight = line.weight();
-        let mut line = line;
+    /// The lane is bounded twice: by [`OUTPUT_CAPACITY`] items and by about
+    /// [`OUTPUT_BYTES`] of frames (a child printing 64 KiB lines cannot make
+    /// the queue hold half a gigabyte).
+    pub async fn lines(&self, lines: Lines) {
+        let (weight, count) = (lines.weight(), lines.count() as u64);
+        let mut lines = lines;
         if self.has_room(weight) {
-            match self.output.try_send(line) {
-                Ok(()) => return self.admitted(weight),
-                Err(mpsc::error::TrySendError::Closed(_)) => return self.drop_one(),
-                Err(mpsc::error::TrySendError::Full(l)) => line = l,
+            match self.output.try_send(lines) {
+                Ok(()) => return self.admitted(weight, count),
+                Err(mpsc::error::TrySendError::Closed(_)) => return self.drop_lines(count),
+                Err(mpsc::error::TrySendError::Full(l)) => lines = l,
             }
         }
         if !self.connected.load(Ordering::Relaxed) {
-            return self.drop_one();
+            return self.drop_lines(count);
         }
         // Already found stalled, and still no progress since: drop at once.
         if self.stalled.load(Ordering::Relaxed)
             && self.consumed.load(Ordering::Relaxed) == self.stall_mark.load(Ordering::Relaxed)
         {
-            return self.drop_one();
+            return self.drop_lines(count);
         }
         self.stalled.store(false, Ordering::Relaxed);
         // Wait for room while the writer keeps consuming; give up after a
@@ -297,10 +299,10 @@ impl Outbound {
             // registered before looking, so no wake-up is lost in between
             progress.as_mut().enable();
             if self.has_room(weight) {
-                match self.output.try_send(line) {
-                    Ok(()) => return self.admitted(weight),
+                match self.output.try_send(lines) {
+                    Ok(()) => return self.admitted(weight, count),
                     Err(mpsc::error::TrySendError::Closed(_)) => break,
-                    Err(mpsc::error::TrySendError::Full(l)) => line = l,
+                    Err(mpsc::error::TrySendError::Full(l)) => lines = l,
                 }
             }
             if tokio::time::timeout(self.stall_timeout, progress)
@@ -316,7 +318,7 @@ impl Outbound {
                 seen = now;
             }
         }
-        self.drop_one();
+        self.drop_lines(count);
     }
 
     /// Room for `weight` more bytes (a line alone in an empty lane always fits).
@@ -325,14 +327,14 @@ impl Outbound {
         queued == 0 || queued + weight <= OUTPUT_BYTES
     }
 
-    fn admitted(&self, weight: usize) {
+    fn admitted(&self, weight: usize, count: u64) {
         self.queued_bytes.fetch_add(weight, Ordering::Relaxed);
-        self.enqueued.fetch_add(1, Ordering::SeqCst);
+        self.enqueued.fetch_add(count, Ordering::SeqCst);
     }
 
-    fn drop_one(&self) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        self.dropped_total.fetch_add(1, Ordering::Relaxed);
+    fn drop_lines(&self, count: u64) {
+        self.dropped.fetch_add(count, Ordering::Relaxed);
+        self.dropped_total.fetch_add(count, Ordering::Relaxed);
     }
 
     /// Remembers the running command's name (for the dropped-lines marker).
@@ -359,8 +361,8 @@ impl Outbound {
         self.connected.store(up, Ordering::Relaxed);
     }
 
-    /// Called by the writer for the output lines it took from the lane: how
-    /// many, and their [`Line::weight`] in all.
+    /// Called by the writer for the output it took from the lane: how many
+    /// lines, and their [`Lines::weight`] in all.
     pub fn note_consumed(&self, n: u64, weight: usize) {
         self.queued_bytes.fetch_sub(
             weight.min(self.queued_bytes.load(Ordering::Relaxed)),
@@ -554,8 +556,8 @@ mod tests {
         })
     }
 
-    fn line(text: &str) -> Line {
-        Line::new("test", Stream::Stdout, text)
+    fn line(text: &str) -> Lines {
+        Lines::new("test", Stream::Stdout, text)
     }
 
     /// The frame the writer would take now.
@@ -573,8 +575,8 @@ mod tests {
     async fn status_waits_for_earlier_output() {
         let (out, mut rx) = lanes(Duration::from_secs(5));
         out.set_connected(true);
-        out.line(line("a")).await;
-        out.line(line("b")).await;
+        out.lines(line("a")).await;
+        out.lines(line("b")).await;
         out.reliable(status(0));
         assert!(ready(&out).is_none(), "status overtook output");
         assert!(rx.output.recv().await.is_some());
@@ -636,15 +638,15 @@ mod tests {
         let (out, _rx) = lanes(Duration::from_millis(100));
         out.set_connected(true);
         for i in 0..OUTPUT_CAPACITY {
-            out.line(line(&i.to_string())).await;
+            out.lines(line(&i.to_string())).await;
         }
         assert_eq!(out.dropped(), 0);
         // Lane full, nobody consumes: the next line waits one stall timeout, then drops.
-        out.line(line("x")).await;
+        out.lines(line("x")).await;
         assert_eq!(out.dropped(), 1);
         // Still stalled: further lines drop without waiting again.
         let before = tokio::time::Instant::now();
-        out.line(line("y")).await;
+        out.lines(line("y")).await;
         assert_eq!(tokio::time::Instant::now(), before);
         assert_eq!(out.dropped(), 2);
         let marker = out.take_drop_marker().expect("marker");
@@ -659,9 +661,9 @@ mod tests {
     async fn disconnected_full_lane_drops_at_once() {
         let (out, _rx) = lanes(Duration::from_secs(3600));
         for i in 0..OUTPUT_CAPACITY {
-            out.line(line(&i.to_string())).await;
+            out.lines(line(&i.to_string())).await;
         }
-        out.line(line("x")).await;
+        out.lines(line("x")).await;
         assert_eq!(out.dropped(), 1);
     }
 
@@ -725,7 +727,7 @@ mod tests {
         let long = "x".repeat(64 * 1024);
         // far fewer lines than OUTPUT_CAPACITY, but 64 KiB each
         for _ in 0..100 {
-            out.line(line(&long)).await;
+            out.lines(line(&long)).await;
         }
         let queued = rx.output.len();
         assert!(
@@ -736,7 +738,7 @@ mod tests {
         // the writer takes one: room again, and the stall is over
         let taken = rx.output.recv().await.unwrap();
         out.note_consumed(1, taken.weight());
-        out.line(line(&long)).await;
+        out.lines(line(&long)).await;
         assert_eq!(rx.output.len(), queued);
     }
 }

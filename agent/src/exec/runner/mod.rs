@@ -36,7 +36,7 @@ pub use lines::{MAX_LINE, READ_CHUNK, Splitter, TAIL_LINES, Tail, clip, failure_
 
 use super::env::ChildEnv;
 use super::runlog::RunLog;
-use crate::outbound::{BATCH_LINES, Line, LineBatch, Outbound};
+use crate::outbound::{BATCH_LINES, LineBatch, Lines, Outbound};
 use crate::protocol::Stream;
 use crate::state::{AgentState, Running};
 
@@ -324,9 +324,7 @@ impl Sink {
                 }
             }
             if let (Some(out), Some(batch)) = (&self.out, batch) {
-                for line in batch.into_lines() {
-                    out.line(line).await;
-                }
+                out.lines(batch.into_lines()).await;
             }
         }
     }
@@ -356,7 +354,7 @@ impl Sink {
 
     async fn send(&self, stream: Stream, text: &str) {
         match &self.out {
-            Some(out) => out.line(Line::new(&self.command, stream, text)).await,
+            Some(out) => out.lines(Lines::new(&self.command, stream, text)).await,
             None => tracing::info!("{} {}: {text}", self.command, stream.as_str()),
         }
     }

@@ -148,10 +148,11 @@ fn harness() -> Harness {
         let mut lines = Vec::new();
         while let Some(line) = output.recv().await {
             if let Some(c) = consumer.upgrade() {
-                c.note_consumed(1, line.weight());
+                c.note_consumed(line.count() as u64, line.weight());
             }
-            let o = line.output();
-            lines.push((o.stream, o.line));
+            for o in line.outputs() {
+                lines.push((o.stream, o.line));
+            }
         }
         lines
     });
