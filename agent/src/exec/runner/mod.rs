@@ -10,9 +10,10 @@
 //!   invalid UTF-8 is replaced (lossy), so no output can make the agent panic or
 //!   grow without bound.
 //! - Each chunk's lines go to the run's [`RunLog`] in one buffered write, then
-//!   one by one to [`Outbound::line`], which waits while the dashboard drains
-//!   (the child then meets ordinary pipe backpressure) and drops, counted, when
-//!   it is stuck. The last lines of each stream are kept in a [`Tail`] for the
+//!   as their `output` frames, up to [`BATCH_LINES`] in one buffer
+//!   ([`LineBatch`]), to [`Outbound::lines`], which waits while the dashboard
+//!   drains (the child then meets ordinary pipe backpressure) and drops them,
+//!   counted, when it is stuck. The last lines of each stream are kept in a [`Tail`] for the
 //!   status message.
 //! - When the child has exited but something it left behind (a background
 //!   grandchild) still holds the pipes open, the reader waits
