@@ -40,6 +40,18 @@ async fn setup() -> Setup {
     setup_on(dashboard().await).await
 }
 
+/// A setup whose mock keeps a switch awaiting its reconnect for `secs`
+/// (the hub's 90 s window, shrunk with the test's deadlines).
+async fn setup_with_reconnect_window(secs: u64) -> Setup {
+    let dash = MockDashboard::start(nixfleet_mock_dashboard::Options {
+        reconnect_timeout: std::time::Duration::from_secs(secs),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    setup_on(dash).await
+}
+
 async fn setup_on(dash: MockDashboard) -> Setup {
     let fx = Fixture::new();
     let fakes = Fakes::new(&fx);
@@ -364,15 +376,7 @@ async fn a_new_agent_that_cannot_reach_the_dashboard_is_rolled_back_once() {
 async fn a_new_agent_that_never_starts_is_rolled_back_and_the_next_one_shows_it() {
     // the test's 2 s deadline stands for one of at least 100 s, which
     // outlasts the hub's 90 s window: the mock's window shrinks with it
-    let s = setup_on(
-        MockDashboard::start(nixfleet_mock_dashboard::Options {
-            reconnect_timeout: std::time::Duration::from_secs(1),
-            ..Default::default()
-        })
-        .await
-        .unwrap(),
-    )
-    .await;
+    let s = setup_with_reconnect_window(1).await;
     let mut a = s.agent(&s.dash.ws_url(), 2).spawn();
     wait_register(&s.dash, HOST, 0).await;
     // through the dashboard's lifecycle: the status comes before the restart
@@ -567,15 +571,7 @@ async fn without_a_system_on_record_or_with_the_watchdog_off_a_switch_reports_at
 /// ends TIMEOUT, never SUCCESS, and the status says what happened.
 #[tokio::test]
 async fn a_switch_whose_agent_died_is_never_a_success_when_it_is_rolled_back() {
-    let s = setup_on(
-        MockDashboard::start(nixfleet_mock_dashboard::Options {
-            reconnect_timeout: std::time::Duration::from_secs(3),
-            ..Default::default()
-        })
-        .await
-        .unwrap(),
-    )
-    .await;
+    let s = setup_with_reconnect_window(3).await;
     write_exec(
         &s.fx.repo.join("hosts").join(HOST).join("health/10-web.sh"),
         "#!/bin/sh\necho 'web: connection refused' >&2\nexit 3\n",
