@@ -524,7 +524,7 @@ fn take_frames(batch: &mut Vec<Lines>, out: &Outbound) -> Vec<Message> {
     out.note_consumed(lines as u64, weight);
     let mut frames = Vec::with_capacity(lines);
     for item in batch.drain(..) {
-        frames.extend(item.into_frames().map(frame_message));
+        frames.extend(item.into_frames().map(|frame| frame_message(frame, out)));
     }
     frames
 }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::outbound::Outbound;
-use crate::protocol::{Incoming, IncomingError, Outgoing, parse_incoming};
+use crate::protocol::{Incoming, IncomingError, Outgoing, Stream, output_json, parse_incoming};
 
 /// How long a shutdown waits for the dashboard's close reply.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -86,13 +86,21 @@ pub(super) fn text(frame: &Outgoing) -> Message {
 }
 
 /// The text message of an output line's frame (sent as it is).
-pub(super) fn frame_message(frame: Bytes) -> Message {
-    // a second handle on the same buffer (no copy), for the error case
-    let kept = frame.clone();
-    // the error cannot happen (the frame was written from `&str`s); a frame
-    // is never sent broken anyway
+pub(super) fn frame_message(frame: Bytes, out: &Outbound) -> Message {
+    // The error cannot happen (frames are written from `&str`s and cut at
+    // their ends); a frame is never sent broken anyway: a note of the
+    // running command takes its place (no second handle on the buffer is
+    // kept for the case).
     Utf8Bytes::try_from(frame).map_or_else(
-        |_| Message::text(String::from_utf8_lossy(&kept).into_owned()),
+        |e| {
+            Message::text(output_json(
+                &out.command(),
+                Stream::Stderr,
+                &format!(
+                    "[nixfleet-agent] an output line was left out: its frame was not UTF-8 ({e})"
+                ),
+            ))
+        },
         Message::Text,
     )
 }
