@@ -526,6 +526,30 @@ async fn the_window_survives_a_reboot_of_the_supervisor() {
 }
 
 #[tokio::test]
+async fn a_supervisor_whose_record_is_deleted_stops_guarding_without_rolling_back() {
+    let s = setup().await;
+    let mut a = s.agent(&s.dash.ws_url(), 5).spawn();
+    s.switch_and_restart(&mut a).await;
+    let record = s.record();
+    let supervisor = supervisor_pid(&record);
+    file_appears(&record.join("confirm.left")).await;
+    // the state directory is wiped while the window is open: no agent can
+    // confirm the switch nor learn of a rollback any more
+    std::fs::remove_dir_all(s.fx.state.join("switch")).unwrap();
+    assert!(pid_gone(supervisor).await, "the supervisor stops guarding");
+    assert!(
+        !s.fakes.dir.join("activated").exists(),
+        "nothing was activated: {:?}",
+        std::fs::read_to_string(s.fakes.dir.join("activated"))
+    );
+    let profile = s.fakes.read("nix-env.argv");
+    assert!(
+        !profile.contains(s.previous.to_str().unwrap()),
+        "the profile was not set back: {profile}"
+    );
+}
+
+#[tokio::test]
 async fn without_a_system_on_record_or_with_the_watchdog_off_a_switch_reports_at_once() {
     let s = setup().await;
     for (what, agent) in [

@@ -297,9 +297,25 @@ pub fn left(record: &Record) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// The supervisor's exit status when its record was deleted while it
+/// guarded the window ([`guard`]).
+pub const EXIT_RECORD_GONE: i32 = 1;
+
+/// Whether the record's `watch` file is known to be gone: the record was
+/// deleted (its state directory wiped) while the window was open. An error
+/// other than "not found" is not taken for gone.
+fn record_gone(record: &Record) -> bool {
+    matches!(record.dir().join("watch").try_exists(), Ok(false))
+}
+
 /// The supervisor's part after the tool succeeded: waits for the verdict
 /// (the rest of the window when resumed after a reboot), rolls back if that
 /// is the verdict. Returns the supervisor's exit status.
+///
+/// A record deleted while the window is open ends the guard without a
+/// rollback ([`EXIT_RECORD_GONE`]): without it no agent can confirm the
+/// switch, so the deadline would roll back a healthy generation, and no
+/// agent could learn of the rollback or report it.
 pub fn guard(record: &Record, watch: &Watch) -> i32 {
     let window = left(record).unwrap_or(watch.deadline).min(watch.deadline);
     let end = Instant::now() + window;
@@ -307,6 +323,13 @@ pub fn guard(record: &Record, watch: &Watch) -> i32 {
     let verdict = loop {
         if let Some(v) = verdict_of(record) {
             break v;
+        }
+        if record_gone(record) {
+            eprintln!(
+                "nixfleet-agent: the switch record {} was deleted: the watchdog stops without rolling back (no agent could confirm the switch or report a rollback)",
+                record.dir().display()
+            );
+            return EXIT_RECORD_GONE;
         }
         let now = Instant::now();
         if now >= end {
