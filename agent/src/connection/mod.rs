@@ -36,8 +36,8 @@ use crate::state::AgentState;
 
 mod socket;
 use socket::{
-    AbortOnDrop, Deadline, ReaderEvent, SessionEnd, Socket, close, frame_message, guarded, lost,
-    read_loop, text, wait_stop, write_all,
+    AbortOnDrop, Deadline, ReaderEvent, SessionEnd, Socket, close, guarded, lost, read_loop, text,
+    wait_stop, write_all,
 };
 pub use socket::{CommandSink, Stop};
 
@@ -524,7 +524,7 @@ fn take_frames(batch: &mut Vec<Lines>, out: &Outbound) -> Vec<Message> {
     out.note_consumed(lines as u64, weight);
     let mut frames = Vec::with_capacity(lines);
     for item in batch.drain(..) {
-        frames.extend(item.into_frames().map(|frame| frame_message(frame, out)));
+        frames.extend(item.into_frames().map(Message::Text));
     }
     frames
 }

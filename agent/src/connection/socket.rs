@@ -13,13 +13,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use bytes::Bytes;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::outbound::Outbound;
-use crate::protocol::{Incoming, IncomingError, Outgoing, Stream, output_json, parse_incoming};
+use crate::protocol::{Incoming, IncomingError, Outgoing, parse_incoming};
 
 /// How long a shutdown waits for the dashboard's close reply.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -83,26 +82,6 @@ impl Deadline {
 
 pub(super) fn text(frame: &Outgoing) -> Message {
     Message::text(frame.to_json())
-}
-
-/// The text message of an output line's frame (sent as it is).
-pub(super) fn frame_message(frame: Bytes, out: &Outbound) -> Message {
-    // The error cannot happen (frames are written from `&str`s and cut at
-    // their ends); a frame is never sent broken anyway: a note of the
-    // running command takes its place (no second handle on the buffer is
-    // kept for the case).
-    Utf8Bytes::try_from(frame).map_or_else(
-        |e| {
-            Message::text(output_json(
-                &out.command(),
-                Stream::Stderr,
-                &format!(
-                    "[nixfleet-agent] an output line was left out: its frame was not UTF-8 ({e})"
-                ),
-            ))
-        },
-        Message::Text,
-    )
 }
 
 pub(super) fn lost(ev: Option<ReaderEvent>) -> SessionEnd {
