@@ -20,6 +20,7 @@
 //!   [`DRAIN_AFTER_EXIT`] for the rest of the output, then kills what is left of
 //!   the process group and stops reading.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -310,9 +311,20 @@ impl Sink {
             let bytes = group.iter().map(|&(a, b)| b - a).sum();
             let mut batch =
                 sending.then(|| LineBatch::new(&self.command, stream, group.len(), bytes));
+            // the group's lines checked as UTF-8 in one pass (the common
+            // case); a line cut inside a character, or the lines of a group
+            // that is not UTF-8, are checked alone
+            let first = group.first().map_or(0, |r| r.0);
+            let last = group.last().map_or(first, |r| r.1);
+            let span = std::str::from_utf8(split.get((first, last))).ok();
             for (j, &r) in group.iter().enumerate() {
                 // borrowed unless the bytes need repair: no copy of a valid line
-                let text = String::from_utf8_lossy(split.get(r));
+                let text = match span
+                    .and_then(|s| s.get(r.0.checked_sub(first)?..r.1.checked_sub(first)?))
+                {
+                    Some(line) => Cow::Borrowed(line),
+                    None => String::from_utf8_lossy(split.get(r)),
+                };
                 if g * BATCH_LINES + j >= tail_from {
                     tail.push(&text);
                 }
