@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 host=$(rustc -vV | sed -n 's/^host: //p')
 case "$host" in
   *-linux-gnu)
-    export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
+    # as flake.nix links it: static glibc, relative relocations packed
+    export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs"
     # --target keeps build scripts and proc-macros dynamically linked; a
     # target dir of its own, so that it and the bench's build never
     # rebuild each other
