@@ -65,8 +65,8 @@ async fn binary_hash_follows_in_heartbeats_and_is_cached_for_the_next_start() {
     let dash = dashboard().await;
     let fx = Fixture::new();
     // hashed off this runtime's thread, which also runs the mock dashboard
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_nixfleet-agent"));
-    let hash = tokio::task::spawn_blocking(move || sha256_file(bin))
+    let bin = agent_binary();
+    let hash = tokio::task::spawn_blocking(move || sha256_file(&bin))
         .await
         .unwrap();
     let mut first = AgentBuilder::new(&dash.ws_url(), "hsb0", &fx).spawn();

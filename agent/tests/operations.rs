@@ -440,7 +440,7 @@ async fn kill_stops_the_whole_tree_and_idle_says_so() {
 fn installed_copy(dir: &Path) -> PathBuf {
     let path = dir.join("nixfleet-agent");
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_nixfleet-agent"), &path).unwrap();
+    std::fs::copy(agent_binary(), &path).unwrap();
     path
 }
 

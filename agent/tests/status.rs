@@ -14,7 +14,7 @@ use serde_json::Value;
 const HOST: &str = "statushost";
 
 fn status(fx: &Fixture, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nixfleet-agent"))
+    Command::new(agent_binary())
         .arg("status")
         .args(["--state-dir", fx.state.to_str().unwrap()])
         .args(args)
@@ -124,7 +124,7 @@ fn status_says_why_it_cannot_read_the_state() {
     std::fs::create_dir_all(&fx.state).unwrap();
     std::fs::write(fx.state.join("observed.json"), "{}").unwrap();
     std::fs::set_permissions(&fx.state, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_nixfleet-agent"))
+    let out = Command::new(agent_binary())
         .args(["status", "--state-dir", fx.state.to_str().unwrap()])
         .env_clear()
         .uid(65534)

@@ -22,6 +22,16 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
+/// The agent binary the tests start: this crate's build, or the one
+/// `NIXFLEET_TEST_AGENT` names (CI's second pass runs the e2e tests against
+/// the build the flake ships: `checks/build-shipped.sh`).
+pub fn agent_binary() -> PathBuf {
+    std::env::var_os("NIXFLEET_TEST_AGENT")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nixfleet-agent")))
+}
+
 /// The token the mock accepts by default.
 pub const TOKEN: &str = "test-token";
 /// How long any single wait may take before the test fails.
@@ -214,13 +224,17 @@ impl AgentBuilder {
 
     /// The command, for tests that run it to completion themselves.
     pub fn command(&self) -> Command {
-        let binary = Path::new(env!("CARGO_BIN_EXE_nixfleet-agent"));
+        let binary = agent_binary();
         let mut cmd = match &self.root {
-            None => Command::new(binary),
+            None => Command::new(&binary),
             Some((root, dir)) => {
                 let mut cmd = Command::new("/usr/bin/unshare");
                 let inside = Path::new(realnix::AGENT_IN_ROOT);
-                cmd.args(root.args(&[(binary, inside), (dir, dir)], inside.as_os_str(), &[]));
+                cmd.args(root.args(
+                    &[(binary.as_path(), inside), (dir, dir)],
+                    inside.as_os_str(),
+                    &[],
+                ));
                 cmd
             }
         };

@@ -321,7 +321,7 @@ impl Twin {
         // copies, not binds: Nix makes a valid path's files read-only
         let agent = nix_store.join(format!("{HASH}-nixfleet-agent/bin/nixfleet-agent"));
         std::fs::create_dir_all(agent.parent().unwrap()).unwrap();
-        std::fs::copy(env!("CARGO_BIN_EXE_nixfleet-agent"), &agent).unwrap();
+        std::fs::copy(agent_binary(), &agent).unwrap();
         let real_activation = real_switch_to_configuration();
         if let Some(stc) = &real_activation {
             let to = nix_store.join(format!(
