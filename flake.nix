@@ -105,7 +105,7 @@
 
           # Static glibc, and the static-pie's relative relocations packed
           # (DT_RELR, glibc >= 2.36, binutils >= 2.38 or lld): 0.13 MiB
-          # smaller, 0.2 MiB less idle memory (docs/benchmarks.md).
+          # smaller, 0.15 MiB less idle memory (docs/benchmarks.md).
           env = lib.optionalAttrs linkStatic {
             RUSTFLAGS = "-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs";
           };
