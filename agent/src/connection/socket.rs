@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::outbound::Outbound;

@@ -344,11 +344,6 @@ impl Outbound {
         last.push_str(name);
     }
 
-    /// The running command's name, as [`Outbound::set_command`] left it.
-    pub fn command(&self) -> String {
-        lock(&self.last_command).clone()
-    }
-
     /// Lines dropped and not yet reported.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -528,7 +523,7 @@ impl Outbound {
             return None;
         }
         tracing::warn!("{n} output lines were dropped: the dashboard was not keeping up");
-        let command = self.command();
+        let command = lock(&self.last_command).clone();
         Some(Outgoing::Output(Output {
             line: format!(
                 "[nixfleet-agent] {n} output line(s) dropped: the dashboard was not keeping up (the full output is in the agent's log)"

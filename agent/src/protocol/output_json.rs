@@ -33,16 +33,10 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// The `output` frame for one `line` of `command` on `stream`, as JSON text.
 pub fn output_json(command: &str, stream: Stream, line: &str) -> String {
     let mut out = String::with_capacity(line.len() + command.len() + 80);
-    push_output_json(&mut out, command, stream, line);
-    out
-}
-
-/// Appends the `output` frame for one `line` to `out` (frames of one chunk
-/// of output share one buffer).
-pub fn push_output_json(out: &mut String, command: &str, stream: Stream, line: &str) {
     out.push_str(OUTPUT_HEAD);
-    push_json_str(out, line);
-    push_output_tail(out, command, stream);
+    push_json_str(&mut out, line);
+    push_output_tail(&mut out, command, stream);
+    out
 }
 
 /// What every `output` frame starts with, up to its line.
