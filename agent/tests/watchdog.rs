@@ -529,7 +529,14 @@ async fn the_window_survives_a_reboot_of_the_supervisor() {
 async fn a_supervisor_whose_record_is_deleted_stops_guarding_without_rolling_back() {
     let s = setup().await;
     let mut a = s.agent(&s.dash.ws_url(), 5).spawn();
-    s.switch_and_restart(&mut a).await;
+    wait_register(&s.dash, HOST, 0).await;
+    // through the dashboard's lifecycle
+    let sent = s.dash.last_seq();
+    let d = s.dash.dispatch(HOST, "switch", false);
+    let id = d.command_id.as_deref().unwrap();
+    let st = status_for(&s.dash, HOST, "switch", sent).await;
+    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
     let record = s.record();
     let supervisor = supervisor_pid(&record);
     file_appears(&record.join("confirm.left")).await;
@@ -537,6 +544,13 @@ async fn a_supervisor_whose_record_is_deleted_stops_guarding_without_rolling_bac
     // confirm the switch nor learn of a rollback any more
     std::fs::remove_dir_all(s.fx.state.join("switch")).unwrap();
     assert!(pid_gone(supervisor).await, "the supervisor stops guarding");
+    // the new generation's agent reaches the dashboard: the host runs it,
+    // and the hub's op log says so (lifecycle.go: the reconnect completes it)
+    let _b = s.agent(&s.dash.ws_url(), 5).spawn();
+    let op = s.dash.wait_op(id, WAIT).await.unwrap();
+    assert_eq!(op.status, "SUCCESS", "{op:?}");
+    assert_eq!(s.statuses().len(), 1, "reported once");
+    assert_no_violations(&s.dash);
     assert!(
         !s.fakes.dir.join("activated").exists(),
         "nothing was activated: {:?}",
