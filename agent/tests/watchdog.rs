@@ -108,6 +108,22 @@ impl Setup {
         sent
     }
 
+    /// Dispatches `switch` through the mock's lifecycle to the registered
+    /// agent `a`, which checks the new generation, reports `ok` and exits 101
+    /// for its restart; returns the operation's id.
+    async fn dispatch_switch_and_restart(&self, a: &mut Agent) -> String {
+        wait_register(&self.dash, HOST, 0).await;
+        let sent = self.dash.last_seq();
+        let d = self.dash.dispatch(HOST, "switch", false);
+        assert_eq!(d.status, "EXECUTING", "{d:?}");
+        let id = d.command_id.clone().unwrap();
+        let st = status_for(&self.dash, HOST, "switch", sent).await;
+        assert_eq!(st.payload["status"], "ok", "{}", st.payload);
+        assert_eq!(st.payload["message"], OK_MESSAGE);
+        assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
+        id
+    }
+
     fn statuses(&self) -> Vec<Value> {
         self.dash
             .frames(HOST, Some("status"))
@@ -172,16 +188,9 @@ fn rolled_back_message(s: &Setup, reason: &str) -> String {
 async fn a_switch_confirmed_in_time_is_not_rolled_back() {
     let s = setup().await;
     let mut a = s.agent(&s.dash.ws_url(), 60).spawn();
-    wait_register(&s.dash, HOST, 0).await;
     // through the dashboard's lifecycle: the status comes before the restart
-    let sent = s.dash.last_seq();
-    let d = s.dash.dispatch(HOST, "switch", false);
-    assert_eq!(d.status, "EXECUTING", "{d:?}");
-    let id = d.command_id.as_deref().unwrap();
-    let st = status_for(&s.dash, HOST, "switch", sent).await;
-    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
-    assert_eq!(st.payload["message"], OK_MESSAGE);
-    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
+    let id = s.dispatch_switch_and_restart(&mut a).await;
+    let id = id.as_str();
     // lifecycle.go: a switch's exit 0 awaits the reconnect
     assert_eq!(s.dash.op(id).unwrap().status, "AWAITING_RECONNECT");
     let record = s.record();
@@ -529,14 +538,8 @@ async fn the_window_survives_a_reboot_of_the_supervisor() {
 async fn a_supervisor_whose_record_is_deleted_stops_guarding_without_rolling_back() {
     let s = setup().await;
     let mut a = s.agent(&s.dash.ws_url(), 5).spawn();
-    wait_register(&s.dash, HOST, 0).await;
     // through the dashboard's lifecycle
-    let sent = s.dash.last_seq();
-    let d = s.dash.dispatch(HOST, "switch", false);
-    let id = d.command_id.as_deref().unwrap();
-    let st = status_for(&s.dash, HOST, "switch", sent).await;
-    assert_eq!(st.payload["status"], "ok", "{}", st.payload);
-    assert_eq!(a.wait_exit(WAIT).await.code(), Some(101), "restart code");
+    let id = s.dispatch_switch_and_restart(&mut a).await;
     let record = s.record();
     let supervisor = supervisor_pid(&record);
     file_appears(&record.join("confirm.left")).await;
@@ -547,7 +550,7 @@ async fn a_supervisor_whose_record_is_deleted_stops_guarding_without_rolling_bac
     // the new generation's agent reaches the dashboard: the host runs it,
     // and the hub's op log says so (lifecycle.go: the reconnect completes it)
     let _b = s.agent(&s.dash.ws_url(), 5).spawn();
-    let op = s.dash.wait_op(id, WAIT).await.unwrap();
+    let op = s.dash.wait_op(&id, WAIT).await.unwrap();
     assert_eq!(op.status, "SUCCESS", "{op:?}");
     assert_eq!(s.statuses().len(), 1, "reported once");
     assert_no_violations(&s.dash);
